@@ -1,0 +1,26 @@
+// Every genfast op schema lives here, in one TORCH_LIBRARY block; the kernels register their
+// implementations with TORCH_LIBRARY_IMPL next to their code. The module init is empty: the
+// ops are reached through torch.ops.genfast, so no pybind11 bindings are needed.
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(genfast, m) {
+  // Reparameterized Gaussian sampling fused with KL(N(mu, exp(logvar)) || N(0, I)).
+  //   eps: explicit noise shaped like z, or None to draw it in-kernel from `seed`.
+  //   seed: int64[2] CPU tensor (philox key, counter offset) drawn from a torch Generator.
+  //   num_samples: 0 gives z shaped like mu; S >= 1 gives z of shape [S, *mu.shape].
+  //   kl_mode: 0 no KL, 1 elementwise KL, 2 KL summed to a scalar.
+  m.def(
+      "gaussian_sample_kl(Tensor mu, Tensor logvar, Tensor? eps, Tensor seed, int num_samples, "
+      "bool compute_z, int kl_mode) -> (Tensor z, Tensor kl)");
+  // Fused backward: regenerates the noise from `seed` instead of reading a stored eps.
+  m.def(
+      "gaussian_sample_kl_backward(Tensor grad_z, Tensor grad_kl, Tensor mu, Tensor logvar, "
+      "Tensor? eps, Tensor seed, int num_samples, bool compute_z, int kl_mode) "
+      "-> (Tensor grad_mu, Tensor grad_logvar)");
+}
+
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
