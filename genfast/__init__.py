@@ -1,0 +1,16 @@
+"""genfast: fast drop-in PyTorch layers for classic generative image models."""
+from genfast import nn, ops  # noqa: F401
+from genfast._backend import BACKENDS, backends, use_backend  # noqa: F401
+from genfast.ops import gaussian_kl, reparameterize, reparameterize_kl  # noqa: F401
+
+__version__ = "0.1.0"
+
+
+def build_info() -> dict:
+    """What genfast._C was built with (CUDA or not, architectures, torch version)."""
+    from genfast import _ext
+
+    info = {"extension_loaded": _ext.LOAD_ERROR is None, "load_error": _ext.LOAD_ERROR}
+    if _ext.BUILD_INFO is not None:
+        info.update({k.lower(): v for k, v in vars(_ext.BUILD_INFO).items() if k.isupper()})
+    return info

@@ -1,0 +1,2 @@
+"""Drop-in nn.Modules built on genfast's fast ops."""
+from genfast.nn.reparam import GaussianSample  # noqa: F401

@@ -1,0 +1,9 @@
+"""genfast's ops: public functions, their plain PyTorch references, and the torch.library ops."""
+from genfast.ops.reparam import (  # noqa: F401
+    gaussian_kl,
+    gaussian_kl_ref,
+    reparameterize,
+    reparameterize_kl,
+    reparameterize_kl_ref,
+    reparameterize_ref,
+)

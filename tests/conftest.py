@@ -1,0 +1,67 @@
+"""Shared fixtures: which backends run here, on which device, and the tolerance table.
+
+Without a GPU, Triton kernels run under the CPU interpreter; TRITON_INTERPRET must be set before
+anything imports triton, so it is set here, before genfast is imported.
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import genfast  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+
+
+def _backend_param(name: str, device: str):
+    info = genfast.backends()[name]
+    marks = []
+    if device == "cuda" and not HAS_CUDA:
+        marks.append(pytest.mark.skip(reason="needs a CUDA device"))
+    elif not info.available:
+        marks.append(pytest.mark.skip(reason=f"{name} unavailable: {info.reason}"))
+    return pytest.param((name, device), id=f"{name}-{device}", marks=marks)
+
+
+# Every fast backend with the device it is tested on here; the triton kernels run on the
+# interpreter without a GPU, and compiled on a GPU machine.
+FAST_BACKENDS = [
+    _backend_param("cpu", "cpu"),
+    _backend_param("triton", "cuda" if HAS_CUDA else "cpu"),
+    _backend_param("cuda", "cuda"),
+]
+
+# (rtol, atol) for comparing a kernel with the reference computed in the same dtype.
+TOLERANCES = {
+    torch.float64: (1e-12, 1e-12),
+    torch.float32: (1e-5, 1e-5),
+}
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def assert_close(actual, expected, reference64=None):
+    """Kernel against reference: the dtype's tolerance, or for float16/bfloat16 the
+    flash-attention rule: the kernel's error against a float64 reference is at most twice the
+    error of the reference itself run in that low precision, plus one rounding at the output's
+    magnitude (with a handful of elements the reference can be exact by luck)."""
+    if actual.dtype in LOW_PRECISION:
+        assert reference64 is not None, "low-precision checks need a float64 reference"
+        kernel_err = (actual.double() - reference64).abs().max().item()
+        ref_err = (expected.double() - reference64).abs().max().item()
+        one_rounding = torch.finfo(actual.dtype).eps * reference64.abs().max().item()
+        assert kernel_err <= 2 * ref_err + one_rounding, (
+            f"error {kernel_err} > 2 x reference error {ref_err} + {one_rounding}")
+    else:
+        rtol, atol = TOLERANCES[actual.dtype]
+        torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
+
+
+@pytest.fixture(params=FAST_BACKENDS)
+def backend(request):
+    """(backend name, device) for each fast backend, skipped where it cannot run."""
+    return request.param
