@@ -18,6 +18,18 @@ TORCH_LIBRARY(genfast, m) {
       "gaussian_sample_kl_backward(Tensor grad_z, Tensor grad_kl, Tensor mu, Tensor logvar, "
       "Tensor? eps, Tensor seed, int num_samples, bool compute_z, int kl_mode) "
       "-> (Tensor grad_mu, Tensor grad_logvar)");
+
+  // PixelCNN masked convolution, stride 1, 'same' padding, skipping the taps the mask hides.
+  //   mask_type: 0 for mask A (hides the current pixel), 1 for mask B.
+  //   data_channels: colour groups the channels split into (3 for RGB), 1 for none.
+  //   window: [] for the whole output, or [row0, row1, col0, col1] to compute only that part.
+  m.def(
+      "masked_conv2d(Tensor x, Tensor weight, Tensor? bias, int mask_type, int data_channels, "
+      "int dilation, int[] window) -> Tensor");
+  m.def(
+      "masked_conv2d_backward(Tensor grad_y, Tensor x, Tensor weight, int mask_type, "
+      "int data_channels, int dilation, int[] window, bool[3] output_mask) "
+      "-> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
 }
 
 extern "C" PyObject* PyInit__C(void) {

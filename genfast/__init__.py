@@ -1,7 +1,12 @@
 """genfast: fast drop-in PyTorch layers for classic generative image models."""
 from genfast import nn, ops  # noqa: F401
 from genfast._backend import BACKENDS, backends, use_backend  # noqa: F401
-from genfast.ops import gaussian_kl, reparameterize, reparameterize_kl  # noqa: F401
+from genfast.ops import (  # noqa: F401
+    gaussian_kl,
+    masked_conv2d,
+    reparameterize,
+    reparameterize_kl,
+)
 
 __version__ = "0.1.0"
 

@@ -28,3 +28,10 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
     return _C is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
         f"genfast::{op}", dispatch_key
     )
+
+
+def has_op(op: str) -> bool:
+    """Whether the loaded extension defines ``genfast::op`` (a stale build may lack it)."""
+    import torch
+
+    return _C is not None and hasattr(torch.ops.genfast, op)

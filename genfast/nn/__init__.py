@@ -1,2 +1,3 @@
 """Drop-in nn.Modules built on genfast's fast ops."""
 from genfast.nn.reparam import GaussianSample  # noqa: F401
+from genfast.nn.masked_conv import MaskedConv2d  # noqa: F401

@@ -7,3 +7,4 @@ from genfast.ops.reparam import (  # noqa: F401
     reparameterize_kl_ref,
     reparameterize_ref,
 )
+from genfast.ops.masked_conv import conv_mask, masked_conv2d, masked_conv2d_ref  # noqa: F401

@@ -1,0 +1,114 @@
+// The register-blocked inner kernel of genfast's CPU convolutions: one tile of C accumulates
+//   C[r][v] += sum over segments s, sum over k < K of  A[s.a + r * rs + k * ks] * B[s.b + k * bs + v]
+// for R rows and V SIMD vectors of columns, holding the R x V accumulators in registers across all
+// segments. A "segment" is one kernel tap (forward and grad-input: k runs over channels) or one
+// image row (grad-weight: k runs over pixels), so a tile sums every visible tap before it stores.
+// Only the columns are vectorised, so padding is needed along them alone (to whole vectors).
+#pragma once
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <utility>
+
+#include "simd_math.h"
+
+namespace genfast::cpu {
+
+struct Segment {
+  int64_t a, b;  // offsets into A and B
+};
+
+template <typename T>
+struct Vec {
+  static constexpr int kLanes = 64 / sizeof(T);  // one 512-bit vector (or two 256-bit halves)
+  typedef T type __attribute__((vector_size(64)));
+};
+
+struct TileArgs {
+  int64_t rs, ks, bs;  // strides of A's rows, of A along k, of B along k
+  int64_t k;           // length of every segment
+  int64_t cs;          // stride of C's rows
+  bool accumulate;     // add to C rather than overwrite it
+};
+
+template <typename T, int R, int V>
+GENFAST_SIMD_INLINE void conv_tile_body(const T* __restrict A, const T* __restrict B,
+                                        const Segment* segs, int64_t nseg, const TileArgs& t,
+                                        T* __restrict C) {
+  using vec = typename Vec<T>::type;
+  constexpr int L = Vec<T>::kLanes;
+  vec acc[R][V];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) {
+      if (t.accumulate) {
+        std::memcpy(&acc[r][v], C + r * t.cs + v * L, sizeof(vec));
+      } else {
+        acc[r][v] = vec{};
+      }
+    }
+  for (int64_t s = 0; s < nseg; ++s) {
+    const T* a = A + segs[s].a;
+    const T* b = B + segs[s].b;
+    for (int64_t k = 0; k < t.k; ++k) {
+      vec w[V];
+      for (int v = 0; v < V; ++v) std::memcpy(&w[v], b + k * t.bs + v * L, sizeof(vec));
+      for (int r = 0; r < R; ++r) {
+        const vec x = vec{} + a[r * t.rs + k * t.ks];
+        for (int v = 0; v < V; ++v) acc[r][v] += x * w[v];
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) std::memcpy(C + r * t.cs + v * L, &acc[r][v], sizeof(vec));
+}
+
+// Rows per tile for V column vectors: as many accumulators as fit beside V loaded vectors in 32
+// registers (AVX-512); on narrower targets the compiler splits each vector and spills a little.
+constexpr int max_rows(int v) { return v == 4 ? 7 : v == 3 ? 8 : v == 2 ? 12 : 14; }
+constexpr int kMaxVectors = 4;
+
+template <typename T>
+using TileFn = void (*)(const T*, const T*, const Segment*, int64_t, const TileArgs&, T*);
+
+// One function per (rows, vectors); float versions are cloned per x86 ISA level.
+template <int R, int V>
+GENFAST_TARGET_CLONES void conv_tile_f32(const float* A, const float* B, const Segment* segs,
+                                         int64_t nseg, const TileArgs& t, float* C) {
+  conv_tile_body<float, R, V>(A, B, segs, nseg, t, C);
+}
+template <int R, int V>
+void conv_tile_f64(const double* A, const double* B, const Segment* segs, int64_t nseg,
+                   const TileArgs& t, double* C) {
+  conv_tile_body<double, R, V>(A, B, segs, nseg, t, C);
+}
+
+template <typename T, int R, int V>
+constexpr TileFn<T> tile_fn() {
+  if constexpr (std::is_same_v<T, float>) {
+    return &conv_tile_f32<R, V>;
+  } else {
+    return &conv_tile_f64<R, V>;
+  }
+}
+
+template <typename T, int V, int... Rm1>
+constexpr std::array<TileFn<T>, sizeof...(Rm1)> row_table(std::integer_sequence<int, Rm1...>) {
+  return {tile_fn<T, Rm1 + 1, V>()...};
+}
+
+// The tile function for `rows` (1..max_rows(vectors)) rows and `vectors` (1..4) column vectors.
+template <typename T>
+TileFn<T> conv_tile(int rows, int vectors) {
+  static const auto t1 = row_table<T, 1>(std::make_integer_sequence<int, max_rows(1)>{});
+  static const auto t2 = row_table<T, 2>(std::make_integer_sequence<int, max_rows(2)>{});
+  static const auto t3 = row_table<T, 3>(std::make_integer_sequence<int, max_rows(3)>{});
+  static const auto t4 = row_table<T, 4>(std::make_integer_sequence<int, max_rows(4)>{});
+  switch (vectors) {
+    case 1: return t1[rows - 1];
+    case 2: return t2[rows - 1];
+    case 3: return t3[rows - 1];
+    default: return t4[rows - 1];
+  }
+}
+
+}  // namespace genfast::cpu

@@ -1,0 +1,342 @@
+// CPU kernels of genfast::masked_conv2d: a PixelCNN masked convolution that spends no work on the
+// taps its mask hides (24 of 49 for a 7x7 mask A), in forward, grad-input and grad-weight.
+//
+// Each pass is a direct convolution over pixel-major (channels-last) buffers: the input window
+// with its zero border is copied once into P[b][row][col][channel], and each output tile sums
+// only the visible taps with the register-blocked kernel of cpu/conv_tile.h. Grad-input runs the
+// same gather with the taps mirrored over a zero-bordered copy of grad_y; grad-weight reduces
+// over pixels, one (tap, input-channel tile) per task so each weight element has one owner and
+// the result does not depend on the thread count.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cpu/conv_tile.h"
+#include "cpu/strided_copy.h"
+#include "masked_conv_common.h"
+
+namespace genfast::masked_conv {
+namespace {
+
+using at::Tensor;
+using cpu::Segment;
+using cpu::TileArgs;
+
+int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// Splits n items into the fewest tiles of at most `most`, as evenly as possible: tile i covers
+// [start(i), start(i + 1)).
+struct EvenTiles {
+  int64_t n, count;
+  EvenTiles(int64_t n_, int64_t most) : n(n_), count((n_ + most - 1) / most) {}
+  int64_t start(int64_t i) const { return count == 0 ? 0 : i * n / count; }
+};
+
+// The padded pixel-major copies of the input (P) and of grad_y (Q), in the compute dtype.
+// P covers the output window's receptive field: rows [row0 - cy*d, row1), columns
+// [col0 - cx*d, col1 + (kw-1-cx)*d); tap (ty, tx) of output (oi, oj) reads P(oi + ty*d, oj + tx*d).
+struct Layout {
+  int64_t ph, pw;       // P's rows and columns
+  int64_t qh, qw;       // Q's rows and columns: grad_y with (cy*d, (kw-1)*d) zeros around it
+  int64_t q_row0, q_col0;
+  int64_t co_pad, ci_pad;  // channel counts rounded up to whole SIMD vectors
+
+  Layout(const Geometry& g, int64_t lanes) {
+    const int64_t d = g.dilation;
+    ph = g.out_h() + g.centre_y * d;
+    pw = g.out_w() + (g.kw - 1) * d;
+    q_row0 = g.centre_y * d;
+    q_col0 = (g.kw - 1) * d;
+    qh = g.out_h() + 2 * q_row0;
+    qw = g.out_w() + 2 * q_col0;
+    co_pad = round_up(g.out_channels, lanes);
+    ci_pad = round_up(g.in_channels, lanes);
+  }
+  // Image row and column of P's row pr and column pc.
+  int64_t image_row(const Geometry& g, int64_t pr) const {
+    return g.row0 - g.centre_y * g.dilation + pr;
+  }
+  int64_t image_col(const Geometry& g, int64_t pc) const {
+    return g.col0 - g.centre_x * g.dilation + pc;
+  }
+};
+
+template <typename scalar_t, typename acc_t>
+std::vector<acc_t> pack_input(const Tensor& x, const Geometry& g, const Layout& l) {
+  const int64_t cin = g.in_channels;
+  std::vector<acc_t> p(g.batch * l.ph * l.pw * cin);
+  const scalar_t* xp = x.data_ptr<scalar_t>();
+  const int64_t sb = x.stride(0), sc = x.stride(1), sh = x.stride(2), sw = x.stride(3);
+  // The image columns P holds, as a range of P columns.
+  const int64_t pc_lo = std::max<int64_t>(0, -l.image_col(g, 0));
+  const int64_t pc_hi = std::min<int64_t>(l.pw, g.width - l.image_col(g, 0));
+  at::parallel_for(0, g.batch * l.ph, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / l.ph, ir = l.image_row(g, r % l.ph);
+      acc_t* dst = p.data() + r * l.pw * cin;
+      if (ir < 0 || ir >= g.height || pc_hi <= pc_lo) {
+        std::fill(dst, dst + l.pw * cin, acc_t(0));
+        continue;
+      }
+      std::fill(dst, dst + pc_lo * cin, acc_t(0));
+      std::fill(dst + pc_hi * cin, dst + l.pw * cin, acc_t(0));
+      const scalar_t* src = xp + b * sb + ir * sh + l.image_col(g, pc_lo) * sw;
+      cpu::copy_2d(src, sw, sc, dst + pc_lo * cin, cin, int64_t{1}, pc_hi - pc_lo, cin);
+    }
+  });
+  return p;
+}
+
+// grad_y in Q: pixel-major, channels padded to co_pad, with a zero border.
+template <typename scalar_t, typename acc_t>
+std::vector<acc_t> pack_grad_output(const Tensor& gy, const Geometry& g, const Layout& l) {
+  std::vector<acc_t> q(g.batch * l.qh * l.qw * l.co_pad, acc_t(0));
+  const scalar_t* gp = gy.data_ptr<scalar_t>();
+  const int64_t sb = gy.stride(0), sc = gy.stride(1), sh = gy.stride(2), sw = gy.stride(3);
+  at::parallel_for(0, g.batch * g.out_h(), 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / g.out_h(), oi = r % g.out_h();
+      acc_t* dst = q.data() + ((b * l.qh + oi + l.q_row0) * l.qw + l.q_col0) * l.co_pad;
+      cpu::copy_2d(gp + b * sb + oi * sh, sw, sc, dst, l.co_pad, int64_t{1}, g.out_w(),
+                   g.out_channels);
+    }
+  });
+  return q;
+}
+
+// The visible taps' weights as [tap][k][n_pad]: k = input channel and n = output channel for the
+// forward pass (transposed = false), the other way round for grad-input. The centre tap carries
+// the colour mask.
+template <typename scalar_t, typename acc_t>
+std::vector<acc_t> pack_weight(const Tensor& w, const Geometry& g, bool transposed,
+                               int64_t n_pad) {
+  const int64_t nk = transposed ? g.out_channels : g.in_channels;
+  const int64_t nn = transposed ? g.in_channels : g.out_channels;
+  std::vector<acc_t> packed(g.taps.size() * nk * n_pad, acc_t(0));
+  const scalar_t* wp = w.data_ptr<scalar_t>();
+  for (size_t t = 0; t < g.taps.size(); ++t) {
+    const Tap& tap = g.taps[t];
+    for (int64_t k = 0; k < nk; ++k) {
+      for (int64_t n = 0; n < nn; ++n) {
+        const int64_t co = transposed ? k : n, ci = transposed ? n : k;
+        if (tap.centre && !g.centre_allows(ci, co)) continue;
+        packed[(t * nk + k) * n_pad + n] = static_cast<acc_t>(
+            wp[co * w.stride(0) + ci * w.stride(1) + tap.ty * w.stride(2) + tap.tx * w.stride(3)]);
+      }
+    }
+  }
+  return packed;
+}
+
+// Runs one pixel row of a gather pass: out[j][n] = sum_taps sum_k A[j, tap][k] * B[tap][k][n] for
+// the row's `width` pixels, tiling pixels by rows and n by up to four SIMD vectors.
+template <typename acc_t>
+void gather_row(const acc_t* a_row, const acc_t* b, const std::vector<Segment>& segs,
+                int64_t width, int64_t n_pad, int64_t a_pixel_stride, int64_t k, acc_t* out) {
+  constexpr int64_t lanes = cpu::Vec<acc_t>::kLanes;
+  for (int64_t n0 = 0; n0 < n_pad; n0 += cpu::kMaxVectors * lanes) {
+    const int vectors = static_cast<int>(std::min<int64_t>(cpu::kMaxVectors, (n_pad - n0) / lanes));
+    const EvenTiles tiles(width, cpu::max_rows(vectors));
+    const TileArgs args{a_pixel_stride, 1, n_pad, k, n_pad, false};
+    for (int64_t i = 0; i < tiles.count; ++i) {
+      const int64_t j0 = tiles.start(i), rows = tiles.start(i + 1) - j0;
+      cpu::conv_tile<acc_t>(static_cast<int>(rows), vectors)(
+          a_row + j0 * a_pixel_stride, b + n0, segs.data(), static_cast<int64_t>(segs.size()),
+          args, out + j0 * n_pad + n0);
+    }
+  }
+}
+
+template <typename scalar_t>
+Tensor forward_impl(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias,
+                    const Geometry& g) {
+  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  const Layout l(g, cpu::Vec<acc_t>::kLanes);
+  Tensor y = at::empty({g.batch, g.out_channels, g.out_h(), g.out_w()},
+                       x.options().memory_format(x.suggest_memory_format()));
+  if (y.numel() == 0) return y;
+  const std::vector<acc_t> p = pack_input<scalar_t, acc_t>(x, g, l);
+  const std::vector<acc_t> w = pack_weight<scalar_t, acc_t>(weight, g, false, l.co_pad);
+  std::vector<acc_t> b(l.co_pad, acc_t(0));
+  if (bias.has_value()) {
+    Tensor bc = bias->to(at::CppTypeToScalarType<acc_t>::value).contiguous();
+    std::copy(bc.data_ptr<acc_t>(), bc.data_ptr<acc_t>() + g.out_channels, b.begin());
+  }
+  const int64_t d = g.dilation, cin = g.in_channels;
+  std::vector<Segment> segs;
+  for (size_t t = 0; t < g.taps.size(); ++t)
+    segs.push_back({(g.taps[t].ty * d * l.pw + g.taps[t].tx * d) * cin,
+                    static_cast<int64_t>(t) * cin * l.co_pad});
+  scalar_t* yp = y.data_ptr<scalar_t>();
+  at::parallel_for(0, g.batch * g.out_h(), 1, [&](int64_t r0, int64_t r1) {
+    std::vector<acc_t> row(g.out_w() * l.co_pad);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t bi = r / g.out_h(), oi = r % g.out_h();
+      gather_row(p.data() + (bi * l.ph + oi) * l.pw * cin, w.data(), segs, g.out_w(), l.co_pad,
+                 cin, cin, row.data());
+      for (int64_t j = 0; j < g.out_w(); ++j)
+        for (int64_t co = 0; co < g.out_channels; ++co) row[j * l.co_pad + co] += b[co];
+      cpu::copy_2d(row.data(), l.co_pad, int64_t{1},
+                   yp + bi * y.stride(0) + oi * y.stride(2), y.stride(3), y.stride(1),
+                   g.out_w(), g.out_channels);
+    }
+  });
+  return y;
+}
+
+// dL/dx: every image pixel of the window's receptive field gathers grad_y through the mirrored
+// taps; pixels outside it get zero.
+template <typename scalar_t, typename acc_t>
+Tensor grad_input(const std::vector<acc_t>& q, const Tensor& x, const Tensor& weight,
+                  const Geometry& g, const Layout& l) {
+  const bool full = g.row0 == 0 && g.row1 == g.height && g.col0 == 0 && g.col1 == g.width;
+  auto options = x.options().memory_format(x.suggest_memory_format());
+  Tensor gx = full ? at::empty(x.sizes(), options) : at::zeros(x.sizes(), options);
+  if (gx.numel() == 0) return gx;
+  const std::vector<acc_t> w = pack_weight<scalar_t, acc_t>(weight, g, true, l.ci_pad);
+  const int64_t d = g.dilation, cout = g.out_channels;
+  std::vector<Segment> segs;
+  for (size_t t = 0; t < g.taps.size(); ++t)
+    segs.push_back({-(g.taps[t].ty * d * l.qw + g.taps[t].tx * d) * l.co_pad,
+                    static_cast<int64_t>(t) * cout * l.ci_pad});
+  const int64_t pr_lo = std::max<int64_t>(0, -l.image_row(g, 0));
+  const int64_t pr_hi = std::min<int64_t>(l.ph, g.height - l.image_row(g, 0));
+  const int64_t pc_lo = std::max<int64_t>(0, -l.image_col(g, 0));
+  const int64_t pc_hi = std::min<int64_t>(l.pw, g.width - l.image_col(g, 0));
+  if (pr_hi <= pr_lo || pc_hi <= pc_lo) return gx;
+  const int64_t rows = pr_hi - pr_lo, cols = pc_hi - pc_lo;
+  scalar_t* gp = gx.data_ptr<scalar_t>();
+  at::parallel_for(0, g.batch * rows, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<acc_t> row(cols * l.ci_pad);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t bi = r / rows, pr = pr_lo + r % rows;
+      // Q holds grad_y at an offset of (q_row0, q_col0): P position (pr, pc) with tap (ty, tx)
+      // reads grad_y(pr - ty*d, pc - tx*d).
+      const acc_t* a = q.data() + ((bi * l.qh + pr + l.q_row0) * l.qw + pc_lo + l.q_col0) * l.co_pad;
+      gather_row(a, w.data(), segs, cols, l.ci_pad, l.co_pad, cout, row.data());
+      cpu::copy_2d(row.data(), l.ci_pad, int64_t{1},
+                   gp + bi * gx.stride(0) + l.image_row(g, pr) * gx.stride(2) +
+                       l.image_col(g, pc_lo) * gx.stride(3),
+                   gx.stride(3), gx.stride(1), cols, g.in_channels);
+    }
+  });
+  return gx;
+}
+
+// dL/dweight: for each visible tap, sum over output pixels of P(pixel + tap) (x) grad_y(pixel).
+// Tasks are (tap, input-channel tile, output-channel block); each thread keeps its tasks and
+// walks the image in chunks of rows, so a chunk of P and Q stays in cache across its tasks.
+template <typename scalar_t, typename acc_t>
+Tensor grad_weight(const std::vector<acc_t>& p, const std::vector<acc_t>& q,
+                   const Tensor& weight, const Geometry& g, const Layout& l) {
+  constexpr int64_t lanes = cpu::Vec<acc_t>::kLanes;
+  const int64_t ntaps = static_cast<int64_t>(g.taps.size()), cin = g.in_channels;
+  std::vector<acc_t> packed(ntaps * cin * l.co_pad, acc_t(0));
+  const int64_t block = cpu::kMaxVectors * lanes;
+  const int64_t co_blocks = (l.co_pad + block - 1) / block;
+  const int64_t out_rows = g.batch * g.out_h();
+  if (out_rows > 0 && g.out_w() > 0 && cin > 0 && ntaps > 0) {
+    const int64_t d = g.dilation;
+    // About 128 KiB of P and Q per chunk of rows.
+    const int64_t chunk = std::max<int64_t>(
+        1, (int64_t{32} << 10) / std::max<int64_t>(1, g.out_w() * (cin + l.co_pad)));
+    struct Task {
+      int64_t tap, ci0, rows, co0;
+      int vectors;
+    };
+    std::vector<Task> tasks;
+    for (int64_t t = 0; t < ntaps; ++t) {
+      for (int64_t cb = 0; cb < co_blocks; ++cb) {
+        const int64_t co0 = cb * block;
+        const int vectors = static_cast<int>(std::min<int64_t>(cpu::kMaxVectors, (l.co_pad - co0) / lanes));
+        const EvenTiles tiles(cin, cpu::max_rows(vectors));
+        for (int64_t i = 0; i < tiles.count; ++i)
+          tasks.push_back({t, tiles.start(i), tiles.start(i + 1) - tiles.start(i), co0, vectors});
+      }
+    }
+    at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t t0, int64_t t1) {
+      std::vector<Segment> segs(chunk);
+      for (int64_t c0 = 0; c0 < out_rows; c0 += chunk) {
+        const int64_t nrows = std::min(chunk, out_rows - c0);
+        for (int64_t ti = t0; ti < t1; ++ti) {
+          const Task& task = tasks[ti];
+          const Tap& tap = g.taps[task.tap];
+          for (int64_t r = 0; r < nrows; ++r) {
+            const int64_t bi = (c0 + r) / g.out_h(), oi = (c0 + r) % g.out_h();
+            segs[r].a = ((bi * l.ph + oi + tap.ty * d) * l.pw + tap.tx * d) * cin + task.ci0;
+            segs[r].b = ((bi * l.qh + oi + l.q_row0) * l.qw + l.q_col0) * l.co_pad + task.co0;
+          }
+          const TileArgs args{1, cin, l.co_pad, g.out_w(), l.co_pad, c0 > 0};
+          cpu::conv_tile<acc_t>(static_cast<int>(task.rows), task.vectors)(
+              p.data(), q.data(), segs.data(), nrows, args,
+              packed.data() + (task.tap * cin + task.ci0) * l.co_pad + task.co0);
+        }
+      }
+    });
+  }
+  Tensor gw = at::zeros(weight.sizes(), weight.options().dtype(at::CppTypeToScalarType<acc_t>::value));
+  auto acc = gw.accessor<acc_t, 4>();
+  for (int64_t t = 0; t < ntaps; ++t) {
+    const Tap& tap = g.taps[t];
+    for (int64_t ci = 0; ci < cin; ++ci)
+      for (int64_t co = 0; co < g.out_channels; ++co)
+        if (!tap.centre || g.centre_allows(ci, co))
+          acc[co][ci][tap.ty][tap.tx] = packed[(t * cin + ci) * l.co_pad + co];
+  }
+  return gw.to(weight.scalar_type());
+}
+
+Tensor masked_conv2d_cpu(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias,
+                         int64_t mask_type, int64_t data_channels, int64_t dilation,
+                         at::IntArrayRef window) {
+  TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), "genfast: the cpu backend needs CPU tensors");
+  const Geometry g = make_geometry(x, weight, mask_type, data_channels, dilation, window);
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.out_channels && bias->device().is_cpu(),
+                "genfast: bias must be a CPU tensor of shape [", g.out_channels, "]");
+  }
+  Tensor out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "masked_conv2d", [&] {
+    out = forward_impl<scalar_t>(x, weight, bias, g);
+  });
+  return out;
+}
+
+std::tuple<Tensor, Tensor, Tensor> masked_conv2d_backward_cpu(
+    const Tensor& grad_y, const Tensor& x, const Tensor& weight, int64_t mask_type,
+    int64_t data_channels, int64_t dilation, at::IntArrayRef window,
+    std::array<bool, 3> output_mask) {
+  const Geometry g = make_geometry(x, weight, mask_type, data_channels, dilation, window);
+  check_grad_output(grad_y, g);
+  const Tensor gy = grad_y.to(x.scalar_type());
+  Tensor gx, gw, gb;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "masked_conv2d_backward", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    const Layout l(g, cpu::Vec<acc_t>::kLanes);
+    std::vector<acc_t> q;
+    if (output_mask[0] || output_mask[1]) q = pack_grad_output<scalar_t, acc_t>(gy, g, l);
+    gx = output_mask[0] ? grad_input<scalar_t, acc_t>(q, x, weight, g, l) : at::empty({0}, x.options());
+    if (output_mask[1]) {
+      const std::vector<acc_t> p = pack_input<scalar_t, acc_t>(x, g, l);
+      gw = grad_weight<scalar_t, acc_t>(p, q, weight, g, l);
+    } else {
+      gw = at::empty({0}, weight.options());
+    }
+  });
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  gb = output_mask[2] ? grad_y.sum({0, 2, 3}, false, acc).to(x.scalar_type())
+                      : at::empty({0}, x.options());
+  return {gx, gw, gb};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(genfast, CPU, m) {
+  m.impl("masked_conv2d", &masked_conv2d_cpu);
+  m.impl("masked_conv2d_backward", &masked_conv2d_backward_cpu);
+}
+
+}  // namespace genfast::masked_conv

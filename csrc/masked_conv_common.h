@@ -1,0 +1,52 @@
+// Geometry of genfast::masked_conv2d, shared by the CPU and CUDA kernels: which taps of the kernel
+// a PixelCNN mask leaves visible, the colour-group rule of the centre tap, the output window, and
+// the argument checks. van den Oord et al. 2016, "Pixel Recurrent Neural Networks", section 3.4.
+//
+// The kernel's centre is tap ((kh - 1) / 2, (kw - 1) / 2) and 'same' padding puts it on the output
+// pixel (as nn.Conv2d's padding="same"). Visible: every tap in a row above the centre, the taps left
+// of the centre in its row, and the centre itself for the (input group, output group) pairs the
+// colour rule allows: input group < output group for mask A, <= for mask B. Channel k of C belongs
+// to group k * data_channels / C, so with data_channels = 1 mask A hides the centre and mask B shows it.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace genfast::masked_conv {
+
+enum MaskType : int64_t { kMaskA = 0, kMaskB = 1 };
+
+struct Tap {
+  int64_t ty, tx;  // kernel row and column
+  bool centre;     // the centre tap, visible only for the channel pairs the colour rule allows
+};
+
+struct Geometry {
+  int64_t batch, in_channels, out_channels, height, width;
+  int64_t kh, kw, dilation, centre_y, centre_x;
+  int64_t mask_type, data_channels;
+  // Output window [row0, row1) x [col0, col1) of the 'same'-sized output.
+  int64_t row0, row1, col0, col1;
+  std::vector<Tap> taps;  // visible taps in raster order
+
+  int64_t out_h() const { return row1 - row0; }
+  int64_t out_w() const { return col1 - col0; }
+  // Whether the centre tap carries input channel ci to output channel co.
+  bool centre_allows(int64_t ci, int64_t co) const {
+    int64_t gi = ci * data_channels / in_channels, go = co * data_channels / out_channels;
+    return mask_type == kMaskA ? gi < go : gi <= go;
+  }
+};
+
+// Checks the arguments (clear errors for every misuse) and works out the geometry.
+Geometry make_geometry(const at::Tensor& x, const at::Tensor& weight, int64_t mask_type,
+                       int64_t data_channels, int64_t dilation, at::IntArrayRef window);
+
+// Checks what backward receives against the forward geometry.
+void check_grad_output(const at::Tensor& grad_y, const Geometry& g);
+
+// The [out, in, kh, kw] 0/1 mask the op applies to the weight, in the weight's dtype.
+at::Tensor weight_mask(const Geometry& g, const at::TensorOptions& options);
+
+}  // namespace genfast::masked_conv

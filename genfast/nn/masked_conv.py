@@ -1,0 +1,50 @@
+"""The PixelCNN layer: a drop-in nn.Conv2d whose kernel only sees earlier pixels."""
+from torch import nn
+
+from genfast.ops.masked_conv import MASK_TYPES, masked_conv2d
+
+
+class MaskedConv2d(nn.Conv2d):
+    """nn.Conv2d with a PixelCNN mask, computed without the hidden taps.
+
+    Same ``weight`` [out, in, kh, kw] and ``bias`` parameters, initialisation and state_dict keys
+    as nn.Conv2d, so existing checkpoints load. Stride 1 with 'same' padding only: ``padding`` may
+    be "same" or, for odd kernels, kernel_size // 2 * dilation (what PixelCNN code passes).
+
+    Args:
+        mask_type: 'A' for the first layer (hides the current pixel), 'B' for the others.
+        data_channels: colour groups of the channels (3 for RGB data, see genfast.masked_conv2d).
+        backend: forced backend for this layer, or None for genfast's default.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, mask_type="A", data_channels=1,
+                 bias=True, dilation=1, stride=1, padding="same", backend=None,
+                 device=None, dtype=None):
+        if mask_type not in MASK_TYPES:
+            raise ValueError(f"genfast: mask_type must be 'A' or 'B', got {mask_type!r}")
+        if stride not in (1, (1, 1)):
+            raise ValueError(f"genfast: MaskedConv2d supports stride 1 only, got {stride!r}")
+        if isinstance(dilation, tuple):
+            if len(set(dilation)) != 1:
+                raise ValueError(f"genfast: MaskedConv2d needs equal dilations, got {dilation}")
+            dilation = dilation[0]
+        super().__init__(in_channels, out_channels, kernel_size, stride=1, padding="same",
+                         dilation=dilation, bias=bias, device=device, dtype=dtype)
+        kh, kw = self.kernel_size
+        same = ((kh - 1) // 2 * dilation, (kw - 1) // 2 * dilation)
+        if padding != "same" and not (kh % 2 and kw % 2 and padding in (same, same[0])
+                                      and same[0] == same[1]):
+            raise ValueError(f"genfast: MaskedConv2d pads 'same'; padding={padding!r} would "
+                             f"change the output size (use 'same' or {same[0]})")
+        if not 1 <= data_channels <= min(in_channels, out_channels):
+            raise ValueError(f"genfast: data_channels must be between 1 and "
+                             f"min(in_channels, out_channels), got {data_channels}")
+        self.mask_type, self.data_channels, self.backend = mask_type, data_channels, backend
+
+    def forward(self, x, window=None):
+        return masked_conv2d(x, self.weight, self.bias, self.mask_type, self.data_channels,
+                             self.dilation[0], window=window, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, mask_type={self.mask_type!r}, "
+                f"data_channels={self.data_channels}")

@@ -1,0 +1,179 @@
+"""PixelCNN masked convolution (van den Oord et al. 2016, "Pixel Recurrent Neural Networks",
+section 3.4, and "Conditional Image Generation with PixelCNN Decoders").
+
+A masked convolution is a stride-1, 'same'-padded convolution whose kernel only sees pixels
+before the current one in raster order. The kernel's centre is tap ((kh-1)//2, (kw-1)//2), as
+nn.Conv2d's padding="same" places it. Visible taps: every row above the centre, the taps left of
+the centre in its row, and the centre itself for the channel pairs the colour rule allows. With
+``data_channels`` colour groups (3 for RGB), channel k of C belongs to group k * data_channels // C;
+mask A lets an output group see strictly earlier input groups at the centre (G sees R, B sees R
+and G), mask B also its own group. With one group, mask A hides the centre and mask B shows it.
+
+The reference multiplies the weight by the mask and runs a dense convolution, as public PixelCNN
+code does. The fast kernels never touch the hidden taps, in forward and in both backward passes.
+``window`` evaluates only part of the output, for samplers that need one new row or pixel.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch._prims_common import suggest_memory_format
+
+from genfast import _backend, _ext
+
+MASK_TYPES = {"A": 0, "B": 1}
+
+
+# ----------------------------------------------------------------------------- reference
+
+def conv_mask(out_channels: int, in_channels: int, kh: int, kw: int, mask_type: str,
+              data_channels: int = 1) -> torch.Tensor:
+    """The [out, in, kh, kw] 0/1 float mask of a PixelCNN kernel (see the module docstring)."""
+    cy, cx = (kh - 1) // 2, (kw - 1) // 2
+    mask = torch.zeros(out_channels, in_channels, kh, kw)
+    mask[:, :, :cy, :] = 1
+    mask[:, :, cy, :cx] = 1
+    group_in = torch.arange(in_channels) * data_channels // max(in_channels, 1)
+    group_out = torch.arange(out_channels) * data_channels // max(out_channels, 1)
+    if mask_type == "A":
+        allowed = group_in[None, :] < group_out[:, None]
+    else:
+        allowed = group_in[None, :] <= group_out[:, None]
+    mask[:, :, cy, cx] = allowed.float()
+    return mask
+
+
+def masked_conv2d_ref(x, weight, bias=None, mask_type="B", data_channels=1, dilation=1,
+                      window=None):
+    """Dense convolution with the masked weight, then the window cut out of the output."""
+    mask = conv_mask(*weight.shape, mask_type, data_channels).to(weight.device, weight.dtype)
+    y = F.conv2d(x, weight * mask, bias, padding="same", dilation=dilation)
+    if window is not None:
+        row0, row1, col0, col1 = window
+        y = y[:, :, row0:row1, col0:col1]
+    return y
+
+
+# ----------------------------------------------------------------------------- the op
+
+def _out_shape(x, weight, window):
+    if window:
+        return (x.shape[0], weight.shape[0], window[1] - window[0], window[3] - window[2])
+    return (x.shape[0], weight.shape[0], x.shape[2], x.shape[3])
+
+
+def _fake_forward(x, weight, bias, mask_type, data_channels, dilation, window):
+    y = x.new_empty(_out_shape(x, weight, window))
+    return y.contiguous(memory_format=suggest_memory_format(x))
+
+
+def _fake_backward(grad_y, x, weight, mask_type, data_channels, dilation, window, output_mask):
+    gx = torch.empty_like(x, memory_format=suggest_memory_format(x)) if output_mask[0] \
+        else x.new_empty(0)
+    gw = weight.new_empty(weight.shape) if output_mask[1] else weight.new_empty(0)
+    gb = x.new_empty(weight.shape[0]) if output_mask[2] else x.new_empty(0)
+    return gx, gw, gb
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, mask_type, data_channels, dilation, window = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.args = (mask_type, data_channels, dilation, window)
+    ctx.has_bias = bias is not None
+
+
+def _make_backward(backward_op):
+    def backward(ctx, grad_y):
+        x, weight = ctx.saved_tensors
+        wants = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                 ctx.has_bias and ctx.needs_input_grad[2]]
+        gx, gw, gb = backward_op(grad_y, x, weight, *ctx.args, wants)
+        return (gx if wants[0] else None, gw if wants[1] else None, gb if wants[2] else None,
+                None, None, None, None)
+
+    return backward
+
+
+_FORWARD_OPS = {}
+if _ext.has_op("masked_conv2d"):
+    torch.library.register_fake("genfast::masked_conv2d", _fake_forward)
+    torch.library.register_fake("genfast::masked_conv2d_backward", _fake_backward)
+    torch.library.register_autograd("genfast::masked_conv2d",
+                                    _make_backward(torch.ops.genfast.masked_conv2d_backward),
+                                    setup_context=_setup_context)
+    _FORWARD_OPS["cpu"] = torch.ops.genfast.masked_conv2d
+# A stale build of the extension may lack the op: then only the reference implements it.
+IMPLEMENTED = ("reference", *_FORWARD_OPS)
+
+
+# ----------------------------------------------------------------------------- public API
+
+def _check_args(x, weight, bias, mask_type, data_channels, dilation, window):
+    for name, t in (("x", x), ("weight", weight)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"genfast: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in _backend.FLOAT_DTYPES:
+            raise TypeError(f"genfast: {name} must be float16, bfloat16, float32 or float64, "
+                            f"got {t.dtype}")
+    if x.dim() != 4:
+        raise ValueError(f"genfast: x must be [batch, channels, height, width], got shape "
+                         f"{tuple(x.shape)}")
+    if weight.dim() != 4:
+        raise ValueError(f"genfast: weight must be [out, in, kh, kw], got shape "
+                         f"{tuple(weight.shape)}")
+    if x.shape[1] != weight.shape[1]:
+        raise ValueError(f"genfast: x has {x.shape[1]} channels but weight expects "
+                         f"{weight.shape[1]}")
+    if min(weight.shape[2:]) < 1:
+        raise ValueError(f"genfast: empty kernel {tuple(weight.shape[2:])}")
+    if x.dtype != weight.dtype:
+        raise TypeError(f"genfast: x and weight must have the same dtype, got {x.dtype} and "
+                        f"{weight.dtype}")
+    if x.device != weight.device:
+        raise ValueError(f"genfast: x is on {x.device} but weight is on {weight.device}")
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor) or bias.shape != (weight.shape[0],):
+            raise ValueError(f"genfast: bias must be a tensor of shape ({weight.shape[0]},)")
+        if bias.dtype != x.dtype or bias.device != x.device:
+            raise ValueError(f"genfast: bias must match x's dtype {x.dtype} and device "
+                             f"{x.device}, got {bias.dtype} on {bias.device}")
+    if mask_type not in MASK_TYPES:
+        raise ValueError(f"genfast: mask_type must be 'A' or 'B', got {mask_type!r}")
+    channels = min(weight.shape[0], weight.shape[1])
+    if not isinstance(data_channels, int) or not 1 <= data_channels <= max(channels, 1):
+        raise ValueError(f"genfast: data_channels must be an int between 1 and the number of "
+                         f"input and output channels ({channels}), got {data_channels!r}")
+    if not isinstance(dilation, int) or isinstance(dilation, bool) or dilation < 1:
+        raise ValueError(f"genfast: dilation must be an int >= 1, got {dilation!r}")
+    if window is not None:
+        h, w = x.shape[2], x.shape[3]
+        if len(window) != 4 or not (0 <= window[0] <= window[1] <= h
+                                    and 0 <= window[2] <= window[3] <= w):
+            raise ValueError(f"genfast: window must be (row0, row1, col0, col1) inside the "
+                             f"{h}x{w} output, got {window!r}")
+
+
+def masked_conv2d(x, weight, bias=None, mask_type="B", data_channels=1, dilation=1, *,
+                  window=None, backend=None):
+    """PixelCNN masked convolution, stride 1, 'same' padding.
+
+    Args:
+        x: [B, C_in, H, W] (NCHW or channels_last).
+        weight: [C_out, C_in, kh, kw]; the hidden taps' values are ignored (their gradient is 0).
+        bias: optional [C_out].
+        mask_type: 'A' (first layer: hides the current pixel) or 'B'.
+        data_channels: colour groups of the channels (3 for RGB data), 1 for none.
+        dilation: spacing of the kernel taps.
+        window: optional (row0, row1, col0, col1): compute only that part of the output.
+        backend: 'auto', 'reference' or 'cpu' (default: see genfast.backends).
+    Returns:
+        [B, C_out, H, W], or [B, C_out, row1 - row0, col1 - col0] with a window, in x's memory
+        format.
+    """
+    _check_args(x, weight, bias, mask_type, data_channels, dilation, window)
+    window = tuple(int(v) for v in window) if window is not None else None
+    name = _backend.select("masked_conv2d", backend, x.device, x.dtype, IMPLEMENTED)
+    if name == "reference":
+        return masked_conv2d_ref(x, weight, bias, mask_type, data_channels, dilation, window)
+    return _FORWARD_OPS[name](x, weight, bias, MASK_TYPES[mask_type], data_channels, dilation,
+                              list(window or ()))
