@@ -1,0 +1,131 @@
+"""``genfast bench``: times every registered op against its reference and torch.compile."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import torch
+
+from genfast import BACKENDS
+from genfast.benchmark import report
+from genfast.benchmark.cases import case_names, get_cases
+from genfast.benchmark.runner import (default_device, implementations, plan, run_case,
+                                      torch_threads)
+from genfast.benchmark.timing import TimingSettings
+
+FAST_BACKENDS = tuple(b for b in BACKENDS if b != "reference")
+
+
+def _comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def register(subparsers) -> None:
+    """Adds the ``bench`` subcommand to the ``genfast`` parser."""
+    parser = subparsers.add_parser(
+        "bench", help="time genfast's ops against PyTorch and torch.compile",
+        description="Times each op's eager PyTorch reference, torch.compile(reference) and every "
+                    "usable fast backend, forward and forward+backward, at a small and a large "
+                    "size. Prints a table and writes bench.json and bench.png to --out.")
+    parser.add_argument("--op", action="append", type=_comma_list, metavar="NAME[,NAME]",
+                        help=f"op to time (repeatable; default: all). Choices: "
+                             f"{', '.join(case_names())}")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                        help="device to time on (default: cuda if available, else cpu)")
+    parser.add_argument("--backends", type=_comma_list, metavar="NAME[,NAME]", default=None,
+                        help=f"fast backends to time (default: every usable one of "
+                             f"{', '.join(FAST_BACKENDS)}); the reference is always timed")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="do not time torch.compile(reference)")
+    parser.add_argument("--quick", action="store_true",
+                        help="few, short repeats: a smoke run for CI, not for numbers to quote")
+    parser.add_argument("--repeats", type=int, default=None, metavar="N",
+                        help=f"timed blocks per measurement (default: {TimingSettings().repeats}, or "
+                             f"{TimingSettings.quick().repeats} with --quick)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--out", default="bench-results", metavar="DIR",
+                        help="directory for bench.json and bench.png (default: ./bench-results)")
+    parser.add_argument("--check", action="store_true",
+                        help="exit with status 1 if an acceptance target fails")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run, parser=parser)
+
+
+def _validate(args) -> tuple[list, str, list[str] | None, TimingSettings]:
+    parser = args.parser
+    ops = [name for group in (args.op or []) for name in group]
+    try:
+        cases = get_cases(ops or None)
+    except ValueError as exc:
+        parser.error(str(exc))
+    device = args.device or default_device()
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible to torch here")
+    backends = args.backends
+    if backends is not None:
+        unknown = [b for b in backends if b not in FAST_BACKENDS]
+        if unknown:
+            parser.error(f"unknown backend {', '.join(map(repr, unknown))} in --backends; "
+                         f"choose from: {', '.join(FAST_BACKENDS)}")
+    if args.repeats is not None and args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
+    settings = TimingSettings.quick() if args.quick else TimingSettings()
+    if args.repeats is not None:
+        settings = TimingSettings(**{**settings.to_dict(), "repeats": args.repeats})
+    return cases, device, backends, settings
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    cases, device, backends, settings = _validate(args)
+    # torch.compile's C++ toolchain setup warns on every GPU-less machine with a CUDA build of
+    # torch that no CUDA runtime is found; irrelevant to CPU timings, and it breaks the table.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    started = time.perf_counter()
+    results = []
+    with torch_threads(args.threads):
+        machine = report.machine_info(device)
+        print(f"genfast bench on {device} ({machine['device_name']}), torch "
+              f"{machine['torch_version']}, {machine['torch_threads']} threads, "
+              f"{'quick' if args.quick else 'full'} run", flush=True)
+        load = machine["load_average_1min"]
+        if device == "cpu" and load is not None and load > 0.5 * (machine["cpus_usable"] or 1):
+            print(f"note: the machine is busy (1-minute load average {load:.2f}); CPU timings "
+                  "will be noisy", flush=True)
+        work = list(plan(cases))
+        bar = tqdm(work, desc="genfast bench", unit="case", disable=args.no_progress,
+                   leave=False)
+        for case, size, mode in bar:
+            impls = implementations(case, device, backends, compile=not args.no_compile)
+
+            def show(impl, case=case, size=size, mode=mode):
+                bar.set_postfix_str(f"{case.name} {size.name} {mode} {impl}")
+
+            results.append(run_case(case, size, mode, device, impls, settings, on_impl=show))
+        bar.close()
+    elapsed = time.perf_counter() - started
+
+    checks = report.check_targets(results, device)
+    print()
+    print(report.format_table(results, checks))
+    settings_record = {
+        "quick": args.quick, "compile": not args.no_compile, "backends": backends,
+        "threads": args.threads, "timing": settings.to_dict(), "elapsed_s": round(elapsed, 2),
+        "ops": [c.name for c in cases],
+    }
+    os.makedirs(args.out, exist_ok=True)
+    json_path = os.path.join(args.out, report.JSON_NAME)
+    png_path = os.path.join(args.out, report.PNG_NAME)
+    report.write_json(report.to_json(results, machine, settings_record, checks), json_path)
+    report.write_chart(results, png_path,
+                       f"genfast bench on {device}: {machine['device_name']}, "
+                       f"{machine['torch_threads']} threads, torch {machine['torch_version']}")
+    print(f"\nWrote {json_path} and {png_path} ({elapsed:.1f} s of benchmarking).")
+    if args.check and any(c.status == "fail" for c in checks):
+        return 1
+    return 0

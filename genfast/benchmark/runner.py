@@ -1,0 +1,210 @@
+"""Turns registered cases into timed callables and times them.
+
+For each case, size and mode there are these implementations: ``reference`` (eager PyTorch),
+``torch.compile`` (the reference compiled with dynamic=False), and each fast backend that the
+op implements and that can run on the device. ``build`` is shared by ``genfast bench`` and the
+pytest-benchmark suite, so both time exactly the same thing.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+
+import genfast
+from genfast.benchmark.cases import FWD, MODES, OpCase, Size
+from genfast.benchmark.timing import Measurement, TimingSettings, measure_interleaved
+
+REFERENCE, COMPILE = "reference", "torch.compile"
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """One way of running a case; ``skip`` says why it is not timed here ('' if it is)."""
+
+    name: str
+    skip: str = ""
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def implementations(case: OpCase, device: str, backends: list[str] | None = None,
+                    compile: bool = True) -> list[Implementation]:
+    """Reference, torch.compile(reference) and the fast backends, in that order.
+
+    ``backends`` limits the fast backends (None: all of the case's). Backends that cannot run
+    on ``device`` here come back with a reason instead of being dropped, so reports can say why.
+    """
+    impls = [Implementation(REFERENCE),
+             Implementation(COMPILE, "" if compile else "disabled (--no-compile)")]
+    info = genfast.backends()
+    for name in case.backends:
+        if backends is not None and name not in backends:
+            continue
+        if name == "triton" and device == "cpu":
+            skip = "on the CPU Triton only runs in its interpreter, which is not a fast path"
+        elif not info[name].available:
+            skip = info[name].reason
+        elif device not in info[name].devices:
+            skip = f"runs on {'/'.join(info[name].devices)}, not {device}"
+        else:
+            skip = ""
+        impls.append(Implementation(name, skip))
+    return impls
+
+
+def _as_tuple(outputs) -> tuple:
+    return tuple(outputs) if isinstance(outputs, (tuple, list)) else (outputs,)
+
+
+def build(case: OpCase, size: Size, mode: str, impl: str, device: str | torch.device,
+          seed: int = 0) -> Callable[[], None]:
+    """A callable that runs ``impl`` on ``case`` at ``size`` in ``mode`` once, ready to time.
+
+    Inputs and cotangents are made here, outside the timed call, and the callable has been run
+    once, so a torch.compile compilation has already happened. On a GPU the callable ends with
+    torch.cuda.synchronize(). Compile failures propagate; ``run_case`` turns them into a skip.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    inputs = case.make_inputs(size, device, case.dtype)
+    if impl == REFERENCE:
+        fn = case.reference
+    elif impl == COMPILE:
+        # A fresh Dynamo cache per build: every case, size and mode gets its own static-shape
+        # graph and never meets the recompile limit.
+        torch._dynamo.reset()
+        fn = torch.compile(case.reference, dynamic=False)
+    else:
+        def fn(inputs, _backend=impl):
+            return case.fast(inputs, _backend)
+
+    if mode == FWD:
+        def step():
+            fn(inputs)
+    else:
+        leaves = [inputs[k].requires_grad_() for k in case.grad_inputs]
+        outputs = _as_tuple(fn(inputs))
+        given = case.cotangents(inputs) if case.cotangents else (None,) * len(outputs)
+        if len(given) != len(outputs):
+            raise ValueError(f"{case.name}: cotangents gives {len(given)} tensors for "
+                             f"{len(outputs)} outputs")
+        cotangents = tuple(torch.ones_like(o) if c is None else c for o, c in zip(outputs, given))
+        del outputs
+
+        def step():
+            # The same gradients as backward of sum(output * cotangent), without timing the
+            # products and sums of such a loss.
+            torch.autograd.grad(_as_tuple(fn(inputs)), leaves, cotangents)
+
+    if device.type == "cuda":
+        def timed():
+            step()
+            torch.cuda.synchronize(device)
+    else:
+        timed = step
+    timed()
+    return timed
+
+
+@dataclass
+class Result:
+    """Everything measured for one case at one size and mode."""
+
+    case: OpCase
+    size: Size
+    mode: str
+    device: str
+    measurements: dict[str, Measurement]
+    skipped: dict[str, str]
+
+    def median(self, impl: str) -> float | None:
+        m = self.measurements.get(impl)
+        return m.median if m is not None else None
+
+    def speedup(self, impl: str, baseline: str) -> float | None:
+        """baseline time / impl time, or None when either was not measured."""
+        t, base = self.median(impl), self.median(baseline)
+        return base / t if t and base else None
+
+    def gb_per_s(self, impl: str) -> float | None:
+        t = self.median(impl)
+        if t is None or self.case.bytes_moved is None:
+            return None
+        return self.case.bytes_moved(self.size, self.mode, self.case.dtype) / t / 1e9
+
+    def tflop_per_s(self, impl: str) -> float | None:
+        t = self.median(impl)
+        if t is None or self.case.flops is None:
+            return None
+        return self.case.flops(self.size, self.mode) / t / 1e12
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def run_case(case: OpCase, size: Size, mode: str, device: str, impls: list[Implementation],
+             settings: TimingSettings, on_impl: Callable[[str], None] | None = None) -> Result:
+    """Times every implementation of one (case, size, mode) that is not skipped, interleaved."""
+    result = Result(case, size, mode, device, {}, {})
+    fns = {}
+    for impl in impls:
+        if impl.skip:
+            result.skipped[impl.name] = impl.skip
+            continue
+        if on_impl is not None:
+            on_impl(f"building {impl.name}")
+        if impl.name == COMPILE:
+            try:
+                fns[impl.name] = build(case, size, mode, impl.name, device)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure makes it unavailable
+                result.skipped[impl.name] = f"torch.compile failed ({_first_line(exc)})"
+        else:
+            fns[impl.name] = build(case, size, mode, impl.name, device)
+    if on_impl is not None:
+        on_impl("timing")
+    result.measurements = measure_interleaved(fns, settings)
+    return result
+
+
+def plan(cases: list[OpCase], sizes: list[str] | None = None,
+         modes: list[str] | None = None) -> Iterator[tuple[OpCase, Size, str]]:
+    """Every (case, size, mode) to run, in report order."""
+    for case in cases:
+        for size in case.sizes:
+            if sizes is not None and size.name not in sizes:
+                continue
+            for mode in MODES:
+                if modes is None or mode in modes:
+                    yield case, size, mode
+
+
+def matrix(case: OpCase, device: str, backends: list[str] | None = None, compile: bool = True
+           ) -> Iterator[tuple[Size, str, Implementation]]:
+    """Every (size, mode, implementation) of one case, skipped ones included."""
+    impls = implementations(case, device, backends, compile)
+    for _, size, mode in plan([case]):
+        for impl in impls:
+            yield size, mode, impl
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Runs the block with ``threads`` intra-op threads (unchanged for None)."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

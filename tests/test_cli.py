@@ -1,0 +1,85 @@
+"""The ``genfast`` command line: ``genfast bench`` writes its JSON and chart, and bad arguments
+fail with a message instead of a traceback."""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+import genfast
+from genfast.cli import main
+
+
+@pytest.fixture(scope="module")
+def quick_bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    status = main(["bench", "--quick", "--op", "reparameterize_kl", "--no-compile",
+                   "--device", "cpu", "--no-progress", "--out", str(out)])
+    return status, out
+
+
+def test_bench_writes_json_and_png(quick_bench):
+    status, out = quick_bench
+    assert status == 0
+    with open(out / "bench.json") as f:
+        record = json.load(f)
+    machine = record["machine"]
+    for key in ("torch_version", "device_name", "cpu_count", "torch_threads",
+                "genfast_build_info"):
+        assert key in machine
+    assert machine["device"] == "cpu"
+    assert record["settings"]["quick"] is True and record["settings"]["compile"] is False
+
+    results = record["results"]
+    assert {(r["size"], r["mode"]) for r in results} == {
+        (size, mode) for size in ("small", "large") for mode in ("fwd", "fwd+bwd")}
+    for r in results:
+        assert r["op"] == "reparameterize_kl" and r["dtype"] == "float32"
+        impls = r["implementations"]
+        assert impls["torch.compile"]["available"] is False
+        assert "--no-compile" in impls["torch.compile"]["reason"]
+        assert impls["triton"]["available"] is False  # never timed on the interpreter
+        timed = [name for name, i in impls.items() if i["available"]]
+        assert "reference" in timed
+        if genfast.backends()["cpu"].available:
+            assert "cpu" in timed
+        for name in timed:
+            i = impls[name]
+            assert i["median_s"] > 0 and math.isfinite(i["median_s"])
+            ratio = i["speedup_vs_reference"]
+            assert ratio > 0 and math.isfinite(ratio)
+            assert i["gb_per_s"] > 0
+        assert impls["reference"]["speedup_vs_reference"] == pytest.approx(1.0)
+
+    large = [r for r in results if r["size"] == "large"][0]
+    assert large["params"]["shape"][0] * large["params"]["shape"][1] == 4 * 2**20
+    assert any(t["op"] == "reparameterize_kl" for t in record["targets"])
+
+    with open(out / "bench.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unknown_op_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--op", "no_such_op", "--no-progress"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown op 'no_such_op'" in err and "reparameterize_kl" in err
+
+
+def test_unknown_backend_and_missing_command(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--backends", "cpu,gpu"])
+    assert exc.value.code == 2
+    assert "unknown backend 'gpu'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main([])
+    assert exc.value.code == 2
+
+
+def test_python_dash_m_genfast():
+    done = subprocess.run([sys.executable, "-m", "genfast", "bench", "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "--no-compile" in done.stdout and "reparameterize_kl" in done.stdout
