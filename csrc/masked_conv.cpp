@@ -93,14 +93,27 @@ std::vector<acc_t> pack_input(const Tensor& x, const Geometry& g, const Layout& 
 // grad_y in Q: pixel-major, channels padded to co_pad, with a zero border.
 template <typename scalar_t, typename acc_t>
 std::vector<acc_t> pack_grad_output(const Tensor& gy, const Geometry& g, const Layout& l) {
-  std::vector<acc_t> q(g.batch * l.qh * l.qw * l.co_pad, acc_t(0));
+  std::vector<acc_t> q(g.batch * l.qh * l.qw * l.co_pad);
   const scalar_t* gp = gy.data_ptr<scalar_t>();
   const int64_t sb = gy.stride(0), sc = gy.stride(1), sh = gy.stride(2), sw = gy.stride(3);
-  at::parallel_for(0, g.batch * g.out_h(), 16, [&](int64_t r0, int64_t r1) {
+  const int64_t row_size = l.qw * l.co_pad;
+  at::parallel_for(0, g.batch * l.qh, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t b = r / g.out_h(), oi = r % g.out_h();
-      acc_t* dst = q.data() + ((b * l.qh + oi + l.q_row0) * l.qw + l.q_col0) * l.co_pad;
-      cpu::copy_2d(gp + b * sb + oi * sh, sw, sc, dst, l.co_pad, int64_t{1}, g.out_w(),
+      const int64_t b = r / l.qh, oi = r % l.qh - l.q_row0;
+      acc_t* dst = q.data() + r * row_size;
+      if (oi < 0 || oi >= g.out_h()) {
+        std::fill(dst, dst + row_size, acc_t(0));
+        continue;
+      }
+      // Zero the border and the channel padding, then fill in the row of grad_y.
+      std::fill(dst, dst + l.q_col0 * l.co_pad, acc_t(0));
+      std::fill(dst + (l.q_col0 + g.out_w()) * l.co_pad, dst + row_size, acc_t(0));
+      acc_t* inner = dst + l.q_col0 * l.co_pad;
+      if (l.co_pad != g.out_channels) {
+        for (int64_t j = 0; j < g.out_w(); ++j)
+          std::fill(inner + j * l.co_pad + g.out_channels, inner + (j + 1) * l.co_pad, acc_t(0));
+      }
+      cpu::copy_2d(gp + b * sb + oi * sh, sw, sc, inner, l.co_pad, int64_t{1}, g.out_w(),
                    g.out_channels);
     }
   });
@@ -143,7 +156,7 @@ void gather_row(const acc_t* a_row, const acc_t* b, const std::vector<Segment>& 
     const TileArgs args{a_pixel_stride, 1, n_pad, k, n_pad, false};
     for (int64_t i = 0; i < tiles.count; ++i) {
       const int64_t j0 = tiles.start(i), rows = tiles.start(i + 1) - j0;
-      cpu::conv_tile<acc_t>(static_cast<int>(rows), vectors)(
+      cpu::conv_tile<acc_t>(static_cast<int>(rows), vectors, true)(
           a_row + j0 * a_pixel_stride, b + n0, segs.data(), static_cast<int64_t>(segs.size()),
           args, out + j0 * n_pad + n0);
     }
@@ -270,7 +283,7 @@ Tensor grad_weight(const std::vector<acc_t>& p, const std::vector<acc_t>& q,
             segs[r].b = ((bi * l.qh + oi + l.q_row0) * l.qw + l.q_col0) * l.co_pad + task.co0;
           }
           const TileArgs args{1, cin, l.co_pad, g.out_w(), l.co_pad, c0 > 0};
-          cpu::conv_tile<acc_t>(static_cast<int>(task.rows), task.vectors)(
+          cpu::conv_tile<acc_t>(static_cast<int>(task.rows), task.vectors, false)(
               p.data(), q.data(), segs.data(), nrows, args,
               packed.data() + (task.tap * cin + task.ci0) * l.co_pad + task.co0);
         }

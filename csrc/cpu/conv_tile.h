@@ -31,7 +31,9 @@ struct TileArgs {
   bool accumulate;     // add to C rather than overwrite it
 };
 
-template <typename T, int R, int V>
+// kUnitK: A is contiguous along k (ks == 1, forward and grad-input) rather than along rows
+// (rs == 1, grad-weight). Fixing the unit stride at compile time keeps the addressing cheap.
+template <typename T, int R, int V, bool kUnitK>
 GENFAST_SIMD_INLINE void conv_tile_body(const T* __restrict A, const T* __restrict B,
                                         const Segment* segs, int64_t nseg, const TileArgs& t,
                                         T* __restrict C) {
@@ -53,7 +55,7 @@ GENFAST_SIMD_INLINE void conv_tile_body(const T* __restrict A, const T* __restri
       vec w[V];
       for (int v = 0; v < V; ++v) std::memcpy(&w[v], b + k * t.bs + v * L, sizeof(vec));
       for (int r = 0; r < R; ++r) {
-        const vec x = vec{} + a[r * t.rs + k * t.ks];
+        const vec x = vec{} + (kUnitK ? a[r * t.rs + k] : a[r + k * t.ks]);
         for (int v = 0; v < V; ++v) acc[r][v] += x * w[v];
       }
     }
@@ -70,45 +72,51 @@ constexpr int kMaxVectors = 4;
 template <typename T>
 using TileFn = void (*)(const T*, const T*, const Segment*, int64_t, const TileArgs&, T*);
 
-// One function per (rows, vectors); float versions are cloned per x86 ISA level.
-template <int R, int V>
+// One function per (rows, vectors, unit stride); float versions are cloned per x86 ISA level.
+template <int R, int V, bool kUnitK>
 GENFAST_TARGET_CLONES void conv_tile_f32(const float* A, const float* B, const Segment* segs,
                                          int64_t nseg, const TileArgs& t, float* C) {
-  conv_tile_body<float, R, V>(A, B, segs, nseg, t, C);
+  conv_tile_body<float, R, V, kUnitK>(A, B, segs, nseg, t, C);
 }
-template <int R, int V>
+template <int R, int V, bool kUnitK>
 void conv_tile_f64(const double* A, const double* B, const Segment* segs, int64_t nseg,
                    const TileArgs& t, double* C) {
-  conv_tile_body<double, R, V>(A, B, segs, nseg, t, C);
+  conv_tile_body<double, R, V, kUnitK>(A, B, segs, nseg, t, C);
 }
 
-template <typename T, int R, int V>
+template <typename T, int R, int V, bool kUnitK>
 constexpr TileFn<T> tile_fn() {
   if constexpr (std::is_same_v<T, float>) {
-    return &conv_tile_f32<R, V>;
+    return &conv_tile_f32<R, V, kUnitK>;
   } else {
-    return &conv_tile_f64<R, V>;
+    return &conv_tile_f64<R, V, kUnitK>;
   }
 }
 
-template <typename T, int V, int... Rm1>
+template <typename T, int V, bool kUnitK, int... Rm1>
 constexpr std::array<TileFn<T>, sizeof...(Rm1)> row_table(std::integer_sequence<int, Rm1...>) {
-  return {tile_fn<T, Rm1 + 1, V>()...};
+  return {tile_fn<T, Rm1 + 1, V, kUnitK>()...};
 }
 
-// The tile function for `rows` (1..max_rows(vectors)) rows and `vectors` (1..4) column vectors.
-template <typename T>
-TileFn<T> conv_tile(int rows, int vectors) {
-  static const auto t1 = row_table<T, 1>(std::make_integer_sequence<int, max_rows(1)>{});
-  static const auto t2 = row_table<T, 2>(std::make_integer_sequence<int, max_rows(2)>{});
-  static const auto t3 = row_table<T, 3>(std::make_integer_sequence<int, max_rows(3)>{});
-  static const auto t4 = row_table<T, 4>(std::make_integer_sequence<int, max_rows(4)>{});
+template <typename T, bool kUnitK>
+TileFn<T> conv_tile_of(int rows, int vectors) {
+  static const auto t1 = row_table<T, 1, kUnitK>(std::make_integer_sequence<int, max_rows(1)>{});
+  static const auto t2 = row_table<T, 2, kUnitK>(std::make_integer_sequence<int, max_rows(2)>{});
+  static const auto t3 = row_table<T, 3, kUnitK>(std::make_integer_sequence<int, max_rows(3)>{});
+  static const auto t4 = row_table<T, 4, kUnitK>(std::make_integer_sequence<int, max_rows(4)>{});
   switch (vectors) {
     case 1: return t1[rows - 1];
     case 2: return t2[rows - 1];
     case 3: return t3[rows - 1];
     default: return t4[rows - 1];
   }
+}
+
+// The tile function for `rows` (1..max_rows(vectors)) rows and `vectors` (1..4) column vectors;
+// unit_k says A is contiguous along k (TileArgs::ks == 1) rather than along rows (rs == 1).
+template <typename T>
+TileFn<T> conv_tile(int rows, int vectors, bool unit_k) {
+  return unit_k ? conv_tile_of<T, true>(rows, vectors) : conv_tile_of<T, false>(rows, vectors);
 }
 
 }  // namespace genfast::cpu

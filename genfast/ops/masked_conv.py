@@ -94,14 +94,53 @@ def _make_backward(backward_op):
     return backward
 
 
-_FORWARD_OPS = {}
-if _ext.has_op("masked_conv2d"):
-    torch.library.register_fake("genfast::masked_conv2d", _fake_forward)
-    torch.library.register_fake("genfast::masked_conv2d_backward", _fake_backward)
-    torch.library.register_autograd("genfast::masked_conv2d",
-                                    _make_backward(torch.ops.genfast.masked_conv2d_backward),
+@torch.library.custom_op("genfast::masked_conv2d_triton", mutates_args=())
+def _triton_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                    mask_type: int, data_channels: int, dilation: int,
+                    window: list[int]) -> torch.Tensor:
+    """genfast::masked_conv2d on Triton (schema as in csrc/registration.cpp).
+
+    Defined here rather than in C++ so that the Triton backend works without the extension.
+    """
+    from genfast.kernels import masked_conv as kernels
+
+    return kernels.masked_conv2d_forward(x, weight, bias, mask_type, data_channels, dilation,
+                                         window)
+
+
+@torch.library.custom_op("genfast::masked_conv2d_triton_backward", mutates_args=())
+def _triton_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                     mask_type: int, data_channels: int, dilation: int, window: list[int],
+                     output_mask: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from genfast.kernels import masked_conv as kernels
+
+    return kernels.masked_conv2d_backward(grad_y, x, weight, mask_type, data_channels, dilation,
+                                          window, output_mask)
+
+
+def _register(forward_name: str, backward_name: str) -> None:
+    torch.library.register_fake(forward_name, _fake_forward)
+    torch.library.register_fake(backward_name, _fake_backward)
+    backward_op = getattr(torch.ops.genfast, backward_name.split("::")[1])
+    torch.library.register_autograd(forward_name, _make_backward(backward_op),
                                     setup_context=_setup_context)
+
+
+def _triton_kernels_exist() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("genfast.kernels.masked_conv") is not None
+
+
+_FORWARD_OPS = {}
+if _triton_kernels_exist():
+    _register("genfast::masked_conv2d_triton", "genfast::masked_conv2d_triton_backward")
+    _FORWARD_OPS["triton"] = torch.ops.genfast.masked_conv2d_triton
+if _ext.has_op("masked_conv2d"):
+    _register("genfast::masked_conv2d", "genfast::masked_conv2d_backward")
     _FORWARD_OPS["cpu"] = torch.ops.genfast.masked_conv2d
+    if _ext.has_kernel("masked_conv2d", "CUDA"):
+        _FORWARD_OPS["cuda"] = torch.ops.genfast.masked_conv2d
 # A stale build of the extension may lack the op: then only the reference implements it.
 IMPLEMENTED = ("reference", *_FORWARD_OPS)
 
