@@ -64,10 +64,22 @@ struct Layout {
   }
 };
 
+// The big buffers (P and Q) are kept per calling thread and reused: a training loop calls with
+// the same shapes again and again, and fresh pages would cost a page fault each.
+enum ScratchSlot { kInputSlot = 0, kGradOutputSlot = 1 };
+
+template <typename T>
+T* scratch(ScratchSlot slot, int64_t n) {
+  thread_local std::vector<T> buffers[2];
+  std::vector<T>& buffer = buffers[slot];
+  if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(n);
+  return buffer.data();
+}
+
 template <typename scalar_t, typename acc_t>
-std::vector<acc_t> pack_input(const Tensor& x, const Geometry& g, const Layout& l) {
+const acc_t* pack_input(const Tensor& x, const Geometry& g, const Layout& l) {
   const int64_t cin = g.in_channels;
-  std::vector<acc_t> p(g.batch * l.ph * l.pw * cin);
+  acc_t* p = scratch<acc_t>(kInputSlot, g.batch * l.ph * l.pw * cin);
   const scalar_t* xp = x.data_ptr<scalar_t>();
   const int64_t sb = x.stride(0), sc = x.stride(1), sh = x.stride(2), sw = x.stride(3);
   // The image columns P holds, as a range of P columns.
@@ -76,7 +88,7 @@ std::vector<acc_t> pack_input(const Tensor& x, const Geometry& g, const Layout& 
   at::parallel_for(0, g.batch * l.ph, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / l.ph, ir = l.image_row(g, r % l.ph);
-      acc_t* dst = p.data() + r * l.pw * cin;
+      acc_t* dst = p + r * l.pw * cin;
       if (ir < 0 || ir >= g.height || pc_hi <= pc_lo) {
         std::fill(dst, dst + l.pw * cin, acc_t(0));
         continue;
@@ -92,15 +104,15 @@ std::vector<acc_t> pack_input(const Tensor& x, const Geometry& g, const Layout& 
 
 // grad_y in Q: pixel-major, channels padded to co_pad, with a zero border.
 template <typename scalar_t, typename acc_t>
-std::vector<acc_t> pack_grad_output(const Tensor& gy, const Geometry& g, const Layout& l) {
-  std::vector<acc_t> q(g.batch * l.qh * l.qw * l.co_pad);
+const acc_t* pack_grad_output(const Tensor& gy, const Geometry& g, const Layout& l) {
+  acc_t* q = scratch<acc_t>(kGradOutputSlot, g.batch * l.qh * l.qw * l.co_pad);
   const scalar_t* gp = gy.data_ptr<scalar_t>();
   const int64_t sb = gy.stride(0), sc = gy.stride(1), sh = gy.stride(2), sw = gy.stride(3);
   const int64_t row_size = l.qw * l.co_pad;
   at::parallel_for(0, g.batch * l.qh, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / l.qh, oi = r % l.qh - l.q_row0;
-      acc_t* dst = q.data() + r * row_size;
+      acc_t* dst = q + r * row_size;
       if (oi < 0 || oi >= g.out_h()) {
         std::fill(dst, dst + row_size, acc_t(0));
         continue;
@@ -171,7 +183,7 @@ Tensor forward_impl(const Tensor& x, const Tensor& weight, const std::optional<T
   Tensor y = at::empty({g.batch, g.out_channels, g.out_h(), g.out_w()},
                        x.options().memory_format(x.suggest_memory_format()));
   if (y.numel() == 0) return y;
-  const std::vector<acc_t> p = pack_input<scalar_t, acc_t>(x, g, l);
+  const acc_t* p = pack_input<scalar_t, acc_t>(x, g, l);
   const std::vector<acc_t> w = pack_weight<scalar_t, acc_t>(weight, g, false, l.co_pad);
   std::vector<acc_t> b(l.co_pad, acc_t(0));
   if (bias.has_value()) {
@@ -188,7 +200,7 @@ Tensor forward_impl(const Tensor& x, const Tensor& weight, const std::optional<T
     std::vector<acc_t> row(g.out_w() * l.co_pad);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t bi = r / g.out_h(), oi = r % g.out_h();
-      gather_row(p.data() + (bi * l.ph + oi) * l.pw * cin, w.data(), segs, g.out_w(), l.co_pad,
+      gather_row(p + (bi * l.ph + oi) * l.pw * cin, w.data(), segs, g.out_w(), l.co_pad,
                  cin, cin, row.data());
       for (int64_t j = 0; j < g.out_w(); ++j)
         for (int64_t co = 0; co < g.out_channels; ++co) row[j * l.co_pad + co] += b[co];
@@ -203,7 +215,7 @@ Tensor forward_impl(const Tensor& x, const Tensor& weight, const std::optional<T
 // dL/dx: every image pixel of the window's receptive field gathers grad_y through the mirrored
 // taps; pixels outside it get zero.
 template <typename scalar_t, typename acc_t>
-Tensor grad_input(const std::vector<acc_t>& q, const Tensor& x, const Tensor& weight,
+Tensor grad_input(const acc_t* q, const Tensor& x, const Tensor& weight,
                   const Geometry& g, const Layout& l) {
   const bool full = g.row0 == 0 && g.row1 == g.height && g.col0 == 0 && g.col1 == g.width;
   auto options = x.options().memory_format(x.suggest_memory_format());
@@ -228,7 +240,7 @@ Tensor grad_input(const std::vector<acc_t>& q, const Tensor& x, const Tensor& we
       const int64_t bi = r / rows, pr = pr_lo + r % rows;
       // Q holds grad_y at an offset of (q_row0, q_col0): P position (pr, pc) with tap (ty, tx)
       // reads grad_y(pr - ty*d, pc - tx*d).
-      const acc_t* a = q.data() + ((bi * l.qh + pr + l.q_row0) * l.qw + pc_lo + l.q_col0) * l.co_pad;
+      const acc_t* a = q + ((bi * l.qh + pr + l.q_row0) * l.qw + pc_lo + l.q_col0) * l.co_pad;
       gather_row(a, w.data(), segs, cols, l.ci_pad, l.co_pad, cout, row.data());
       cpu::copy_2d(row.data(), l.ci_pad, int64_t{1},
                    gp + bi * gx.stride(0) + l.image_row(g, pr) * gx.stride(2) +
@@ -243,7 +255,7 @@ Tensor grad_input(const std::vector<acc_t>& q, const Tensor& x, const Tensor& we
 // Tasks are (tap, input-channel tile, output-channel block); each thread keeps its tasks and
 // walks the image in chunks of rows, so a chunk of P and Q stays in cache across its tasks.
 template <typename scalar_t, typename acc_t>
-Tensor grad_weight(const std::vector<acc_t>& p, const std::vector<acc_t>& q,
+Tensor grad_weight(const acc_t* p, const acc_t* q,
                    const Tensor& weight, const Geometry& g, const Layout& l) {
   constexpr int64_t lanes = cpu::Vec<acc_t>::kLanes;
   const int64_t ntaps = static_cast<int64_t>(g.taps.size()), cin = g.in_channels;
@@ -284,7 +296,7 @@ Tensor grad_weight(const std::vector<acc_t>& p, const std::vector<acc_t>& q,
           }
           const TileArgs args{1, cin, l.co_pad, g.out_w(), l.co_pad, c0 > 0};
           cpu::conv_tile<acc_t>(static_cast<int>(task.rows), task.vectors, false)(
-              p.data(), q.data(), segs.data(), nrows, args,
+              p, q, segs.data(), nrows, args,
               packed.data() + (task.tap * cin + task.ci0) * l.co_pad + task.co0);
         }
       }
@@ -329,11 +341,11 @@ std::tuple<Tensor, Tensor, Tensor> masked_conv2d_backward_cpu(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "masked_conv2d_backward", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     const Layout l(g, cpu::Vec<acc_t>::kLanes);
-    std::vector<acc_t> q;
+    const acc_t* q = nullptr;
     if (output_mask[0] || output_mask[1]) q = pack_grad_output<scalar_t, acc_t>(gy, g, l);
     gx = output_mask[0] ? grad_input<scalar_t, acc_t>(q, x, weight, g, l) : at::empty({0}, x.options());
     if (output_mask[1]) {
-      const std::vector<acc_t> p = pack_input<scalar_t, acc_t>(x, g, l);
+      const acc_t* p = pack_input<scalar_t, acc_t>(x, g, l);
       gw = grad_weight<scalar_t, acc_t>(p, q, weight, g, l);
     } else {
       gw = at::empty({0}, weight.options());

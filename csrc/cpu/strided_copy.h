@@ -5,6 +5,9 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
+
+#include "transpose.h"
 
 namespace genfast::cpu {
 
@@ -20,6 +23,16 @@ void copy_2d(const Src* src, int64_t src_i, int64_t src_j, Dst* dst, int64_t dst
     for (int64_t j = 0; j < nj; ++j)
       for (int64_t i = 0; i < ni; ++i) dst[i + j * dst_j] = static_cast<Dst>(src[i + j * src_j]);
     return;
+  }
+  if constexpr (std::is_same_v<Src, float> && std::is_same_v<Dst, float>) {
+    if (src_i == 1 && dst_j == 1) {  // src holds j-rows of i, dst i-rows of j
+      transpose(src, src_j, dst, dst_i, nj, ni);
+      return;
+    }
+    if (src_j == 1 && dst_i == 1) {
+      transpose(src, src_i, dst, dst_j, ni, nj);
+      return;
+    }
   }
   constexpr int64_t kBlock = 16;
   for (int64_t i0 = 0; i0 < ni; i0 += kBlock) {

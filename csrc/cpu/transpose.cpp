@@ -1,0 +1,52 @@
+#include "transpose.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "simd_math.h"
+
+namespace genfast::cpu {
+namespace {
+
+typedef float v8 __attribute__((vector_size(32)));
+
+// In-register 8x8 transpose in three rounds of two-input shuffles (pairs, quads, halves).
+GENFAST_SIMD_INLINE void transpose_8x8(const float* src, int64_t src_stride, float* dst,
+                                       int64_t dst_stride) {
+  v8 r[8], t[8], s[8];
+  for (int k = 0; k < 8; ++k) std::memcpy(&r[k], src + k * src_stride, sizeof(v8));
+  for (int k = 0; k < 8; k += 2) {
+    t[k] = __builtin_shufflevector(r[k], r[k + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[k + 1] = __builtin_shufflevector(r[k], r[k + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int k = 0; k < 8; k += 4) {
+    for (int h = 0; h < 2; ++h) {
+      s[k + 2 * h] = __builtin_shufflevector(t[k + h], t[k + h + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+      s[k + 2 * h + 1] = __builtin_shufflevector(t[k + h], t[k + h + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+  }
+  for (int k = 0; k < 4; ++k) {
+    v8 lo = __builtin_shufflevector(s[k], s[k + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    v8 hi = __builtin_shufflevector(s[k], s[k + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+    std::memcpy(dst + k * dst_stride, &lo, sizeof(v8));
+    std::memcpy(dst + (k + 4) * dst_stride, &hi, sizeof(v8));
+  }
+}
+
+}  // namespace
+
+GENFAST_TARGET_CLONES
+void transpose(const float* src, int64_t src_stride, float* dst, int64_t dst_stride,
+               int64_t rows, int64_t cols) {
+  const int64_t rows8 = rows / 8 * 8, cols8 = cols / 8 * 8;
+  for (int64_t r = 0; r < rows8; r += 8) {
+    for (int64_t c = 0; c < cols8; c += 8)
+      transpose_8x8(src + r * src_stride + c, src_stride, dst + c * dst_stride + r, dst_stride);
+    for (int64_t c = cols8; c < cols; ++c)
+      for (int64_t k = r; k < r + 8; ++k) dst[c * dst_stride + k] = src[k * src_stride + c];
+  }
+  for (int64_t r = rows8; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * dst_stride + r] = src[r * src_stride + c];
+}
+
+}  // namespace genfast::cpu
