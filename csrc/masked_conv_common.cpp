@@ -4,6 +4,11 @@ namespace genfast::masked_conv {
 
 static std::vector<Tap> visible_taps(const Geometry& g) {
   std::vector<Tap> taps;
+  if (g.mask_type == kMaskV) {
+    for (int64_t ty = 0; ty <= g.centre_y; ++ty)
+      for (int64_t tx = 0; tx < g.kw; ++tx) taps.push_back(Tap{ty, tx, false});
+    return taps;
+  }
   bool centre_used = false;
   for (int64_t ci = 0; ci < g.in_channels && !centre_used; ++ci)
     for (int64_t co = 0; co < g.out_channels && !centre_used; ++co)
@@ -32,8 +37,8 @@ Geometry make_geometry(const at::Tensor& x, const at::Tensor& weight, int64_t ma
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), "genfast: masked_conv2d needs floating-point "
               "inputs, got ", x.scalar_type());
   TORCH_CHECK(x.device() == weight.device(), "genfast: x and weight are on different devices");
-  TORCH_CHECK(mask_type == kMaskA || mask_type == kMaskB, "genfast: mask_type must be 0 (A) or "
-              "1 (B), got ", mask_type);
+  TORCH_CHECK(mask_type == kMaskA || mask_type == kMaskB || mask_type == kMaskV,
+              "genfast: mask_type must be 0 (A), 1 (B) or 2 (V), got ", mask_type);
   TORCH_CHECK(dilation >= 1, "genfast: dilation must be >= 1, got ", dilation);
   TORCH_CHECK(weight.size(2) >= 1 && weight.size(3) >= 1, "genfast: empty kernel");
   Geometry g;

@@ -7,6 +7,7 @@
 // of the centre in its row, and the centre itself for the (input group, output group) pairs the
 // colour rule allows: input group < output group for mask A, <= for mask B. Channel k of C belongs
 // to group k * data_channels / C, so with data_channels = 1 mask A hides the centre and mask B shows it.
+// Mask V is the vertical stack of the Gated PixelCNN: the centre row and every row above, whole.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -15,7 +16,7 @@
 
 namespace genfast::masked_conv {
 
-enum MaskType : int64_t { kMaskA = 0, kMaskB = 1 };
+enum MaskType : int64_t { kMaskA = 0, kMaskB = 1, kMaskV = 2 };
 
 struct Tap {
   int64_t ty, tx;  // kernel row and column

@@ -20,7 +20,8 @@ TORCH_LIBRARY(genfast, m) {
       "-> (Tensor grad_mu, Tensor grad_logvar)");
 
   // PixelCNN masked convolution, stride 1, 'same' padding, skipping the taps the mask hides.
-  //   mask_type: 0 for mask A (hides the current pixel), 1 for mask B.
+  //   mask_type: 0 for mask A (hides the current pixel), 1 for mask B, 2 for the Gated PixelCNN's
+  //   vertical stack (the centre row and all rows above).
   //   data_channels: colour groups the channels split into (3 for RGB), 1 for none.
   //   window: [] for the whole output, or [row0, row1, col0, col1] to compute only that part.
   m.def(

@@ -1,4 +1,6 @@
 """Fused reparameterized sampling + KL: every fast backend against the reference."""
+import zlib
+
 import pytest
 import torch
 
@@ -37,7 +39,7 @@ def test_matches_reference_given_eps(backend, shape, dtype, num_samples, reducti
     name, device = backend
     if name == "triton" and device == "cpu" and dtype in LOW_PRECISION:
         pytest.skip("the Triton CPU interpreter has no float16/bfloat16 maths")
-    torch.manual_seed(hash((shape, str(dtype), num_samples, reduction)) % 2**31)
+    torch.manual_seed(zlib.crc32(repr((shape, str(dtype), num_samples, reduction)).encode()))
     mu, logvar, eps = _inputs(shape, torch.float64, device, num_samples)
     grad_z = torch.randn(eps.shape, dtype=torch.float64, device=device)
     kl_shape = shape if reduction == "none" else ()
@@ -47,7 +49,12 @@ def test_matches_reference_given_eps(backend, shape, dtype, num_samples, reducti
 
     fast = _run(genfast.reparameterize_kl, *args, backend=name, **kw)
     ref = _run(reparameterize_kl_ref, *args, **kw)
-    ref64 = _run(reparameterize_kl_ref, *args[:3], torch.float64, *args[4:], **kw)
+    # The float64 oracle sees the inputs as the low-precision run does (rounded to dtype), so
+    # the comparison measures the op's rounding, not the inputs'.
+    kl_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    rounded = [t.to(dtype).double() for t in (mu, logvar, eps, grad_z)]
+    ref64 = _run(reparameterize_kl_ref, *rounded[:3], torch.float64, rounded[3],
+                 grad_kl.to(kl_dtype).double(), **kw)
     for got, want, want64 in zip(fast, ref, ref64):
         assert got.dtype == want.dtype and got.shape == want.shape
         assert_close(got, want, want64)

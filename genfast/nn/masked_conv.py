@@ -12,7 +12,8 @@ class MaskedConv2d(nn.Conv2d):
     be "same" or, for odd kernels, kernel_size // 2 * dilation (what PixelCNN code passes).
 
     Args:
-        mask_type: 'A' for the first layer (hides the current pixel), 'B' for the others.
+        mask_type: 'A' for the first layer (hides the current pixel), 'B' for the others, 'V'
+            for a Gated PixelCNN vertical stack (sees its own row: shift it down before use).
         data_channels: colour groups of the channels (3 for RGB data, see genfast.masked_conv2d).
         backend: forced backend for this layer, or None for genfast's default.
     """
@@ -21,7 +22,7 @@ class MaskedConv2d(nn.Conv2d):
                  bias=True, dilation=1, stride=1, padding="same", backend=None,
                  device=None, dtype=None):
         if mask_type not in MASK_TYPES:
-            raise ValueError(f"genfast: mask_type must be 'A' or 'B', got {mask_type!r}")
+            raise ValueError(f"genfast: mask_type must be 'A', 'B' or 'V', got {mask_type!r}")
         if stride not in (1, (1, 1)):
             raise ValueError(f"genfast: MaskedConv2d supports stride 1 only, got {stride!r}")
         if isinstance(dilation, tuple):

@@ -8,6 +8,8 @@ the centre in its row, and the centre itself for the channel pairs the colour ru
 ``data_channels`` colour groups (3 for RGB), channel k of C belongs to group k * data_channels // C;
 mask A lets an output group see strictly earlier input groups at the centre (G sees R, B sees R
 and G), mask B also its own group. With one group, mask A hides the centre and mask B shows it.
+Mask V is the Gated PixelCNN's vertical stack: the centre row and every row above it, whole; it
+sees the current row, so its output must be shifted down a row before a causal layer reads it.
 
 The reference multiplies the weight by the mask and runs a dense convolution, as public PixelCNN
 code does. The fast kernels never touch the hidden taps, in forward and in both backward passes.
@@ -21,7 +23,7 @@ from torch._prims_common import suggest_memory_format
 
 from genfast import _backend, _ext
 
-MASK_TYPES = {"A": 0, "B": 1}
+MASK_TYPES = {"A": 0, "B": 1, "V": 2}
 
 
 # ----------------------------------------------------------------------------- reference
@@ -31,6 +33,9 @@ def conv_mask(out_channels: int, in_channels: int, kh: int, kw: int, mask_type: 
     """The [out, in, kh, kw] 0/1 float mask of a PixelCNN kernel (see the module docstring)."""
     cy, cx = (kh - 1) // 2, (kw - 1) // 2
     mask = torch.zeros(out_channels, in_channels, kh, kw)
+    if mask_type == "V":
+        mask[:, :, :cy + 1, :] = 1
+        return mask
     mask[:, :, :cy, :] = 1
     mask[:, :, cy, :cx] = 1
     group_in = torch.arange(in_channels) * data_channels // max(in_channels, 1)
@@ -177,7 +182,7 @@ def _check_args(x, weight, bias, mask_type, data_channels, dilation, window):
             raise ValueError(f"genfast: bias must match x's dtype {x.dtype} and device "
                              f"{x.device}, got {bias.dtype} on {bias.device}")
     if mask_type not in MASK_TYPES:
-        raise ValueError(f"genfast: mask_type must be 'A' or 'B', got {mask_type!r}")
+        raise ValueError(f"genfast: mask_type must be 'A', 'B' or 'V', got {mask_type!r}")
     channels = min(weight.shape[0], weight.shape[1])
     if not isinstance(data_channels, int) or not 1 <= data_channels <= max(channels, 1):
         raise ValueError(f"genfast: data_channels must be an int between 1 and the number of "
@@ -200,7 +205,7 @@ def masked_conv2d(x, weight, bias=None, mask_type="B", data_channels=1, dilation
         x: [B, C_in, H, W] (NCHW or channels_last).
         weight: [C_out, C_in, kh, kw]; the hidden taps' values are ignored (their gradient is 0).
         bias: optional [C_out].
-        mask_type: 'A' (first layer: hides the current pixel) or 'B'.
+        mask_type: 'A' (first layer: hides the current pixel), 'B', or 'V' (vertical stack).
         data_channels: colour groups of the channels (3 for RGB data), 1 for none.
         dilation: spacing of the kernel taps.
         window: optional (row0, row1, col0, col1): compute only that part of the output.
