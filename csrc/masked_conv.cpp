@@ -218,8 +218,9 @@ template <typename scalar_t, typename acc_t>
 Tensor grad_input(const acc_t* q, const Tensor& x, const Tensor& weight,
                   const Geometry& g, const Layout& l) {
   const bool full = g.row0 == 0 && g.row1 == g.height && g.col0 == 0 && g.col1 == g.width;
-  auto options = x.options().memory_format(x.suggest_memory_format());
-  Tensor gx = full ? at::empty(x.sizes(), options) : at::zeros(x.sizes(), options);
+  // at::zeros would drop the memory format: allocate in x's layout, then clear.
+  Tensor gx = at::empty(x.sizes(), x.options().memory_format(x.suggest_memory_format()));
+  if (!full) gx.zero_();
   if (gx.numel() == 0) return gx;
   const std::vector<acc_t> w = pack_weight<scalar_t, acc_t>(weight, g, true, l.ci_pad);
   const int64_t d = g.dilation, cout = g.out_channels;
