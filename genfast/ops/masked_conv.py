@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch._prims_common import suggest_memory_format
 
 from genfast import _backend, _ext
+from genfast.ops._library import register_fake_and_autograd
 
 MASK_TYPES = {"A": 0, "B": 1, "V": 2}
 
@@ -124,11 +125,8 @@ def _triton_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
 
 
 def _register(forward_name: str, backward_name: str) -> None:
-    torch.library.register_fake(forward_name, _fake_forward)
-    torch.library.register_fake(backward_name, _fake_backward)
-    backward_op = getattr(torch.ops.genfast, backward_name.split("::")[1])
-    torch.library.register_autograd(forward_name, _make_backward(backward_op),
-                                    setup_context=_setup_context)
+    register_fake_and_autograd(forward_name, backward_name, _fake_forward, _fake_backward,
+                               _make_backward, _setup_context)
 
 
 def _triton_kernels_exist() -> bool:

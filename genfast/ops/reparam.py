@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from genfast import _backend, _ext
+from genfast.ops._library import register_fake_and_autograd
 
 KL_NONE, KL_ELEMENTWISE, KL_SUM = 0, 1, 2
 REDUCTIONS = ("none", "sum", "mean", "batchmean")
@@ -130,11 +131,8 @@ def _make_backward(backward_op):
 
 
 def _register(forward_name: str, backward_name: str) -> None:
-    torch.library.register_fake(forward_name, _fake_forward)
-    torch.library.register_fake(backward_name, _fake_backward)
-    backward_op = getattr(torch.ops.genfast, backward_name.split("::")[1])
-    torch.library.register_autograd(forward_name, _make_backward(backward_op),
-                                    setup_context=_setup_context)
+    register_fake_and_autograd(forward_name, backward_name, _fake_forward, _fake_backward,
+                               _make_backward, _setup_context)
 
 
 _register("genfast::gaussian_sample_kl_triton", "genfast::gaussian_sample_kl_triton_backward")
