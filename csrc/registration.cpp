@@ -31,6 +31,11 @@ TORCH_LIBRARY(genfast, m) {
       "masked_conv2d_backward(Tensor grad_y, Tensor x, Tensor weight, int mask_type, "
       "int data_channels, int dilation, int[] window, bool[3] output_mask) "
       "-> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
+
+  // Gated PixelCNN activation tanh(a) * sigmoid(b), with (a, b) = x.chunk(2, dim); the output
+  // keeps x's memory format. The backward recomputes tanh and sigmoid from x.
+  m.def("gated_activation(Tensor x, int dim) -> Tensor");
+  m.def("gated_activation_backward(Tensor grad_out, Tensor x, int dim) -> Tensor grad_x");
 }
 
 extern "C" PyObject* PyInit__C(void) {

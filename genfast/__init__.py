@@ -7,6 +7,7 @@ from genfast.ops import (  # noqa: F401
     reparameterize,
     reparameterize_kl,
 )
+from genfast.ops import gated_activation  # noqa: F401
 
 __version__ = "0.1.0"
 

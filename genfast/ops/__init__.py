@@ -8,3 +8,4 @@ from genfast.ops.reparam import (  # noqa: F401
     reparameterize_ref,
 )
 from genfast.ops.masked_conv import conv_mask, masked_conv2d, masked_conv2d_ref  # noqa: F401
+from genfast.ops.gated import gated_activation, gated_activation_ref  # noqa: F401
