@@ -252,6 +252,10 @@ Tensor grad_input(const acc_t* q, const Tensor& x, const Tensor& weight,
   return gx;
 }
 
+// Output-channel vectors per grad-weight tile: 2 (x 12 input channels) measured about 5% faster
+// than 4 (x 6), each streamed grad_y vector feeding twice as many FMAs.
+constexpr int64_t kGradWeightVectors = 2;
+
 // dL/dweight: for each visible tap, sum over output pixels of P(pixel + tap) (x) grad_y(pixel).
 // Tasks are (tap, input-channel tile, output-channel block); each thread keeps its tasks and
 // walks the image in chunks of rows, so a chunk of P and Q stays in cache across its tasks.
@@ -261,7 +265,7 @@ Tensor grad_weight(const acc_t* p, const acc_t* q,
   constexpr int64_t lanes = cpu::Vec<acc_t>::kLanes;
   const int64_t ntaps = static_cast<int64_t>(g.taps.size()), cin = g.in_channels;
   std::vector<acc_t> packed(ntaps * cin * l.co_pad, acc_t(0));
-  const int64_t block = cpu::kMaxVectors * lanes;
+  const int64_t block = kGradWeightVectors * lanes;
   const int64_t co_blocks = (l.co_pad + block - 1) / block;
   const int64_t out_rows = g.batch * g.out_h();
   if (out_rows > 0 && g.out_w() > 0 && cin > 0 && ntaps > 0) {
@@ -277,7 +281,7 @@ Tensor grad_weight(const acc_t* p, const acc_t* q,
     for (int64_t t = 0; t < ntaps; ++t) {
       for (int64_t cb = 0; cb < co_blocks; ++cb) {
         const int64_t co0 = cb * block;
-        const int vectors = static_cast<int>(std::min<int64_t>(cpu::kMaxVectors, (l.co_pad - co0) / lanes));
+        const int vectors = static_cast<int>(std::min<int64_t>(kGradWeightVectors, (l.co_pad - co0) / lanes));
         const EvenTiles tiles(cin, cpu::max_rows(vectors));
         for (int64_t i = 0; i < tiles.count; ++i)
           tasks.push_back({t, tiles.start(i), tiles.start(i + 1) - tiles.start(i), co0, vectors});

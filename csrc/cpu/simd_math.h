@@ -29,7 +29,8 @@ GENFAST_SIMD_INLINE vfloat load(const float* p) {
   return v;
 }
 GENFAST_SIMD_INLINE void store(float* p, vfloat v) { std::memcpy(p, &v, sizeof(v)); }
-GENFAST_SIMD_INLINE vfloat splat(float x) { return vfloat{} + x; }
+// x - 0 folds to a broadcast for every x; 0 + x would need an add (it maps -0 to +0).
+GENFAST_SIMD_INLINE vfloat splat(float x) { return x - vfloat{}; }
 GENFAST_SIMD_INLINE vfloat select(vint mask, vfloat a, vfloat b) {
   return reinterpret_cast<vfloat>((mask & reinterpret_cast<vint>(a)) |
                                   (~mask & reinterpret_cast<vint>(b)));
