@@ -98,8 +98,9 @@ def run(args) -> int:
             print(f"note: the machine is busy (1-minute load average {load:.2f}); CPU timings "
                   "will be noisy", flush=True)
         work = list(plan(cases))
-        bar = tqdm(work, desc="genfast bench", unit="case", disable=args.no_progress,
-                   leave=False)
+        # disable=None: tqdm draws only on a terminal, so logs (CI) stay readable.
+        bar = tqdm(work, desc="genfast bench", unit="case",
+                   disable=True if args.no_progress else None, leave=False)
         for case, size, mode in bar:
             impls = implementations(case, device, backends, compile=not args.no_compile)
 
