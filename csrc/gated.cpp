@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "cpu/simd_math.h"
+#include "gated_common.h"
 
 namespace genfast::gated {
 namespace {
@@ -152,10 +153,6 @@ void backward_doubles(const double* a, const double* b, const double* gy, double
 // ----------------------------------------------------------------------------- the loops
 
 // x as [outer, 2, inner] and the flat [outer * inner] output index space.
-struct Rows {
-  int64_t outer, inner;
-};
-
 // Calls f(row_offset_in_x, flat_output_index, length) for each run of [begin, end) that lies in
 // one row.
 template <typename F>
@@ -236,45 +233,6 @@ void backward_range(const scalar_t* x, const scalar_t* gy, scalar_t* gx, const R
 }
 
 // ----------------------------------------------------------------------------- layout
-
-// How x is walked: permuting x by `order` gives its memory order (identity for contiguous x,
-// channels moved last for channels-last x), and `dim` is the split dimension after it.
-struct Layout {
-  std::vector<int64_t> order;
-  int64_t dim;
-  at::MemoryFormat format;
-};
-
-Layout layout_of(const Tensor& x, int64_t dim) {
-  TORCH_CHECK(x.dim() >= 1, "genfast: gated_activation needs x with at least one dimension");
-  const int64_t d = c10::maybe_wrap_dim(dim, x.dim());
-  TORCH_CHECK(x.size(d) % 2 == 0, "genfast: gated_activation splits x in two along dim ", dim,
-              ", so its size there must be even, got ", x.size(d));
-  const auto st = x.scalar_type();
-  TORCH_CHECK(st == at::kHalf || st == at::kBFloat16 || st == at::kFloat || st == at::kDouble,
-              "genfast: x must be float16, bfloat16, float32 or float64, got ", st);
-  Layout l{std::vector<int64_t>(x.dim()), d, x.suggest_memory_format()};
-  std::iota(l.order.begin(), l.order.end(), 0);
-  if (l.format != at::MemoryFormat::Contiguous) {
-    std::rotate(l.order.begin() + 1, l.order.begin() + 2, l.order.end());  // N, spatial..., C
-  }
-  l.dim = std::find(l.order.begin(), l.order.end(), d) - l.order.begin();
-  return l;
-}
-
-// xp: x permuted to memory order (contiguous).
-Rows rows_of(const Tensor& xp, int64_t pdim) {
-  Rows s{1, xp.size(pdim) / 2};
-  for (int64_t k = 0; k < pdim; ++k) s.outer *= xp.size(k);
-  for (int64_t k = pdim + 1; k < xp.dim(); ++k) s.inner *= xp.size(k);
-  return s;
-}
-
-std::vector<int64_t> halved(const Tensor& x, int64_t d) {
-  std::vector<int64_t> sizes = x.sizes().vec();
-  sizes[d] /= 2;
-  return sizes;
-}
 
 Tensor gated_activation_cpu(const Tensor& x, int64_t dim) {
   TORCH_CHECK(x.device().is_cpu(), "genfast: gated_activation_cpu needs x on the CPU, got ",

@@ -18,6 +18,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "../gated_common.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <limits>
@@ -89,44 +91,6 @@ __global__ void backward_kernel(scalar_t* __restrict__ grad_x, const scalar_t* _
 
 // ----------------------------------------------------------------------------- layout
 
-// As in csrc/gated.cpp: permuting x by `order` gives its memory order, `dim` is the split
-// dimension after the permutation.
-struct Layout {
-  std::vector<int64_t> order;
-  int64_t dim;
-  at::MemoryFormat format;
-};
-
-Layout layout_of(const Tensor& x, int64_t dim) {
-  TORCH_CHECK(x.dim() >= 1, "genfast: gated_activation needs x with at least one dimension");
-  const int64_t d = c10::maybe_wrap_dim(dim, x.dim());
-  TORCH_CHECK(x.size(d) % 2 == 0, "genfast: gated_activation splits x in two along dim ", dim,
-              ", so its size there must be even, got ", x.size(d));
-  const auto st = x.scalar_type();
-  TORCH_CHECK(st == at::kHalf || st == at::kBFloat16 || st == at::kFloat || st == at::kDouble,
-              "genfast: x must be float16, bfloat16, float32 or float64, got ", st);
-  Layout l{std::vector<int64_t>(x.dim()), d, x.suggest_memory_format()};
-  std::iota(l.order.begin(), l.order.end(), 0);
-  if (l.format != at::MemoryFormat::Contiguous) {
-    std::rotate(l.order.begin() + 1, l.order.begin() + 2, l.order.end());  // N, spatial..., C
-  }
-  l.dim = std::find(l.order.begin(), l.order.end(), d) - l.order.begin();
-  return l;
-}
-
-// (n, inner): output elements and elements per half-row of x permuted to memory order.
-std::pair<int64_t, int64_t> rows_of(const Tensor& xp, int64_t pdim) {
-  int64_t inner = xp.size(pdim) / 2;
-  for (int64_t k = pdim + 1; k < xp.dim(); ++k) inner *= xp.size(k);
-  return {xp.numel() / 2, inner};
-}
-
-std::vector<int64_t> halved(const Tensor& x, int64_t d) {
-  std::vector<int64_t> sizes = x.sizes().vec();
-  sizes[d] /= 2;
-  return sizes;
-}
-
 int blocks_for(int64_t n) {
   return static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, kMaxBlocks));
 }
@@ -145,7 +109,8 @@ Tensor gated_activation_cuda(const Tensor& x, int64_t dim) {
   const Tensor xp = x.permute(l.order).contiguous();
   const Tensor yp = y.permute(l.order);
   TORCH_INTERNAL_ASSERT(yp.is_contiguous());
-  const auto [n, inner] = rows_of(xp, l.dim);
+  const Rows rows = rows_of(xp, l.dim);
+  const int64_t n = rows.outer * rows.inner, inner = rows.inner;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gated_activation",
                                   [&] {
@@ -178,7 +143,8 @@ Tensor gated_activation_backward_cuda(const Tensor& grad_out, const Tensor& x, i
   const Tensor gyp = grad_out.to(x.scalar_type()).permute(l.order).contiguous();
   const Tensor gxp = grad_x.permute(l.order);
   TORCH_INTERNAL_ASSERT(gxp.is_contiguous());
-  const auto [n, inner] = rows_of(xp, l.dim);
+  const Rows rows = rows_of(xp, l.dim);
+  const int64_t n = rows.outer * rows.inner, inner = rows.inner;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, x.scalar_type(), "gated_activation_backward", [&] {
