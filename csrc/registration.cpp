@@ -36,6 +36,21 @@ TORCH_LIBRARY(genfast, m) {
   // keeps x's memory format. The backward recomputes tanh and sigmoid from x.
   m.def("gated_activation(Tensor x, int dim) -> Tensor");
   m.def("gated_activation_backward(Tensor grad_out, Tensor x, int dim) -> Tensor grad_x");
+
+  // PixelRNN row recurrence (Row LSTM / Diagonal BiLSTM state-to-state part), fused over R rows.
+  //   gates_in: [B, 4D, R, L] input-to-state pre-activations, gate order i, f, o, g.
+  //   weight: [4D, D, k] 1-D state-to-state convolution along L; tap t of output l reads
+  //   h_{r-1} at l + t - pad_left (zero outside [0, L)). h0, c0: [B, D, L].
+  //   Returns h [B, D, R, L] (gates_in's dtype), c [B, D, R, L] and the activations
+  //   gates [B, 4D, R, L] saved for backward (both float32 for float16/bfloat16 inputs).
+  m.def(
+      "lstm_rows(Tensor gates_in, Tensor weight, Tensor? bias, Tensor h0, Tensor c0, "
+      "int pad_left) -> (Tensor h, Tensor c, Tensor gates)");
+  // Backpropagation through the rows in reverse; grad_h, grad_c: cotangents of h and c.
+  m.def(
+      "lstm_rows_backward(Tensor grad_h, Tensor grad_c, Tensor weight, Tensor h, Tensor c, "
+      "Tensor gates, Tensor h0, Tensor c0, int pad_left) -> (Tensor grad_gates_in, "
+      "Tensor grad_weight, Tensor grad_bias, Tensor grad_h0, Tensor grad_c0)");
 }
 
 extern "C" PyObject* PyInit__C(void) {

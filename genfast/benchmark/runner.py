@@ -32,6 +32,9 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+FAST_BACKENDS = ("cpu", "triton", "cuda")
+
+
 def implementations(case: OpCase, device: str, backends: list[str] | None = None,
                     compile: bool = True) -> list[Implementation]:
     """Reference, torch.compile(reference) and the fast backends, in that order.
@@ -42,10 +45,12 @@ def implementations(case: OpCase, device: str, backends: list[str] | None = None
     impls = [Implementation(REFERENCE),
              Implementation(COMPILE, "" if compile else "disabled (--no-compile)")]
     info = genfast.backends()
-    for name in case.backends:
+    for name in FAST_BACKENDS:
         if backends is not None and name not in backends:
             continue
-        if name == "triton" and device == "cpu":
+        if name not in case.backends:
+            skip = f"genfast has no {name} kernel for {case.name} yet"
+        elif name == "triton" and device == "cpu":
             skip = "on the CPU Triton only runs in its interpreter, which is not a fast path"
         elif not info[name].available:
             skip = info[name].reason

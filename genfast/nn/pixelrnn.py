@@ -1,0 +1,305 @@
+"""PixelRNN's two-dimensional LSTM layers (van den Oord, Kalchbrenner and Kavukcuoglu 2016,
+"Pixel Recurrent Neural Networks": section 3.1 Row LSTM, 3.2 Diagonal BiLSTM, 3.4 masks).
+
+Both layers split the LSTM of eq. 3 into two parts. The input-to-state part is a masked
+convolution of the whole image at once (genfast.nn.MaskedConv2d, without bias). The
+state-to-state part is a 1-D convolution of the previous step's hidden state; it runs with the
+cell update inside genfast.ops.lstm_row.lstm_rows, one fused call for all the steps:
+
+    i, f, o, g = sigma, sigma, sigma, tanh of (gates_in + bias + K_ss * h_prev)
+    c = f c_prev + i g,    h = o tanh(c)
+
+Row LSTM: the steps are the rows, top to bottom. The gates of pixel (r, j) see the pixels to
+its left in row r (a 1 x k mask; the pixel itself too with mask B) and row r - 1's state at
+columns j - k // 2 ... j + (k - 1) // 2 (all of row r - 1 precedes row r). The receptive field
+is a triangle above the pixel.
+
+Diagonal BiLSTM: skew the image so that row r starts at column r (``skew``); column s of the
+skewed map then holds the pixels (r, s - r), one diagonal. An LSTM runs over those columns
+(H + W - 1 steps of H positions) with a 2 x 1 state kernel over rows r - 1 and r of the previous
+column, i.e. the pixels above and to the left. The same with separate weights on the
+horizontally flipped image gives the right-to-left direction, whose output (it sees the pixels
+to the right of the current one in its row) is moved down one row before the two are added.
+The input-to-state part is a 1 x 1 masked convolution. Since it works pixel by pixel it is
+applied to the skewed map, already laid out as lstm_rows' [B, 4D, steps, positions]; its zero
+padding stays zero. The padding states left of each row depend on the bias alone, so they act
+as a learnt boundary and carry no pixel.
+
+Colour groups (data_channels = n > 1, 3 for RGB data). Hidden channels split into n equal
+contiguous groups (hidden_channels must be a multiple of n), the grouping every genfast masked
+layer uses for its input channels, so these layers stack with MaskedConv2d. Output group j at a
+pixel reads the current pixel's colours < j (mask A) or <= j (mask B) and nothing else of it:
+
+* input-to-state: MaskedConv2d(data_channels=n) groups its 4D output channels into n contiguous
+  blocks. Block j holds the i, f, o and g pre-activations of hidden group j (colour-major); the
+  layer reorders them to the gate-major order lstm_rows reads, so the four gates of a hidden
+  channel all belong to its colour.
+* state-to-state: the weight is multiplied by a fixed 0/1 buffer ``state_mask`` so that the
+  gates of group j read the previous step's hidden groups <= j only (mask B's rule, applied to
+  the state). The state only describes pixels before the current one, whose colours are all
+  known, so causality alone would not need this; it keeps the groups apart on the recurrent
+  path as on the input path (our reading of section 3.4's split of the features into R, G
+  and B parts). It costs the recurrent weight its blocks above the diagonal.
+
+With one colour group a 1 x 1 mask A sees nothing, so DiagonalBiLSTM refuses mask A unless
+data_channels > 1: as in the paper, put a mask-A convolution first and use mask B here.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genfast.nn.gated_pixelcnn import shift_down
+from genfast.nn.masked_conv import MaskedConv2d
+from genfast.ops.lstm_row import lstm_rows
+
+__all__ = ["RowLSTM", "DiagonalBiLSTM", "skew", "unskew"]
+
+
+def skew(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [B, C, H, H + W - 1]: row r moved right by r, zeros elsewhere.
+
+    Column s holds the pixels (r, s - r), one diagonal of the image (the paper's figure 3).
+    """
+    if x.dim() != 4:
+        raise ValueError(f"genfast: skew expects [batch, channels, height, width], "
+                         f"got {tuple(x.shape)}")
+    b, c, h, w = x.shape
+    s = h + w - 1
+    # Rows padded to s + 1 and read back as rows of s: each row starts one further right.
+    flat = F.pad(x, (0, h)).flatten(2)
+    return flat[:, :, :h * s].view(b, c, h, s)
+
+
+def unskew(y: torch.Tensor, width: int) -> torch.Tensor:
+    """Inverse of ``skew``: [B, C, H, H + width - 1] -> [B, C, H, width] (any strided y)."""
+    if y.dim() != 4 or width < 1 or y.shape[3] != y.shape[2] + width - 1:
+        raise ValueError(f"genfast: unskew expects [batch, channels, height, height + width - 1] "
+                         f"with width >= 1, got {tuple(y.shape)} and width={width}")
+    b, c, h, s = y.shape
+    # Padded to [H + 1, S + 1] and read as rows of S + 2: row r starts r further right.
+    flat = F.pad(y, (0, 1, 0, 1)).flatten(2)
+    return flat[:, :, :h * (s + 2)].view(b, c, h, s + 2)[:, :, :, :width]
+
+
+def _skew_steps(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [B, C, H + W - 1, H] contiguous: the skewed map with the diagonals (the
+    recurrence steps) first, as lstm_rows reads them.
+
+    Two copies of plain view ops. Writing x into zeros through one strided view would be a
+    single pass, but torch.compile (2.x, CPU) returned a wrong gradient for such an
+    as_strided_scatter followed by the masked convolution.
+    """
+    return skew(x).transpose(2, 3).contiguous()
+
+
+def _unskew_steps(h: torch.Tensor, width: int) -> torch.Tensor:
+    """[B, C, H + width - 1, H] -> [B, C, H, width], a view of h made contiguous.
+
+    out[r, j] = h[r + j, r]: stepping a row down moves H + 1 elements, a column right H. The
+    strides come from the shape of a contiguous tensor, never from a layout torch.compile might
+    have picked, so the view means the same in eager and compiled code.
+    """
+    h = h.contiguous()
+    b, c, s, rows = h.shape
+    return h.as_strided((b, c, rows, width), (c * s * rows, s * rows, rows + 1, rows))
+
+
+def _check_input(x: torch.Tensor, in_channels: int, layer: str) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"genfast: {layer} expects x of shape [batch, channels, height, width], "
+                         f"got {shape}")
+    if x.shape[1] != in_channels:
+        raise ValueError(f"genfast: {layer} was built for {in_channels} input channels, "
+                         f"x has {x.shape[1]}")
+
+
+class _LSTMLayer(nn.Module):
+    """Parameters and the two halves shared by the Row and Diagonal LSTMs."""
+
+    def __init__(self, layer: str, in_channels: int, hidden_channels: int, conv_kernel,
+                 state_kernel: int, mask_type: str, data_channels: int, backend: str | None,
+                 device=None, dtype=None):
+        super().__init__()
+        if hidden_channels < 1 or in_channels < 1:
+            raise ValueError(f"genfast: {layer} needs in_channels and hidden_channels >= 1, got "
+                             f"{in_channels} and {hidden_channels}")
+        if mask_type not in ("A", "B"):
+            raise ValueError(f"genfast: {layer} mask_type must be 'A' or 'B', got {mask_type!r}")
+        if not 1 <= data_channels <= min(in_channels, hidden_channels):
+            raise ValueError(f"genfast: data_channels must be between 1 and min(in_channels, "
+                             f"hidden_channels), got {data_channels}")
+        if hidden_channels % data_channels:
+            raise ValueError(f"genfast: {layer} splits hidden_channels into data_channels colour "
+                             f"groups; {hidden_channels} is not a multiple of {data_channels}")
+        factory = {"device": device, "dtype": dtype}
+        self.in_channels, self.hidden_channels = in_channels, hidden_channels
+        self.mask_type, self.data_channels, self.backend = mask_type, data_channels, backend
+        d = hidden_channels
+        self.input_to_state = MaskedConv2d(in_channels, 4 * d, conv_kernel, mask_type,
+                                           data_channels, bias=False, backend=backend, **factory)
+        self.state_weight = nn.Parameter(torch.empty(4 * d, d, state_kernel, **factory))
+        self.bias = nn.Parameter(torch.empty(4 * d, **factory))
+        self.register_buffer("state_mask", self._colour_mask(d, data_channels, device),
+                             persistent=False)
+        self.reset_parameters()
+
+    @staticmethod
+    def _colour_mask(d: int, groups: int, device) -> torch.Tensor | None:
+        """[4D, D, 1] 0/1: gate channel (q, d') reads hidden channel e iff group(e) <= group(d')."""
+        if groups == 1:
+            return None
+        group = torch.arange(d, device=device) * groups // d
+        allowed = (group[None, :] <= group[:, None]).repeat(4, 1)
+        return allowed[:, :, None].float()
+
+    def reset_parameters(self) -> None:
+        """Uniform(+-1/sqrt(D k)) state weight as nn.LSTM does; bias 0, forget gate 1."""
+        bound = 1.0 / math.sqrt(self.state_weight.shape[1] * self.state_weight.shape[2])
+        with torch.no_grad():
+            self.state_weight.uniform_(-bound, bound)
+            self.bias.zero_()
+            self.bias[self.hidden_channels:2 * self.hidden_channels] = 1.0
+
+    def _gates(self, x: torch.Tensor) -> torch.Tensor:
+        """The input-to-state pre-activations [B, 4D, ...] in gate-major (i, f, o, g) order."""
+        gates = self.input_to_state(x)
+        n = self.data_channels
+        if n == 1:
+            return gates
+        # colour-major [n groups][4 gates][D / n] -> gate-major [4 gates][n groups][D / n]
+        b, _, *spatial = gates.shape
+        return (gates.view(b, n, 4, self.hidden_channels // n, *spatial).transpose(1, 2)
+                .reshape(b, 4 * self.hidden_channels, *spatial))
+
+    def _weight(self) -> torch.Tensor:
+        if self.state_mask is None:
+            return self.state_weight
+        return self.state_weight * self.state_mask.to(self.state_weight.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.hidden_channels}, mask_type={self.mask_type!r}, "
+                f"data_channels={self.data_channels}")
+
+
+class RowLSTM(_LSTMLayer):
+    """PixelRNN's Row LSTM layer (section 3.1): forward(x [B, C, H, W]) -> h [B, hidden, H, W].
+
+    Args:
+        in_channels: channels of x.
+        hidden_channels: D, channels of the LSTM state and of the output.
+        kernel_size: k of the 1 x k input-to-state mask and of the state-to-state kernel over
+            the row above (centred: positions j - k // 2 ... j + (k - 1) // 2).
+        mask_type: 'A' when the layer reads the image (hides the current pixel), 'B' after.
+        data_channels: colour groups (3 for RGB); see the module docstring.
+        backend: forced backend for the masked convolution and lstm_rows, or None for the
+            default.
+
+    Parameters: ``input_to_state.weight`` [4D, C, 1, k] (a MaskedConv2d without bias),
+    ``state_weight`` [4D, D, k] and ``bias`` [4D], gates in the order i, f, o, g.
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int, kernel_size: int = 3,
+                 mask_type: str = "B", data_channels: int = 1, backend: str | None = None,
+                 device=None, dtype=None):
+        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1:
+            raise ValueError(f"genfast: RowLSTM kernel_size must be a positive int, "
+                             f"got {kernel_size!r}")
+        super().__init__("RowLSTM", in_channels, hidden_channels, (1, kernel_size), kernel_size,
+                         mask_type, data_channels, backend, device, dtype)
+        self.kernel_size = kernel_size
+
+    def forward(self, x: torch.Tensor, state=None, return_state: bool = False):
+        """x [B, C, H, W] -> h [B, D, H, W].
+
+        ``state`` = (h0, c0), each [B, D, W] or None for zeros: the state of the row above row
+        0 (for instance the last row of a previous call, to continue an image). With
+        ``return_state`` the result is (h, (h_last, c_last)), the state after the last row;
+        c is kept in float32 for float16/bfloat16 inputs.
+        """
+        _check_input(x, self.in_channels, "RowLSTM")
+        h0, c0 = self._check_state(x, state)
+        h, c = lstm_rows(self._gates(x), self._weight(), self.bias, h0, c0,
+                         pad_left=self.kernel_size // 2, backend=self.backend)
+        if return_state:  # copies, so that the state does not hold all of c alive
+            return h, (h[:, :, -1].contiguous(), c[:, :, -1].contiguous())
+        return h
+
+    def _check_state(self, x: torch.Tensor, state):
+        if state is None:
+            return None, None
+        if not isinstance(state, (tuple, list)) or len(state) != 2:
+            raise ValueError("genfast: RowLSTM state must be a pair (h0, c0)")
+        want = (x.shape[0], self.hidden_channels, x.shape[3])
+        for name, t in zip(("h0", "c0"), state):
+            if t is not None and tuple(t.shape) != want:
+                raise ValueError(f"genfast: RowLSTM {name} must have shape [batch, hidden, width]"
+                                 f" = {list(want)}, got {list(t.shape)}")
+        return state
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, kernel_size={self.kernel_size}"
+
+
+class _DiagonalLSTM(_LSTMLayer):
+    """One direction of the Diagonal BiLSTM: the pixels above and to the left, x -> [B, D, H, W]."""
+
+    def __init__(self, in_channels, hidden_channels, mask_type, data_channels, backend,
+                 device=None, dtype=None):
+        super().__init__("DiagonalBiLSTM", in_channels, hidden_channels, 1, 2, mask_type,
+                         data_channels, backend, device, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        width = x.shape[3]
+        # [B, C, steps = H + W - 1, positions = H]: column s of the skewed image is step s.
+        skewed = _skew_steps(x)
+        # k = 2, pad_left = 1: position r reads rows r - 1 (above) and r (left) of step s - 1.
+        h, _ = lstm_rows(self._gates(skewed), self._weight(), self.bias, pad_left=1,
+                         backend=self.backend)
+        return _unskew_steps(h, width)
+
+
+class DiagonalBiLSTM(nn.Module):
+    """PixelRNN's Diagonal BiLSTM layer (section 3.2): forward(x [B, C, H, W]) -> [B, D, H, W].
+
+    The sum of a left-to-right diagonal LSTM and a right-to-left one shifted down a row, so that
+    output (r, j) sees every earlier pixel in raster order (no blind spot) and none after it.
+
+    Args:
+        in_channels: channels of x.
+        hidden_channels: D, channels of each direction's state and of the output.
+        mask_type: 'B' (usual: after a mask-A convolution); 'A' only with data_channels > 1,
+            since a 1 x 1 mask A hides every input of a single colour group.
+        data_channels: colour groups (3 for RGB); see the module docstring.
+        backend: forced backend for the masked convolutions and lstm_rows, or None.
+
+    Parameters: ``left_to_right`` and ``right_to_left`` hold each an ``input_to_state`` 1 x 1
+    MaskedConv2d without bias, a ``state_weight`` [4D, D, 2] and a ``bias`` [4D].
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int, mask_type: str = "B",
+                 data_channels: int = 1, backend: str | None = None, device=None, dtype=None):
+        super().__init__()
+        if mask_type == "A" and data_channels == 1:
+            raise ValueError("genfast: DiagonalBiLSTM with mask_type 'A' and one colour group "
+                             "sees no input (a 1 x 1 mask A hides the only pixel it reads); put a "
+                             "mask-A convolution first and use mask 'B' here, as PixelRNN does")
+        args = (in_channels, hidden_channels, mask_type, data_channels, backend, device, dtype)
+        self.left_to_right = _DiagonalLSTM(*args)
+        self.right_to_left = _DiagonalLSTM(*args)
+        self.in_channels, self.hidden_channels = in_channels, hidden_channels
+        self.mask_type, self.data_channels, self.backend = mask_type, data_channels, backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, self.in_channels, "DiagonalBiLSTM")
+        right = self.right_to_left(x.flip(3)).flip(3)
+        # right sees row r from column j to the end; a row lower it is all in the past.
+        return self.left_to_right(x) + shift_down(right)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.hidden_channels}, mask_type={self.mask_type!r}, "
+                f"data_channels={self.data_channels}")
