@@ -8,6 +8,7 @@ from genfast.ops import (  # noqa: F401
     reparameterize_kl,
 )
 from genfast.ops import gated_activation  # noqa: F401
+from genfast.ops import lstm_row_step, lstm_rows  # noqa: F401
 
 __version__ = "0.1.0"
 

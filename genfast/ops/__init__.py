@@ -9,3 +9,9 @@ from genfast.ops.reparam import (  # noqa: F401
 )
 from genfast.ops.masked_conv import conv_mask, masked_conv2d, masked_conv2d_ref  # noqa: F401
 from genfast.ops.gated import gated_activation, gated_activation_ref  # noqa: F401
+from genfast.ops.lstm_row import (  # noqa: F401
+    lstm_row_step,
+    lstm_row_step_ref,
+    lstm_rows,
+    lstm_rows_ref,
+)

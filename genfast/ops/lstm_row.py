@@ -95,6 +95,9 @@ def _setup_context(ctx, inputs, output):
     h, c, gates = output
     # The gates are returned only for the backward: no gradient flows back through them.
     ctx.mark_non_differentiable(gates)
+    # An unused output's gradient reaches the backward as a broadcast zero instead of a
+    # materialised tensor (the CPU kernel reads an expanded scalar without expanding it).
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(weight, h, c, gates, h0, c0)
     ctx.pad_left = pad_left
     ctx.has_bias = bias is not None
@@ -103,6 +106,10 @@ def _setup_context(ctx, inputs, output):
 def _make_backward(backward_op):
     def backward(ctx, grad_h, grad_c, grad_gates):
         weight, h, c, gates, h0, c0 = ctx.saved_tensors
+        if grad_h is None:
+            grad_h = h.new_zeros(()).expand(h.shape)
+        if grad_c is None:
+            grad_c = c.new_zeros(()).expand(c.shape)
         grads = backward_op(grad_h, grad_c, weight, h, c, gates, h0, c0, ctx.pad_left)
         wants = (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
                  ctx.has_bias and ctx.needs_input_grad[2], ctx.needs_input_grad[3],

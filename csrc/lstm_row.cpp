@@ -1,0 +1,752 @@
+// CPU kernels of genfast::lstm_rows: the row recurrence of PixelRNN's Row LSTM and Diagonal BiLSTM
+// (van den Oord et al. 2016, "Pixel Recurrent Neural Networks", section 3.1, eq. 3), fused:
+//   pre_r = gates_in_r + bias + K_ss (*) h_{r-1}   (a 1-D convolution along the row, k taps)
+//   [i, f, o, g] = [sigmoid, sigmoid, sigmoid, tanh](pre_r)
+//   c_r = f c_{r-1} + i g,   h_r = o tanh(c_r)
+// and its backpropagation through the rows in reverse. The loop over rows runs here, in C++.
+//
+// Batch elements never interact, so each thread takes a contiguous chunk of the batch and runs the
+// whole recurrence for it without any synchronisation between rows. The state-to-state
+// convolution of a row is one gather of cpu/conv_tile.h over "columns": batch element b of the
+// chunk owns columns [b * Lp, (b + 1) * Lp), Lp = L + k - 1, and the state buffer holds h(b, l)
+// at column b * Lp + pad_left + l with zeros in the other k - 1 columns, so output column
+// j = b * Lp + l reads tap t at column j + t and the zeros between batch elements are the
+// convolution's padding (rows = the 4D gate channels, k = the D hidden channels of each tap,
+// columns vectorised; the k - 1 columns per batch element with l >= L are computed and unused).
+// The cell maths then walks each (batch element, hidden channel): it reads the four gate rows of
+// the convolution, gates_in and c_{r-1} straight from their tensors and writes the gates, c, h
+// and the state buffer, in whole SIMD vectors along the row (the last one overlapping the one
+// before it when L is not a multiple of the width), so the exponentials hide the latency of the
+// scattered rows of the [B, C, R, L] tensors.
+//
+// Backward runs the rows in reverse with the same layout: the gate gradients dpre go into a
+// zero-bordered buffer shifted so that dL/dh_{r-1} is again a k-tap gather (the taps mirrored,
+// the weight transposed). dL/dweight is one reduction over every pixel after the loop, tiled over
+// (tap, gate channels, hidden channels) with one owner per element, and dL/dbias is summed per
+// batch element, so no result depends on the thread count. float16/bfloat16 inputs are computed
+// in float32: c and the gates stay float32, h is rounded to the input dtype, and the next row
+// reads that rounded h.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "cpu/conv_tile.h"
+#include "cpu/simd_math.h"
+#include "cpu/strided_copy.h"
+
+namespace genfast::lstm_row {
+namespace {
+
+using at::Tensor;
+using cpu::Segment;
+using cpu::TileArgs;
+using simd::kLanes;
+using simd::vfloat;
+using simd::vint;
+
+int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// Splits n items into `count` near-equal parts: part i is [start(i), start(i + 1)).
+struct EvenSplit {
+  int64_t n, count;
+  int64_t start(int64_t i) const { return count == 0 ? 0 : i * n / count; }
+};
+EvenSplit tiles_of(int64_t n, int64_t most) { return {n, (n + most - 1) / most}; }
+
+// ----------------------------------------------------------------------------- cell maths
+
+GENFAST_SIMD_INLINE vfloat vabs(vfloat x) {
+  return reinterpret_cast<vfloat>(reinterpret_cast<vint>(x) & 0x7fffffff);
+}
+
+// exp(x) for x <= 0, the only arguments the gates need; NaN propagates. Cheaper than simd::exp,
+// which handles overflow and infinities too: this is the most executed code of the cell maths.
+// x = n ln2 + r with |r| <= ln2 / 2 (ln2 split in two so that n * kLn2Hi is exact), exp(r) from
+// its Taylor series to r^7 (the next term is under 6e-9 relative), 2^n built in the exponent
+// bits: adding 1.5 * 2^23 to x / ln2 rounds it and leaves n in the low mantissa bits. Below
+// -87.3 the result is 2^-126-ish instead of 0, which no gate can tell apart.
+GENFAST_SIMD_INLINE vfloat exp_nonpositive(vfloat x) {
+  constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+  const vfloat lowest = simd::splat(-87.33f);
+  x = x < lowest ? lowest : x;
+  const vfloat shifted = x * 1.44269504088896341f + 12582912.0f;
+  const vfloat n = shifted - 12582912.0f;
+  const vfloat r = (x - n * kLn2Hi) - n * kLn2Lo;
+  vfloat p = simd::splat(1.0f / 5040);
+  p = p * r + 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const vint scale = (reinterpret_cast<vint>(shifted) << 23) + (127 << 23);
+  return p * reinterpret_cast<vfloat>(scale);
+}
+
+// Both nonlinearities come from exp of a non-positive argument, so nothing overflows, and NaN
+// propagates. sigmoid(x) = 1 / (1 + e) for x >= 0, e / (1 + e) otherwise, with e = exp(-|x|);
+// tanh(|x|) = (1 - t) / (1 + t) with t = exp(-2|x|). Each is split into the exponential and
+// the finish given 1 / (1 + e), so that the four gates can share one division.
+GENFAST_SIMD_INLINE vfloat sigmoid_finish(vfloat x, vfloat e, vfloat inv) {
+  return simd::select(x >= simd::splat(0.0f), inv, e * inv);
+}
+// (1 - t) / (1 + t) cancels below |x| = 1/4: the Taylor series to x^9 is used there instead (the
+// next term is under 1e-8 relative).
+GENFAST_SIMD_INLINE vfloat tanh_finish(vfloat x, vfloat t, vfloat inv) {
+  const vfloat a = vabs(x), z = a * a;
+  const vfloat series =
+      a + a * z * (-1.0f / 3 + z * (2.0f / 15 + z * (-17.0f / 315 + z * (62.0f / 2835))));
+  const vfloat m = simd::select(a < simd::splat(0.25f), series, (1.0f - t) * inv);
+  const vint sign = reinterpret_cast<vint>(x) & static_cast<int32_t>(0x80000000u);
+  return reinterpret_cast<vfloat>(reinterpret_cast<vint>(m) | sign);
+}
+GENFAST_SIMD_INLINE vfloat tanh(vfloat x) {
+  const vfloat t = exp_nonpositive(-2.0f * vabs(x));
+  return tanh_finish(x, t, 1.0f / (1.0f + t));
+}
+
+double sigmoid(double x) {
+  const double e = std::exp(-std::abs(x)), q = 1.0 / (1.0 + e);
+  return x >= 0.0 ? q : e * q;
+}
+
+// ----------------------------------------------------------------------------- the cells
+
+// One (batch element, hidden channel) of a row: runs of L values. The runs of the row the
+// recurrence visits next sit `ahead` values away in the [B, C, R, L] tensors (0: none), and are
+// prefetched (kWrite for outputs), to arrive while the next convolution runs.
+template <int kWrite, typename T>
+GENFAST_SIMD_INLINE void prefetch(const T* p, int64_t n) {
+  const char* c = reinterpret_cast<const char*>(p);
+  const int64_t bytes = n * static_cast<int64_t>(sizeof(T));
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, kWrite, 2);
+  __builtin_prefetch(c + bytes - 1, kWrite, 2);
+}
+
+template <typename T>
+struct ForwardRun {
+  const T* pre[4];  // the convolution's output for gates i, f, o, g (rows of the column buffer)
+  const T* in[4];   // gates_in
+  T bias[4];
+  const T* c_prev;  // c_{r-1}: the previous row of c, or c0
+  T *gates[4], *c, *h;
+  T* state;  // h again, where the next row's convolution reads it
+  int64_t ahead;
+};
+
+template <typename T>
+struct BackwardRun {
+  const T* act[4];  // the saved activations i, f, o, g
+  const T *c, *c_prev;
+  const T *grad_h, *grad_c;  // null when uniform: grad_h_value, grad_c_value
+  T grad_h_value, grad_c_value;
+  const T* dh;     // dL/dh_r through row r + 1's convolution (a column buffer row)
+  const T* dc_in;  // dL/dc_r through row r + 1
+  T* dc_out;       // dL/dc_{r-1} through f
+  T *dpre[4], *grad_in[4];  // dL/dpre into the zero-bordered buffer, and into grad_gates_in
+  int64_t ahead;
+};
+
+// Loads and stores of lanes [l0, l0 + kLanes) of a run; kShort: the whole run is shorter than a
+// vector and goes through a zero-padded copy.
+template <bool kShort>
+GENFAST_SIMD_INLINE vfloat ld(const float* p, int64_t n, int64_t l0) {
+  if constexpr (kShort) {
+    alignas(64) float t[kLanes] = {};
+    for (int64_t l = 0; l < n; ++l) t[l] = p[l];
+    return simd::load(t);
+  } else {
+    (void)n;
+    return simd::load(p + l0);
+  }
+}
+template <bool kShort>
+GENFAST_SIMD_INLINE void st(float* p, int64_t n, int64_t l0, vfloat v) {
+  if constexpr (kShort) {
+    alignas(64) float t[kLanes];
+    simd::store(t, v);
+    for (int64_t l = 0; l < n; ++l) p[l] = t[l];
+  } else {
+    (void)n;
+    simd::store(p + l0, v);
+  }
+}
+
+template <bool kShort>
+GENFAST_SIMD_INLINE void forward_vector(const ForwardRun<float>& q, int64_t n, int64_t l0) {
+  const vfloat xi = ld<kShort>(q.pre[0], n, l0) + ld<kShort>(q.in[0], n, l0) + q.bias[0];
+  const vfloat xf = ld<kShort>(q.pre[1], n, l0) + ld<kShort>(q.in[1], n, l0) + q.bias[1];
+  const vfloat xo = ld<kShort>(q.pre[2], n, l0) + ld<kShort>(q.in[2], n, l0) + q.bias[2];
+  const vfloat xg = ld<kShort>(q.pre[3], n, l0) + ld<kShort>(q.in[3], n, l0) + q.bias[3];
+  const vfloat ei = exp_nonpositive(-vabs(xi)), ef = exp_nonpositive(-vabs(xf));
+  const vfloat eo = exp_nonpositive(-vabs(xo)), tg = exp_nonpositive(-2.0f * vabs(xg));
+  // 1 / (1 + e) of all four from one division: each denominator is in [1, 2].
+  const vfloat di = 1.0f + ei, df = 1.0f + ef, dout = 1.0f + eo, dg = 1.0f + tg;
+  const vfloat dif = di * df, dog = dout * dg, inv = 1.0f / (dif * dog);
+  const vfloat i = sigmoid_finish(xi, ei, df * dog * inv);
+  const vfloat f = sigmoid_finish(xf, ef, di * dog * inv);
+  const vfloat o = sigmoid_finish(xo, eo, dg * dif * inv);
+  const vfloat g = tanh_finish(xg, tg, dout * dif * inv);
+  const vfloat c = f * ld<kShort>(q.c_prev, n, l0) + i * g;
+  const vfloat h = o * tanh(c);
+  st<kShort>(q.gates[0], n, l0, i);
+  st<kShort>(q.gates[1], n, l0, f);
+  st<kShort>(q.gates[2], n, l0, o);
+  st<kShort>(q.gates[3], n, l0, g);
+  st<kShort>(q.c, n, l0, c);
+  st<kShort>(q.h, n, l0, h);
+  st<kShort>(q.state, n, l0, h);
+}
+
+// Every output lane is a function of input lanes alone, and no input is an output, so the last
+// vector may overlap the one before it.
+GENFAST_TARGET_CLONES
+void forward_run(const ForwardRun<float>& q, int64_t n) {
+  if (q.ahead) {
+    for (int g = 0; g < 4; ++g) {
+      prefetch<0>(q.in[g] + q.ahead, n);
+      prefetch<1>(q.gates[g] + q.ahead, n);
+    }
+    prefetch<1>(q.c + q.ahead, n);
+    prefetch<1>(q.h + q.ahead, n);
+  }
+  if (n < kLanes) {
+    forward_vector<true>(q, n, 0);
+    return;
+  }
+  for (int64_t l = 0; l < n; l += kLanes) forward_vector<false>(q, n, std::min(l, n - kLanes));
+}
+
+void forward_run(const ForwardRun<double>& q, int64_t n) {
+  for (int64_t l = 0; l < n; ++l) {
+    const double i = sigmoid(q.pre[0][l] + q.in[0][l] + q.bias[0]);
+    const double f = sigmoid(q.pre[1][l] + q.in[1][l] + q.bias[1]);
+    const double o = sigmoid(q.pre[2][l] + q.in[2][l] + q.bias[2]);
+    const double g = std::tanh(q.pre[3][l] + q.in[3][l] + q.bias[3]);
+    const double c = f * q.c_prev[l] + i * g;
+    q.gates[0][l] = i, q.gates[1][l] = f, q.gates[2][l] = o, q.gates[3][l] = g;
+    q.c[l] = c;
+    q.h[l] = q.state[l] = o * std::tanh(c);
+  }
+}
+
+// dL/dh_r = grad_h + dh, dL/dc_r = grad_c + dc_in + dL/dh_r o (1 - tanh(c_r)^2); from them the
+// gate gradients dL/dpre, and dL/dc_{r-1} = dL/dc_r f through the forget gate.
+template <bool kShort>
+GENFAST_SIMD_INLINE void backward_vector(const BackwardRun<float>& q, int64_t n, int64_t l0) {
+  const vfloat i = ld<kShort>(q.act[0], n, l0), f = ld<kShort>(q.act[1], n, l0);
+  const vfloat o = ld<kShort>(q.act[2], n, l0), g = ld<kShort>(q.act[3], n, l0);
+  const vfloat grad_h = q.grad_h ? ld<kShort>(q.grad_h, n, l0) : simd::splat(q.grad_h_value);
+  const vfloat grad_c = q.grad_c ? ld<kShort>(q.grad_c, n, l0) : simd::splat(q.grad_c_value);
+  const vfloat tc = tanh(ld<kShort>(q.c, n, l0));
+  const vfloat dh = ld<kShort>(q.dh, n, l0) + grad_h;
+  const vfloat dc = ld<kShort>(q.dc_in, n, l0) + grad_c + dh * o * (1.0f - tc * tc);
+  const vfloat di = dc * g * i * (1.0f - i);
+  const vfloat df = dc * ld<kShort>(q.c_prev, n, l0) * f * (1.0f - f);
+  const vfloat dout = dh * tc * o * (1.0f - o);
+  const vfloat dg = dc * i * (1.0f - g * g);
+  st<kShort>(q.dpre[0], n, l0, di);
+  st<kShort>(q.dpre[1], n, l0, df);
+  st<kShort>(q.dpre[2], n, l0, dout);
+  st<kShort>(q.dpre[3], n, l0, dg);
+  st<kShort>(q.grad_in[0], n, l0, di);
+  st<kShort>(q.grad_in[1], n, l0, df);
+  st<kShort>(q.grad_in[2], n, l0, dout);
+  st<kShort>(q.grad_in[3], n, l0, dg);
+  st<kShort>(q.dc_out, n, l0, dc * f);
+}
+
+GENFAST_TARGET_CLONES
+void backward_run(const BackwardRun<float>& q, int64_t n) {
+  if (q.ahead) {
+    for (int g = 0; g < 4; ++g) {
+      prefetch<0>(q.act[g] + q.ahead, n);
+      prefetch<1>(q.grad_in[g] + q.ahead, n);
+    }
+    prefetch<0>(q.c_prev + q.ahead, n);
+    if (q.grad_h) prefetch<0>(q.grad_h + q.ahead, n);
+    if (q.grad_c) prefetch<0>(q.grad_c + q.ahead, n);
+  }
+  if (n < kLanes) {
+    backward_vector<true>(q, n, 0);
+    return;
+  }
+  for (int64_t l = 0; l < n; l += kLanes) backward_vector<false>(q, n, std::min(l, n - kLanes));
+}
+
+void backward_run(const BackwardRun<double>& q, int64_t n) {
+  for (int64_t l = 0; l < n; ++l) {
+    const double i = q.act[0][l], f = q.act[1][l], o = q.act[2][l], g = q.act[3][l];
+    const double tc = std::tanh(q.c[l]);
+    const double dh = q.dh[l] + (q.grad_h ? q.grad_h[l] : q.grad_h_value);
+    const double dc = q.dc_in[l] + (q.grad_c ? q.grad_c[l] : q.grad_c_value) +
+                      dh * o * (1.0 - tc * tc);
+    const double grads[4] = {dc * g * i * (1.0 - i), dc * q.c_prev[l] * f * (1.0 - f),
+                             dh * tc * o * (1.0 - o), dc * i * (1.0 - g * g)};
+    for (int k = 0; k < 4; ++k) q.dpre[k][l] = q.grad_in[k][l] = grads[k];
+    q.dc_out[l] = dc * f;
+  }
+}
+
+// acc[j] += x[j] for j < n (a plain loop, cloned per ISA level to vectorise wide).
+GENFAST_TARGET_CLONES
+void add_to(float* __restrict acc, const float* __restrict x, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) acc[j] += x[j];
+}
+void add_to(double* __restrict acc, const double* __restrict x, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) acc[j] += x[j];
+}
+
+// ----------------------------------------------------------------------------- layout
+
+struct Shape {
+  int64_t batch, hidden, gates, rows, length, taps, pad_left;
+};
+
+// A chunk of nb batch elements in columns (see the file comment).
+template <typename acc_t>
+struct Columns {
+  static constexpr int64_t kVector = cpu::Vec<acc_t>::kLanes;
+  int64_t lp;          // columns per batch element, L + k - 1
+  int64_t count;       // nb * lp rounded up to whole vectors: the columns each row computes
+  int64_t stride;      // row stride of the convolution's output
+  int64_t pad_stride;  // row stride of the zero-bordered buffers, read up to count + k - 1
+
+  Columns(const Shape& s, int64_t nb) : lp(s.length + s.taps - 1) {
+    count = round_up(nb * lp, kVector);
+    stride = count;
+    pad_stride = round_up(count + s.taps - 1, kVector) + kVector;
+  }
+};
+
+// The offset of the L contiguous values of (b, channel, row) in a contiguous [B][C][R][L] tensor.
+inline int64_t run(const Shape& s, int64_t b, int64_t channels, int64_t channel, int64_t row) {
+  return ((b * channels + channel) * s.rows + row) * s.length;
+}
+
+// out[n][j] = sum over segments, sum over kk < kdim of A[n][seg.a + kk] * B[seg.b + kk][j] for
+// n < rows and the `cols` columns (a multiple of the SIMD width), tiled by conv_tile.
+template <typename acc_t>
+void gather(const acc_t* a, int64_t rows, int64_t a_stride, int64_t kdim, const acc_t* b,
+            int64_t b_stride, const std::vector<Segment>& segs, int64_t cols, acc_t* out,
+            int64_t out_stride) {
+  constexpr int64_t lanes = cpu::Vec<acc_t>::kLanes;
+  const TileArgs args{a_stride, 1, b_stride, kdim, out_stride, false};
+  for (int64_t c0 = 0; c0 < cols; c0 += cpu::kMaxVectors * lanes) {
+    const int vectors = static_cast<int>(std::min<int64_t>(cpu::kMaxVectors, (cols - c0) / lanes));
+    const EvenSplit tiles = tiles_of(rows, cpu::max_rows(vectors));
+    const auto tile = [&](int64_t i) {
+      const int64_t n0 = tiles.start(i);
+      cpu::conv_tile<acc_t>(static_cast<int>(tiles.start(i + 1) - n0), vectors, true)(
+          a + n0 * a_stride, b + c0, segs.data(), static_cast<int64_t>(segs.size()), args,
+          out + n0 * out_stride + c0);
+    };
+    for (int64_t i = 0; i < tiles.count; ++i) tile(i);
+  }
+}
+
+// Work buffers are kept per thread and reused: a training loop calls with the same shapes again
+// and again, and fresh pages would cost a page fault each. Returns n elements, zeroed if asked.
+enum Slot { kSlot0, kSlot1, kSlot2, kSlot3, kSlot4, kSlots };
+
+template <typename T>
+T* scratch(Slot slot, int64_t n, bool zero = true) {
+  thread_local std::vector<T> buffers[kSlots];
+  std::vector<T>& buffer = buffers[slot];
+  if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(n);
+  if (zero) std::fill_n(buffer.data(), n, T(0));
+  return buffer.data();
+}
+
+// ----------------------------------------------------------------------------- forward
+
+template <typename acc_t>
+struct ForwardArgs {
+  Shape s;
+  const acc_t *gates_in, *bias, *h0, *c0;
+  acc_t *h, *c, *gates;
+  // h's dtype: for float16/bfloat16, h is rounded to it before the next row reads it, so the
+  // recurrence reads exactly the h it returns (row-by-row stepping gives the same result).
+  at::ScalarType h_type;
+  std::vector<acc_t> weight;  // [4D][k][D]: the taps' weights, input channels contiguous
+  std::vector<Segment> segs;
+};
+
+// Rounds x[0, n) to T and back.
+template <typename T, typename acc_t>
+void round_to(acc_t* x, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) x[j] = static_cast<acc_t>(static_cast<T>(x[j]));
+}
+
+template <typename acc_t>
+void forward_chunk(const ForwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
+  const Shape& s = p.s;
+  const int64_t D = s.hidden, G = s.gates, L = s.length;
+  const Columns<acc_t> col(s, nb);
+  acc_t* pre = scratch<acc_t>(kSlot0, G * col.stride);
+  acc_t* state = scratch<acc_t>(kSlot1, D * col.pad_stride);
+  const bool h0_zero = std::all_of(p.h0 + b0 * D * L, p.h0 + (b0 + nb) * D * L,
+                                   [](acc_t v) { return v == acc_t(0); });
+  for (int64_t bi = 0; bi < nb; ++bi)
+    for (int64_t d = 0; d < D; ++d)
+      std::copy_n(p.h0 + ((b0 + bi) * D + d) * L, L,
+                  state + d * col.pad_stride + bi * col.lp + s.pad_left);
+  ForwardRun<acc_t> q;
+  for (int64_t r = 0; r < s.rows; ++r) {
+    // A zero initial state (the default) adds nothing to the first row: pre stays zero.
+    if (r > 0 || !h0_zero)
+      gather(p.weight.data(), G, s.taps * D, D, state, col.pad_stride, p.segs, col.count, pre,
+             col.stride);
+    q.ahead = r + 1 < s.rows ? L : 0;
+    for (int64_t bi = 0; bi < nb; ++bi) {
+      const int64_t b = b0 + bi;
+      for (int64_t d = 0; d < D; ++d) {
+        for (int g = 0; g < 4; ++g) {
+          const int64_t n = g * D + d;
+          q.pre[g] = pre + n * col.stride + bi * col.lp;
+          q.in[g] = p.gates_in + run(s, b, G, n, r);
+          q.bias[g] = p.bias ? p.bias[n] : acc_t(0);
+          q.gates[g] = p.gates + run(s, b, G, n, r);
+        }
+        q.c_prev = r > 0 ? p.c + run(s, b, D, d, r - 1) : p.c0 + (b * D + d) * L;
+        q.c = p.c + run(s, b, D, d, r);
+        q.h = p.h + run(s, b, D, d, r);
+        q.state = state + d * col.pad_stride + bi * col.lp + s.pad_left;
+        forward_run(q, L);
+        if (p.h_type == at::kHalf || p.h_type == at::kBFloat16) {
+          for (acc_t* x : {q.h, q.state}) {
+            if (p.h_type == at::kHalf) round_to<at::Half>(x, L);
+            else round_to<at::BFloat16>(x, L);
+          }
+        }
+      }
+    }
+  }
+}
+
+// Chunks of the batch, one per thread (none smaller than one batch element).
+int64_t chunk_count(const Shape& s) {
+  return std::max<int64_t>(1, std::min<int64_t>(s.batch, at::get_num_threads()));
+}
+
+template <typename acc_t>
+void forward(ForwardArgs<acc_t>& p, const acc_t* w) {
+  const Shape& s = p.s;
+  const int64_t D = s.hidden, G = s.gates, k = s.taps;
+  p.weight.assign(G * k * D, acc_t(0));
+  for (int64_t n = 0; n < G; ++n)
+    for (int64_t d = 0; d < D; ++d)
+      for (int64_t t = 0; t < k; ++t) p.weight[(n * k + t) * D + d] = w[(n * D + d) * k + t];
+  for (int64_t t = 0; t < k; ++t) p.segs.push_back({t * D, t});
+  const EvenSplit chunks{s.batch, chunk_count(s)};
+  at::parallel_for(0, chunks.count, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      forward_chunk(p, chunks.start(i), chunks.start(i + 1) - chunks.start(i));
+  });
+}
+
+// ----------------------------------------------------------------------------- backward
+
+template <typename acc_t>
+struct BackwardArgs {
+  Shape s;
+  // grad_h and grad_c are null when uniform (an expanded scalar: the zeros of an unused output,
+  // or the gradient of a sum); their value is then in grad_h_value and grad_c_value.
+  const acc_t *grad_h, *grad_c, *c, *gates, *c0;
+  acc_t grad_h_value, grad_c_value;
+  acc_t *grad_gates_in, *grad_h0, *grad_c0;
+  acc_t* grad_bias_parts;  // [B][4D]: dL/dbias of each batch element
+  std::vector<acc_t> weight;  // [D][k][4D]: tap k - 1 - s of the weight, transposed, at s
+  std::vector<Segment> segs;
+};
+
+template <typename acc_t>
+void backward_chunk(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
+  const Shape& s = p.s;
+  const int64_t D = s.hidden, G = s.gates, L = s.length;
+  const Columns<acc_t> col(s, nb);
+  // dL/dpre of pixel (b, l) sits at column b * Lp + shift + l of `dpre`, so that dL/dh_{r-1} at
+  // column j gathers tap t from column j + k - 1 - t.
+  const int64_t shift = s.taps - 1 - s.pad_left, ps = col.pad_stride;
+  acc_t* dh = scratch<acc_t>(kSlot0, D * col.stride);
+  acc_t* dpre = scratch<acc_t>(kSlot1, G * ps);
+  acc_t* bias_sum = scratch<acc_t>(kSlot2, G * ps);  // dpre summed over the rows, per column
+  acc_t* dc_in = scratch<acc_t>(kSlot3, nb * D * L);  // [nb][D][L]
+  acc_t* dc_out = scratch<acc_t>(kSlot4, nb * D * L);
+  BackwardRun<acc_t> q;
+  q.grad_h_value = p.grad_h_value;
+  q.grad_c_value = p.grad_c_value;
+  for (int64_t r = s.rows - 1; r >= 0; --r) {
+    q.ahead = r > 0 ? -L : 0;
+    for (int64_t bi = 0; bi < nb; ++bi) {
+      const int64_t b = b0 + bi;
+      for (int64_t d = 0; d < D; ++d) {
+        for (int g = 0; g < 4; ++g) {
+          const int64_t n = g * D + d;
+          q.act[g] = p.gates + run(s, b, G, n, r);
+          q.dpre[g] = dpre + n * ps + bi * col.lp + shift;
+          q.grad_in[g] = p.grad_gates_in + run(s, b, G, n, r);
+        }
+        q.c = p.c + run(s, b, D, d, r);
+        q.c_prev = r > 0 ? p.c + run(s, b, D, d, r - 1) : p.c0 + (b * D + d) * L;
+        q.grad_h = p.grad_h ? p.grad_h + run(s, b, D, d, r) : nullptr;
+        q.grad_c = p.grad_c ? p.grad_c + run(s, b, D, d, r) : nullptr;
+        q.dh = dh + d * col.stride + bi * col.lp;
+        q.dc_in = dc_in + (bi * D + d) * L;
+        q.dc_out = dc_out + (bi * D + d) * L;
+        backward_run(q, L);
+      }
+    }
+    std::swap(dc_in, dc_out);
+    // Zero outside the pixels, so whole rows can be summed.
+    add_to(bias_sum, dpre, G * ps);
+    gather(p.weight.data(), D, s.taps * G, G, dpre, ps, p.segs, col.count, dh, col.stride);
+  }
+  // dL/dbias of each batch element: its columns' sums, in column order.
+  for (int64_t bi = 0; bi < nb; ++bi)
+    for (int64_t n = 0; n < G; ++n) {
+      acc_t total = 0;
+      for (int64_t l = 0; l < L; ++l) total += bias_sum[n * ps + bi * col.lp + shift + l];
+      p.grad_bias_parts[(b0 + bi) * G + n] = total;
+    }
+  for (int64_t bi = 0; bi < nb; ++bi)
+    for (int64_t d = 0; d < D; ++d) {
+      const int64_t dst = ((b0 + bi) * D + d) * L;
+      std::copy_n(dh + d * col.stride + bi * col.lp, L, p.grad_h0 + dst);
+      std::copy_n(dc_in + (bi * D + d) * L, L, p.grad_c0 + dst);
+    }
+}
+
+// Hidden-channel vectors per dL/dweight tile (by up to 6 gate channels): 4 measured a little
+// faster than 2 (by 12), the gate channels being rows R * L apart.
+constexpr int64_t kGradWeightVectors = 4;
+
+// dL/dweight[n][d][t] = sum over pixels (b, r, l) of dpre[b][n][r][l] * h_{r-1}[b][d][l + t - pad]:
+// h_{r-1} is copied pixel-major with its zero border, hp[b][r][q][d] (q < Lp), and each task owns
+// one (tap, gate-channel tile, hidden-channel block) and walks the pixels in chunks of rows that
+// stay in cache across the thread's tasks.
+template <typename acc_t>
+void grad_weight(const Shape& s, const acc_t* dpre, const acc_t* h, const acc_t* h0,
+                 acc_t* grad_w) {
+  constexpr int64_t lanes = cpu::Vec<acc_t>::kLanes;
+  const int64_t D = s.hidden, G = s.gates, R = s.rows, L = s.length, k = s.taps;
+  const int64_t lp = L + k - 1, dpad = round_up(D, lanes);
+  // The segments are the (b, r) image rows, b-major; those of row 0 are left out when h0 is zero.
+  const bool h0_zero = std::all_of(h0, h0 + s.batch * D * L, [](acc_t v) { return v == acc_t(0); });
+  std::vector<int64_t> image_rows;
+  for (int64_t i = 0; i < s.batch * R; ++i)
+    if (i % R > 0 || !h0_zero) image_rows.push_back(i);
+  const int64_t segments = static_cast<int64_t>(image_rows.size());
+  if (segments == 0) {
+    std::fill_n(grad_w, G * D * k, acc_t(0));
+    return;
+  }
+  acc_t* hp = scratch<acc_t>(kSlot0, s.batch * R * lp * dpad, false);
+  at::parallel_for(0, s.batch * R, 8, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / R, r = i % R;
+      acc_t* seg = hp + i * lp * dpad;
+      std::fill_n(seg, s.pad_left * dpad, acc_t(0));
+      std::fill(seg + (s.pad_left + L) * dpad, seg + lp * dpad, acc_t(0));
+      for (int64_t l = 0; l < L && dpad > D; ++l)
+        std::fill_n(seg + (s.pad_left + l) * dpad + D, dpad - D, acc_t(0));
+      const acc_t* src = r == 0 ? h0 + b * D * L : h + run(s, b, D, 0, r - 1);
+      cpu::copy_2d(src, r == 0 ? L : R * L, int64_t{1}, hp + (i * lp + s.pad_left) * dpad,
+                   int64_t{1}, dpad, D, L);
+    }
+  });
+  struct Task {
+    int64_t tap, n0, rows, d0;
+    int vectors;
+  };
+  std::vector<Task> tasks;
+  const int64_t block = kGradWeightVectors * lanes;
+  for (int64_t t = 0; t < k; ++t)
+    for (int64_t d0 = 0; d0 < dpad; d0 += block) {
+      const int vectors = static_cast<int>(std::min<int64_t>(kGradWeightVectors, (dpad - d0) / lanes));
+      const EvenSplit tiles = tiles_of(G, cpu::max_rows(vectors));
+      for (int64_t i = 0; i < tiles.count; ++i)
+        tasks.push_back({t, tiles.start(i), tiles.start(i + 1) - tiles.start(i), d0, vectors});
+    }
+  acc_t* packed = scratch<acc_t>(kSlot1, k * G * dpad, false);  // [tap][n][d], all written
+  const int64_t seg_bytes = static_cast<int64_t>(sizeof(acc_t)) * (G * L + lp * dpad);
+  const int64_t chunk = std::max<int64_t>(1, (int64_t{192} << 10) / seg_bytes);
+  at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t t0, int64_t t1) {
+    std::vector<Segment> segs(chunk);
+    for (int64_t c0 = 0; c0 < segments; c0 += chunk) {
+      const int64_t nseg = std::min(chunk, segments - c0);
+      for (int64_t ti = t0; ti < t1; ++ti) {
+        const Task& task = tasks[ti];
+        for (int64_t i = 0; i < nseg; ++i) {
+          const int64_t row = image_rows[c0 + i], b = row / R, r = row % R;
+          segs[i] = {run(s, b, G, 0, r), (row * lp + task.tap) * dpad + task.d0};
+        }
+        const TileArgs args{R * L, 1, dpad, L, dpad, c0 > 0};
+        cpu::conv_tile<acc_t>(static_cast<int>(task.rows), task.vectors, true)(
+            dpre + task.n0 * R * L, hp, segs.data(), nseg, args,
+            packed + (task.tap * G + task.n0) * dpad + task.d0);
+      }
+    }
+  });
+  for (int64_t n = 0; n < G; ++n)
+    for (int64_t d = 0; d < D; ++d)
+      for (int64_t t = 0; t < k; ++t) grad_w[(n * D + d) * k + t] = packed[(t * G + n) * dpad + d];
+}
+
+// ----------------------------------------------------------------------------- the ops
+
+at::ScalarType compute_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+Shape check_shapes(const Tensor& gates_in, const Tensor& weight, const Tensor& h0,
+                   const Tensor& c0, int64_t pad_left) {
+  TORCH_CHECK(gates_in.dim() == 4, "genfast: gates_in must be [B, 4D, R, L], got shape ",
+              gates_in.sizes());
+  TORCH_CHECK(gates_in.size(1) % 4 == 0, "genfast: gates_in has ", gates_in.size(1),
+              " channels, not a multiple of 4 (the gates i, f, o, g)");
+  const int64_t B = gates_in.size(0), D = gates_in.size(1) / 4, R = gates_in.size(2),
+                L = gates_in.size(3);
+  TORCH_CHECK(weight.dim() == 3 && weight.size(0) == 4 * D && weight.size(1) == D &&
+                  weight.size(2) >= 1,
+              "genfast: weight must be [4D, D, k] = [", 4 * D, ", ", D, ", k >= 1], got ",
+              weight.sizes());
+  const int64_t k = weight.size(2);
+  TORCH_CHECK(0 <= pad_left && pad_left < k, "genfast: pad_left must be in [0, ", k, "), got ",
+              pad_left);
+  for (const Tensor* t : {&h0, &c0})
+    TORCH_CHECK(t->sizes() == at::IntArrayRef({B, D, L}), "genfast: h0 and c0 must be [", B, ", ",
+                D, ", ", L, "], got ", t->sizes());
+  for (const Tensor* t : {&gates_in, &weight, &h0, &c0})
+    TORCH_CHECK(t->device().is_cpu(), "genfast: the cpu backend of lstm_rows needs CPU tensors");
+  return {B, D, 4 * D, R, L, k, pad_left};
+}
+
+Tensor as_compute(const Tensor& t, at::ScalarType type) { return t.to(type).contiguous(); }
+
+std::tuple<Tensor, Tensor, Tensor> lstm_rows_cpu(const Tensor& gates_in, const Tensor& weight,
+                                                  const std::optional<Tensor>& bias,
+                                                  const Tensor& h0, const Tensor& c0,
+                                                  int64_t pad_left) {
+  const Shape s = check_shapes(gates_in, weight, h0, c0, pad_left);
+  if (bias.has_value())
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == s.gates && bias->device().is_cpu(),
+                "genfast: bias must be a CPU tensor of shape [", s.gates, "]");
+  const at::ScalarType acc = compute_type(gates_in.scalar_type());
+  const auto opts = gates_in.options().dtype(acc);
+  Tensor h = at::empty({s.batch, s.hidden, s.rows, s.length}, opts);
+  Tensor c = at::empty({s.batch, s.hidden, s.rows, s.length}, opts);
+  Tensor gates = at::empty({s.batch, s.gates, s.rows, s.length}, opts);
+  if (h.numel() > 0) {
+    const Tensor gi = as_compute(gates_in, acc), w = as_compute(weight, acc);
+    const Tensor h0c = as_compute(h0, acc), c0c = as_compute(c0, acc);
+    const Tensor bc = bias.has_value() ? as_compute(*bias, acc) : Tensor();
+    AT_DISPATCH_FLOATING_TYPES(acc, "lstm_rows", [&] {
+      ForwardArgs<scalar_t> p{s,
+                              gi.const_data_ptr<scalar_t>(),
+                              bias.has_value() ? bc.const_data_ptr<scalar_t>() : nullptr,
+                              h0c.const_data_ptr<scalar_t>(),
+                              c0c.const_data_ptr<scalar_t>(),
+                              h.mutable_data_ptr<scalar_t>(),
+                              c.mutable_data_ptr<scalar_t>(),
+                              gates.mutable_data_ptr<scalar_t>(),
+                              gates_in.scalar_type(),
+                              {},
+                              {}};
+      forward(p, w.const_data_ptr<scalar_t>());
+    });
+  }
+  return {h.to(gates_in.scalar_type()), c, gates};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_rows_backward_cpu(
+    const Tensor& grad_h, const Tensor& grad_c, const Tensor& weight, const Tensor& h,
+    const Tensor& c, const Tensor& gates, const Tensor& h0, const Tensor& c0, int64_t pad_left) {
+  TORCH_CHECK(gates.dim() == 4, "genfast: gates must be [B, 4D, R, L], got ", gates.sizes());
+  const Shape s = check_shapes(gates, weight, h0, c0, pad_left);
+  for (const Tensor* t : {&grad_h, &grad_c, &h, &c})
+    TORCH_CHECK(t->sizes() == at::IntArrayRef({s.batch, s.hidden, s.rows, s.length}) &&
+                    t->device().is_cpu(),
+                "genfast: grad_h, grad_c, h and c must be CPU tensors of shape [", s.batch, ", ",
+                s.hidden, ", ", s.rows, ", ", s.length, "], got ", t->sizes());
+  const at::ScalarType acc = compute_type(h.scalar_type());
+  const auto opts = h.options().dtype(acc);
+  // Every element is written below, unless there is no work: then every gradient is zero.
+  const bool work = s.batch * s.gates * s.rows * s.length > 0;
+  const auto make = [&](at::IntArrayRef sizes) {
+    return work ? at::empty(sizes, opts) : at::zeros(sizes, opts);
+  };
+  Tensor ggi = make({s.batch, s.gates, s.rows, s.length});
+  Tensor gw = make(weight.sizes()), gb = make({s.gates});
+  Tensor gh0 = make(h0.sizes()), gc0 = make(c0.sizes());
+  if (work) {
+    // An expanded scalar is read as its value rather than materialised.
+    const auto uniform = [](const Tensor& t) {
+      for (int64_t d = 0; d < t.dim(); ++d)
+        if (t.stride(d) != 0 && t.size(d) != 1) return false;
+      return true;
+    };
+    const bool gh_uniform = uniform(grad_h), gc_uniform = uniform(grad_c);
+    const Tensor gh = gh_uniform ? grad_h.as_strided({1}, {1}).to(acc) : as_compute(grad_h, acc);
+    const Tensor gc = gc_uniform ? grad_c.as_strided({1}, {1}).to(acc) : as_compute(grad_c, acc);
+    const Tensor w = as_compute(weight, acc), hc = as_compute(h, acc), cc = as_compute(c, acc);
+    const Tensor gt = as_compute(gates, acc), h0c = as_compute(h0, acc);
+    const Tensor c0c = as_compute(c0, acc);
+    AT_DISPATCH_FLOATING_TYPES(acc, "lstm_rows_backward", [&] {
+      using acc_t = scalar_t;
+      const int64_t D = s.hidden, G = s.gates, k = s.taps;
+      BackwardArgs<acc_t> p{s,
+                            gh_uniform ? nullptr : gh.const_data_ptr<acc_t>(),
+                            gc_uniform ? nullptr : gc.const_data_ptr<acc_t>(),
+                            cc.const_data_ptr<acc_t>(),
+                            gt.const_data_ptr<acc_t>(),
+                            c0c.const_data_ptr<acc_t>(),
+                            gh.const_data_ptr<acc_t>()[0],
+                            gc.const_data_ptr<acc_t>()[0],
+                            ggi.mutable_data_ptr<acc_t>(),
+                            gh0.mutable_data_ptr<acc_t>(),
+                            gc0.mutable_data_ptr<acc_t>(),
+                            nullptr,
+                            std::vector<acc_t>(D * k * G, acc_t(0)),
+                            {}};
+      std::vector<acc_t> bias_parts(s.batch * G);
+      p.grad_bias_parts = bias_parts.data();
+      const acc_t* wp = w.const_data_ptr<acc_t>();
+      for (int64_t n = 0; n < G; ++n)
+        for (int64_t d = 0; d < D; ++d)
+          for (int64_t t = 0; t < k; ++t)
+            p.weight[(d * k + (k - 1 - t)) * G + n] = wp[(n * D + d) * k + t];
+      for (int64_t t = 0; t < k; ++t) p.segs.push_back({t * G, t});
+      const EvenSplit chunks{s.batch, chunk_count(s)};
+      at::parallel_for(0, chunks.count, 1, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i)
+          backward_chunk(p, chunks.start(i), chunks.start(i + 1) - chunks.start(i));
+      });
+      grad_weight(s, ggi.const_data_ptr<acc_t>(), hc.const_data_ptr<acc_t>(),
+                  h0c.const_data_ptr<acc_t>(), gw.mutable_data_ptr<acc_t>());
+      acc_t* gbp = gb.mutable_data_ptr<acc_t>();
+      for (int64_t n = 0; n < G; ++n) {
+        acc_t total = 0;
+        for (int64_t b = 0; b < s.batch; ++b) total += bias_parts[b * G + n];
+        gbp[n] = total;
+      }
+    });
+  }
+  return {ggi.to(h.scalar_type()), gw.to(weight.scalar_type()), gb.to(weight.scalar_type()),
+          gh0.to(h0.scalar_type()), gc0.to(c0.scalar_type())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(genfast, CPU, m) {
+  m.impl("lstm_rows", &lstm_rows_cpu);
+  m.impl("lstm_rows_backward", &lstm_rows_backward_cpu);
+}
+
+}  // namespace genfast::lstm_row
