@@ -61,8 +61,10 @@ def lstm_rows_ref(gates_in, weight, bias=None, h0=None, c0=None, pad_left=None):
     h = gates_in.new_zeros(shape) if h0 is None else h0
     c = gates_in.new_zeros(shape, dtype=cell_dtype(gates_in.dtype)) if c0 is None else c0
     hs, cs = [], []
-    for r in range(rows):
-        h, c = lstm_row_step_ref(gates_in[:, :, r], h, c, weight, bias, pad_left)
+    # unbind, not gates_in[:, :, r]: the backward of R selects would write R full-size
+    # zero tensors (O(R^2) memory traffic); unbind's backward is a single stack.
+    for row_gates in gates_in.unbind(2):
+        h, c = lstm_row_step_ref(row_gates, h, c, weight, bias, pad_left)
         hs.append(h)
         cs.append(c)
     if rows == 0:
