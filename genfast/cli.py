@@ -13,6 +13,8 @@ import genfast
 
 COMMANDS = (
     "genfast.benchmark.command",  # genfast bench
+    "genfast.commands.train",  # genfast train
+    "genfast.commands.sample",  # genfast sample
 )
 
 

@@ -1,0 +1,1 @@
+"""``genfast train`` and ``genfast sample`` (each module: ``register(subparsers)``)."""

@@ -1,0 +1,115 @@
+"""What every autoregressive genfast model shares: the loss, the evaluator and the sampler.
+
+A subclass only defines ``network(x, labels)`` -> [B, levels, C, H, W], where the logits of
+pixel (i, j), colour c may depend on the pixels before (i, j) in raster order and, at (i, j),
+on the colours before c only. Then
+
+    log p(x) = sum over i, j, c of log softmax(logits)[x_ijc]              (nats)
+
+and a sample is drawn one pixel and one colour at a time, re-running the network each time
+(the fast cached sampler is a later addition).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from genfast.models.base import GenerativeModel
+
+SUPPORTED_CHANNELS = (1, 3)
+
+
+class AutoregressiveModel(GenerativeModel):
+    """Base of PixelCNN, GatedPixelCNN, PixelRNN and the independent baseline."""
+
+    def __init__(self, image_shape, levels, **hparams):
+        super().__init__(image_shape, levels, **hparams)
+        if len(self.image_shape) != 3 or min(self.image_shape) < 1:
+            raise ValueError(f"genfast: {type(self).__name__} needs image_shape (C, H, W) with "
+                             f"positive sizes, got {image_shape}")
+        if self.image_shape[0] not in SUPPORTED_CHANNELS:
+            raise ValueError(f"genfast: {type(self).__name__} models grey (C=1) or RGB (C=3) "
+                             f"images, got C={self.image_shape[0]}")
+        if self.levels < 2:
+            raise ValueError(f"genfast: levels must be at least 2, got {levels}")
+
+    # -- what subclasses define -------------------------------------------------------------
+    def network(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Scaled images x [B, C, H, W] (floats in [-1, 1], see :meth:`scaled`) ->
+        [B, levels, C, H, W] unnormalised log-probabilities. Differentiable in x, which is
+        what the causality tests check."""
+        raise NotImplementedError
+
+    # -- shared -----------------------------------------------------------------------------
+    def check_images(self, images: torch.Tensor) -> None:
+        """Clear errors for images the model was not built for."""
+        if not isinstance(images, torch.Tensor) or images.dim() != 4:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images)
+            raise ValueError(f"genfast: {self.name} expects images [B, C, H, W], got {shape}")
+        if tuple(images.shape[1:]) != self.image_shape:
+            raise ValueError(f"genfast: {self.name} was built for images of shape "
+                             f"{self.image_shape} (C, H, W), got {tuple(images.shape[1:])}")
+        if images.dtype.is_floating_point or images.dtype == torch.bool:
+            raise ValueError(f"genfast: {self.name} expects integer images in [0, {self.levels}),"
+                             f" got dtype {images.dtype}")
+
+    def scaled(self, images: torch.Tensor) -> torch.Tensor:
+        """Integers in [0, levels) -> floats in [-1, 1] in the parameters' dtype, what the
+        first layer reads."""
+        dtype = next(self.parameters()).dtype
+        return images.to(dtype) * (2.0 / (self.levels - 1)) - 1.0
+
+    def logits(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Integer images [B, C, H, W] -> logits [B, levels, C, H, W]."""
+        return self.network(self.scaled(images), labels)
+
+    def nll(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Negative log-likelihood in nats of each image: [B]."""
+        self.check_images(images)
+        logits = self.logits(images, labels)
+        per_value = F.cross_entropy(logits, images.long(), reduction="none")  # [B, C, H, W]
+        return per_value.flatten(1).sum(1)
+
+    def forward(self, images, labels=None, stage="loss"):
+        """Mean NLL per image in nats (the training loss)."""
+        return self.nll(images, labels).mean()
+
+    @torch.no_grad()
+    def evaluate(self, images, labels=None):
+        return {"nll_nats": self.nll(images, labels)}
+
+    def default_labels(self, n: int, device) -> torch.Tensor | None:
+        """Labels to sample with when none are given (a conditional model overrides this)."""
+        return None
+
+    @torch.no_grad()
+    def sample(self, n, *, labels=None, data=None, generator=None):
+        """n images [n, C, H, W] (int64), drawn pixel by pixel in raster order, colour by
+        colour, from the model's conditionals."""
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        if labels is None:
+            labels = self.default_labels(n, device)
+        c, h, w = self.image_shape
+        images = torch.zeros(n, c, h, w, dtype=torch.int64, device=device)
+        for i in range(h):
+            for j in range(w):
+                for k in range(c):
+                    probs = self.logits(images, labels)[:, :, k, i, j].float().softmax(1)
+                    # multinomial draws on the generator's device: sample there, then move.
+                    gen_device = generator.device if generator is not None else probs.device
+                    draw = torch.multinomial(probs.to(gen_device), 1, generator=generator)
+                    images[:, k, i, j] = draw[:, 0].to(device)
+        self.train(was_training)
+        return images
+
+
+def split_colour_logits(out: torch.Tensor, channels: int, levels: int) -> torch.Tensor:
+    """[B, C * levels, H, W] -> [B, levels, C, H, W].
+
+    genfast's masked layers group their output channels by colour in contiguous blocks (block
+    c holds colour c's features), so block c of the last layer is colour c's logits.
+    """
+    b, _, h, w = out.shape
+    return out.view(b, channels, levels, h, w).transpose(1, 2)

@@ -1,0 +1,93 @@
+"""Gated PixelCNN (van den Oord et al. 2016, "Conditional Image Generation with PixelCNN
+Decoders"), optionally conditioned on the class label (section 2.3, eq. 4).
+
+A first genfast GatedPixelCNNLayer with mask A (k = first_kernel), then layers with mask B
+and residual connections; the horizontal stack of the last layer goes through the output
+head (ReLU - 1x1 - ReLU - 1x1) to ``levels`` logits per pixel and colour.
+
+Colours. GatedPixelCNNLayer has no colour groups: its mask A hides every colour of the current
+pixel, so its features describe the pixels before it only. For RGB data the head therefore
+also reads the current pixel through a 1x1 mask-A convolution with colour groups (colour c
+sees colours < c), and the head's 1x1 layers keep the groups apart (mask B). With one channel
+that path would see nothing and is left out.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genfast.models.autoregressive import AutoregressiveModel, split_colour_logits
+from genfast.models.base import register
+from genfast.models.pixelcnn import check_divisible
+from genfast.nn import GatedPixelCNNLayer, MaskedConv2d
+
+
+@register("gated_pixelcnn")
+class GatedPixelCNN(AutoregressiveModel):
+    """Gated PixelCNN over images [B, C, H, W] in [0, levels), class-conditional when
+    ``num_classes`` is given (labels [B] in [0, num_classes), one-hot into every layer).
+
+    Args:
+        image_shape: (C, H, W), C = 1 or 3.
+        levels: values per colour.
+        channels: channels of both stacks.
+        layers: number of gated layers, the mask-A one included.
+        first_kernel, kernel_size: kernel of the first layer and of the others (odd).
+        head_channels: width of the hidden output layer (a multiple of C).
+        num_classes: number of classes to condition on, or None (unconditional).
+        backend: genfast backend of every masked conv and gated activation.
+    """
+
+    def __init__(self, image_shape, levels, channels: int = 64, layers: int = 5,
+                 first_kernel: int = 7, kernel_size: int = 3, head_channels: int = 64,
+                 num_classes: int | None = None, backend: str | None = None):
+        super().__init__(image_shape, levels, channels=channels, layers=layers,
+                         first_kernel=first_kernel, kernel_size=kernel_size,
+                         head_channels=head_channels, num_classes=num_classes, backend=backend)
+        colours = self.image_shape[0]
+        if layers < 1:
+            raise ValueError(f"genfast: GatedPixelCNN needs layers >= 1, got {layers}")
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"genfast: num_classes must be positive or None, got {num_classes}")
+        check_divisible("GatedPixelCNN", "head_channels", head_channels, colours)
+        self.num_classes = num_classes
+        self.layers = nn.ModuleList(
+            [GatedPixelCNNLayer(colours, channels, first_kernel, "A", num_classes,
+                                backend=backend)]
+            + [GatedPixelCNNLayer(channels, channels, kernel_size, "B", num_classes,
+                                  backend=backend) for _ in range(layers - 1)])
+        self.features_to_head = nn.Conv2d(channels, head_channels, 1)
+        self.current_pixel = (MaskedConv2d(colours, head_channels, 1, "A", colours,
+                                           backend=backend) if colours > 1 else None)
+        self.head_out = MaskedConv2d(head_channels, colours * self.levels, 1, "B", colours,
+                                     backend=backend)
+
+    def _one_hot(self, labels: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        if self.num_classes is None:
+            return None
+        if labels is None:
+            raise ValueError(f"genfast: this GatedPixelCNN is conditioned on {self.num_classes}"
+                             " classes and needs labels")
+        if labels.shape != (batch,) or int(labels.min()) < 0 \
+                or int(labels.max()) >= self.num_classes:
+            raise ValueError(f"genfast: labels must be [{batch}] integers in "
+                             f"[0, {self.num_classes}), got shape {tuple(labels.shape)}")
+        return F.one_hot(labels.long(), self.num_classes).to(self.head_out.weight.dtype)
+
+    def network(self, x, labels=None):
+        condition = self._one_hot(labels, len(x))
+        v = h = x
+        for layer in self.layers:
+            v, h = layer(v, h, condition)
+        hidden = self.features_to_head(torch.relu(h))
+        if self.current_pixel is not None:
+            hidden = hidden + self.current_pixel(x)
+        out = self.head_out(torch.relu(hidden))
+        return split_colour_logits(out, self.image_shape[0], self.levels)
+
+    def default_labels(self, n, device):
+        """Classes 0, 1, 2, ... in turn, so a sample grid shows every class."""
+        if self.num_classes is None:
+            return None
+        return torch.arange(n, device=device) % self.num_classes

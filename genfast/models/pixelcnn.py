@@ -1,0 +1,85 @@
+"""PixelCNN (van den Oord, Kalchbrenner and Kavukcuoglu 2016, "Pixel Recurrent Neural
+Networks", section 3.5 and figure 5).
+
+A 7x7 mask-A convolution (the current pixel hidden), residual blocks of
+ReLU - 1x1 (2h -> h) - ReLU - 3x3 mask B (h -> h) - ReLU - 1x1 (h -> 2h), then ReLU - 1x1 -
+ReLU - 1x1 output layers giving ``levels`` logits per pixel and colour. Every layer is a
+genfast MaskedConv2d; the 1x1 ones use mask B with the colour groups so that, for RGB data,
+colour c at a pixel only sees colours < c of that pixel (with one channel they are plain 1x1
+convolutions).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from genfast.models.autoregressive import AutoregressiveModel, split_colour_logits
+from genfast.models.base import register
+from genfast.nn import MaskedConv2d
+
+
+def check_divisible(model: str, name: str, value: int, colours: int) -> None:
+    if value < 1 or value % colours:
+        raise ValueError(f"genfast: {model} splits {name} into {colours} colour groups; "
+                         f"{name}={value} must be a positive multiple of {colours}")
+
+
+class ResidualBlock(nn.Module):
+    """PixelCNN's residual block: x [B, 2h, H, W] -> x + f(x), same shape."""
+
+    def __init__(self, channels: int, kernel_size: int, colours: int, backend: str | None):
+        super().__init__()
+        half = channels // 2
+        self.reduce = MaskedConv2d(channels, half, 1, "B", colours, backend=backend)
+        self.masked = MaskedConv2d(half, half, kernel_size, "B", colours, backend=backend)
+        self.expand = MaskedConv2d(half, channels, 1, "B", colours, backend=backend)
+
+    def forward(self, x):
+        y = self.reduce(torch.relu(x))
+        y = self.masked(torch.relu(y))
+        return x + self.expand(torch.relu(y))
+
+
+class OutputHead(nn.Sequential):
+    """ReLU - 1x1 - ReLU - 1x1: features [B, in, H, W] -> [B, C * levels, H, W], colour-grouped."""
+
+    def __init__(self, in_channels: int, hidden: int, colours: int, levels: int,
+                 backend: str | None):
+        super().__init__(nn.ReLU(), MaskedConv2d(in_channels, hidden, 1, "B", colours,
+                                                 backend=backend),
+                         nn.ReLU(), MaskedConv2d(hidden, colours * levels, 1, "B", colours,
+                                                 backend=backend))
+
+
+@register("pixelcnn")
+class PixelCNN(AutoregressiveModel):
+    """PixelCNN over images [B, C, H, W] with values in [0, levels).
+
+    Args:
+        image_shape: (C, H, W), C = 1 or 3.
+        levels: values per colour (256, 17 for digits, 2 binarized: a 2-way softmax).
+        channels: 2h, the width of the residual stream (a multiple of C).
+        blocks: number of residual blocks.
+        first_kernel: size of the mask-A convolution (7 in the paper).
+        kernel_size: size of the mask-B convolution inside each block.
+        head_channels: width of the hidden 1x1 output layer (a multiple of C).
+        backend: genfast backend of every masked layer (None: genfast's default).
+    """
+
+    def __init__(self, image_shape, levels, channels: int = 64, blocks: int = 4,
+                 first_kernel: int = 7, kernel_size: int = 3, head_channels: int = 64,
+                 backend: str | None = None):
+        super().__init__(image_shape, levels, channels=channels, blocks=blocks,
+                         first_kernel=first_kernel, kernel_size=kernel_size,
+                         head_channels=head_channels, backend=backend)
+        colours = self.image_shape[0]
+        check_divisible("PixelCNN", "channels", channels, 2 * colours)
+        check_divisible("PixelCNN", "head_channels", head_channels, colours)
+        self.first = MaskedConv2d(colours, channels, first_kernel, "A", colours, backend=backend)
+        self.blocks = nn.Sequential(*(ResidualBlock(channels, kernel_size, colours, backend)
+                                      for _ in range(blocks)))
+        self.head = OutputHead(channels, head_channels, colours, self.levels, backend)
+
+    def network(self, x, labels=None):
+        features = self.blocks(self.first(x))
+        return split_colour_logits(self.head(features), self.image_shape[0], self.levels)

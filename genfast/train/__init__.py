@@ -1,0 +1,2 @@
+"""Training, evaluation, checkpoints and sample grids for genfast's models (``genfast train``
+and ``genfast sample``)."""
