@@ -432,9 +432,15 @@ void forward_chunk(const ForwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
   }
 }
 
-// Chunks of the batch, one per thread (none smaller than one batch element).
+// Chunks of the batch: at least one per thread, and small enough that the rows of a chunk the
+// next step reads (about 11 values per hidden channel and position, prefetched a step ahead)
+// stay in a core's L2 cache; a 16-image chunk of a 28-wide, 64-channel layer did not.
 int64_t chunk_count(const Shape& s) {
-  return std::max<int64_t>(1, std::min<int64_t>(s.batch, at::get_num_threads()));
+  constexpr int64_t kChunkBytes = int64_t{256} << 10;  // measured: 600 KB 5%, 300 KB 10% faster
+  const int64_t per_image = 11 * s.hidden * s.length * static_cast<int64_t>(sizeof(float));
+  const int64_t by_cache = (s.batch * per_image + kChunkBytes - 1) / kChunkBytes;
+  return std::max<int64_t>(1, std::min<int64_t>(
+      s.batch, std::max<int64_t>(by_cache, at::get_num_threads())));
 }
 
 template <typename acc_t>

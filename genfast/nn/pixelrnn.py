@@ -21,8 +21,9 @@ column, i.e. the pixels above and to the left. The same with separate weights on
 horizontally flipped image gives the right-to-left direction, whose output (it sees the pixels
 to the right of the current one in its row) is moved down one row before the two are added.
 The input-to-state part is a 1 x 1 masked convolution. Since it works pixel by pixel it is
-applied to the skewed map, already laid out as lstm_rows' [B, 4D, steps, positions]; its zero
-padding stays zero. The padding states left of each row depend on the bias alone, so they act
+applied to the image, and its output skewed into lstm_rows' [B, 4D, steps, positions] layout
+with zeros in the padding: the same result as convolving the skewed map, at half the cost (a
+skewed map is about half padding). The padding states left of each row depend on the bias alone, so they act
 as a learnt boundary and carry no pixel.
 
 Colour groups (data_channels = n > 1, 3 for RGB data). Hidden channels split into n equal
@@ -87,13 +88,32 @@ def unskew(y: torch.Tensor, width: int) -> torch.Tensor:
 
 def _skew_steps(x: torch.Tensor) -> torch.Tensor:
     """[B, C, H, W] -> [B, C, H + W - 1, H] contiguous: the skewed map with the diagonals (the
-    recurrence steps) first, as lstm_rows reads them.
-
-    Two copies of plain view ops. Writing x into zeros through one strided view would be a
-    single pass, but torch.compile (2.x, CPU) returned a wrong gradient for such an
-    as_strided_scatter followed by the masked convolution.
+    recurrence steps) first, as lstm_rows reads them; out[s, r] = x[r, s - r], zeros elsewhere.
     """
-    return skew(x).transpose(2, 3).contiguous()
+    return _SkewSteps.apply(x)
+
+
+class _SkewSteps(torch.autograd.Function):
+    """One strided copy each way (the gates skewed here are 4D channels wide, so the two copies
+    of a pad-and-transpose cost as much as a convolution). The backward is ``_unskew_steps``,
+    a view: autograd through the strided write would materialise an as_strided_scatter, which
+    torch.compile (2.x, CPU) got wrong followed by the masked convolution."""
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        s = h + w - 1
+        out = x.new_zeros(b, c, s, h)
+        out.as_strided((b, c, h, w), (c * s * h, s * h, h + 1, h)).copy_(x)
+        return out
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.width = inputs[0].shape[3]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _unskew_steps(grad, ctx.width)
 
 
 def _unskew_steps(h: torch.Tensor, width: int) -> torch.Tensor:
@@ -255,11 +275,10 @@ class _DiagonalLSTM(_LSTMLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         width = x.shape[3]
-        # [B, C, steps = H + W - 1, positions = H]: column s of the skewed image is step s.
-        skewed = _skew_steps(x)
+        # [B, 4D, steps = H + W - 1, positions = H]: column s of the skewed map is step s.
+        gates = _skew_steps(self._gates(x))
         # k = 2, pad_left = 1: position r reads rows r - 1 (above) and r (left) of step s - 1.
-        h, _ = lstm_rows(self._gates(skewed), self._weight(), self.bias, pad_left=1,
-                         backend=self.backend)
+        h, _ = lstm_rows(gates, self._weight(), self.bias, pad_left=1, backend=self.backend)
         return _unskew_steps(h, width)
 
 
