@@ -39,7 +39,7 @@ class GatedPixelCNN(AutoregressiveModel):
         backend: genfast backend of every masked conv and gated activation.
     """
 
-    def __init__(self, image_shape, levels, channels: int = 64, layers: int = 5,
+    def __init__(self, image_shape, levels, channels: int = 32, layers: int = 5,
                  first_kernel: int = 7, kernel_size: int = 3, head_channels: int = 64,
                  num_classes: int | None = None, backend: str | None = None):
         super().__init__(image_shape, levels, channels=channels, layers=layers,
