@@ -356,9 +356,7 @@ std::tuple<Tensor, Tensor, Tensor> masked_conv2d_backward_cpu(
       gw = at::empty({0}, weight.options());
     }
   });
-  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  gb = output_mask[2] ? grad_y.sum({0, 2, 3}, false, acc).to(x.scalar_type())
-                      : at::empty({0}, x.options());
+  gb = grad_bias(grad_y, x, output_mask[2]);
   return {gx, gw, gb};
 }
 

@@ -91,4 +91,10 @@ at::Tensor weight_mask(const Geometry& g, const at::TensorOptions& options) {
   return mask.to(options.dtype());
 }
 
+at::Tensor grad_bias(const at::Tensor& grad_y, const at::Tensor& x, bool wanted) {
+  if (!wanted) return at::empty({0}, x.options());
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  return grad_y.sum({0, 2, 3}, false, acc).to(x.scalar_type());
+}
+
 }  // namespace genfast::masked_conv

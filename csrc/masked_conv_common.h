@@ -50,4 +50,8 @@ void check_grad_output(const at::Tensor& grad_y, const Geometry& g);
 // The [out, in, kh, kw] 0/1 mask the op applies to the weight, in the weight's dtype.
 at::Tensor weight_mask(const Geometry& g, const at::TensorOptions& options);
 
+// dL/dbias = grad_y summed over batch and pixels, accumulated in float32 (float64 for double)
+// and returned in x's dtype; an empty tensor when not wanted. The same on every device.
+at::Tensor grad_bias(const at::Tensor& grad_y, const at::Tensor& x, bool wanted);
+
 }  // namespace genfast::masked_conv

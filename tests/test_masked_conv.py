@@ -7,7 +7,7 @@ from torch import nn
 
 import genfast
 from genfast.ops.masked_conv import IMPLEMENTED, masked_conv2d_ref
-from conftest import LOW_PRECISION, assert_close
+from conftest import LOW_PRECISION, assert_close, check_compiled_training
 
 # (batch, in, out, height, width, kh, kw, mask, data_channels, dilation): batch 1, 1-pixel-wide
 # and non-square images, channel counts off multiples of 8 and of 3, kernels 1 to 7, even and
@@ -302,24 +302,5 @@ def test_compiled_pixelcnn_step(backend):
         pytest.skip("torch.compile does not run Triton kernels on the CPU interpreter")
     torch.manual_seed(0)
     model = TinyPixelCNN(name).to(device)
-    reference = TinyPixelCNN("reference").to(device)
-    reference.load_state_dict(model.state_dict())
     x = (torch.rand(4, 1, 7, 6, device=device) > 0.5).float()
-    torch._dynamo.reset()
-    compiled = torch.compile(model.loss, fullgraph=True)
-    loss = compiled(x)
-    loss.backward()
-    loss_ref = reference.loss(x)
-    loss_ref.backward()
-    assert_close(loss.detach(), loss_ref.detach())
-    for p, p_ref in zip(model.parameters(), reference.parameters()):
-        torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-4, atol=1e-5)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    losses = []
-    for _ in range(20):
-        optimizer.zero_grad()
-        step_loss = compiled(x)
-        step_loss.backward()
-        optimizer.step()
-        losses.append(step_loss.item())
-    assert losses[-1] < losses[0]
+    check_compiled_training(model, TinyPixelCNN("reference").to(device), x, lr=0.01, steps=20)

@@ -10,7 +10,7 @@ import genfast
 import genfast.ops.lstm_row as lstm_row_ops
 import genfast.ops.masked_conv as masked_conv_ops
 from genfast.nn.pixelrnn import DiagonalBiLSTM, RowLSTM, _skew_steps, _unskew_steps, skew, unskew
-from conftest import assert_close
+from conftest import assert_close, check_compiled_training
 
 
 def _seed(*key):
@@ -308,27 +308,8 @@ class TinyPixelRNN(nn.Module):
 def _compiled_step(name, device):
     torch.manual_seed(0)
     model = TinyPixelRNN(name).to(device)
-    reference = TinyPixelRNN("reference").to(device)
-    reference.load_state_dict(model.state_dict())
     x = (torch.rand(3, 1, 5, 4, device=device) > 0.5).float()
-    torch._dynamo.reset()
-    compiled = torch.compile(model.loss, fullgraph=True)
-    loss = compiled(x)
-    loss.backward()
-    loss_ref = reference.loss(x)
-    loss_ref.backward()
-    assert_close(loss.detach(), loss_ref.detach())
-    for p, p_ref in zip(model.parameters(), reference.parameters()):
-        torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-4, atol=1e-5)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
-    losses = []
-    for _ in range(8):
-        optimizer.zero_grad()
-        step_loss = compiled(x)
-        step_loss.backward()
-        optimizer.step()
-        losses.append(step_loss.item())
-    assert losses[-1] < losses[0]
+    check_compiled_training(model, TinyPixelRNN("reference").to(device), x, lr=0.02, steps=8)
 
 
 @pytest.mark.slow

@@ -20,6 +20,8 @@
 
 #include "../gated_common.h"
 
+#include "device_math.cuh"
+
 #include <algorithm>
 #include <cstdint>
 #include <limits>
@@ -36,13 +38,9 @@ constexpr int kThreads = 256;
 // Cap on the grid; larger inputs are covered by the grid-stride loop.
 constexpr int64_t kMaxBlocks = 65536;
 
-template <typename scalar_t>
-using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-
-__device__ __forceinline__ float exp_acc(float x) { return expf(x); }
-__device__ __forceinline__ double exp_acc(double x) { return exp(x); }
-__device__ __forceinline__ float tanh_acc(float x) { return tanhf(x); }
-__device__ __forceinline__ double tanh_acc(double x) { return tanh(x); }
+using genfast::cuda::acc_type;
+using genfast::cuda::exp_acc;
+using genfast::cuda::tanh_acc;
 
 // sigmoid(b), and sigmoid(b) * (1 - sigmoid(b)) when dsig is given.
 template <typename A>

@@ -36,6 +36,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "device_math.cuh"
+
 #include <algorithm>
 #include <cstdint>
 #include <limits>
@@ -65,13 +67,9 @@ static_assert(kTileD == 16 * kPer && kTileL == 16 * kPer && kThreads == 256,
               "a 16 x 16 thread grid covers the row tile");
 static_assert(kWTile == 16 * kWPer, "a 16 x 16 thread grid covers the grad-weight tile");
 
-template <typename scalar_t>
-using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-
-__device__ __forceinline__ float exp_acc(float x) { return expf(x); }
-__device__ __forceinline__ double exp_acc(double x) { return exp(x); }
-__device__ __forceinline__ float tanh_acc(float x) { return tanhf(x); }
-__device__ __forceinline__ double tanh_acc(double x) { return tanh(x); }
+using genfast::cuda::acc_type;
+using genfast::cuda::exp_acc;
+using genfast::cuda::tanh_acc;
 
 // sigmoid from the exponential of a non-positive argument, which never overflows.
 template <typename A>

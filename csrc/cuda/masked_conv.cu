@@ -103,6 +103,26 @@ struct PackParams {
   CentreRule rule;
 };
 
+// acc[i][j] += sum over the staged chunk's kk of a[kk][ta + 16 i] * b[kk][tb + 16 j]: one thread's
+// kPer x kPer register tile, shared by the convolution and the grad-weight kernels.
+template <typename acc_t, int kWidthA, int kWidthB>
+__device__ __forceinline__ void multiply_chunk(acc_t (&acc)[kPer][kPer],
+                                               const acc_t (&a)[kTileK][kWidthA],
+                                               const acc_t (&b)[kTileK][kWidthB], int ta, int tb) {
+#pragma unroll
+  for (int kk = 0; kk < kTileK; ++kk) {
+    acc_t av[kPer], bv[kPer];
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) av[i] = a[kk][ta + 16 * i];
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) bv[j] = b[kk][tb + 16 * j];
+#pragma unroll
+    for (int i = 0; i < kPer; ++i)
+#pragma unroll
+      for (int j = 0; j < kPer; ++j) acc[i][j] += av[i] * bv[j];
+  }
+}
+
 // The visible taps' weights as a row-major [taps * nk][nn] GEMM operand, hidden centre pairs zero
 // (never read, so a non-finite hidden weight cannot leak in).
 template <typename scalar_t>
@@ -209,18 +229,7 @@ gather_gemm_kernel(scalar_t* __restrict__ out,        // output, strides in p
     const int buf = c & 1;
     // The next chunk goes to the other buffer: its last readers passed the previous barrier.
     if (c + 1 < chunks) load((c + 1) * kTileK);
-#pragma unroll
-    for (int kk = 0; kk < kTileK; ++kk) {
-      acc_t av[kPer], bv[kPer];
-#pragma unroll
-      for (int i = 0; i < kPer; ++i) av[i] = a_s[buf][kk][tm + 16 * i];
-#pragma unroll
-      for (int j = 0; j < kPer; ++j) bv[j] = b_s[buf][kk][tn + 16 * j];
-#pragma unroll
-      for (int i = 0; i < kPer; ++i)
-#pragma unroll
-        for (int j = 0; j < kPer; ++j) acc[i][j] += av[i] * bv[j];
-    }
+    multiply_chunk(acc, a_s[buf], b_s[buf], tm, tn);
     if (c + 1 < chunks) store(buf ^ 1);
     __syncthreads();
   }
@@ -328,18 +337,7 @@ weight_grad_kernel(acc_t* __restrict__ partial,       // [splits][k_total][n_tot
   for (int64_t c = 0; c < chunks; ++c) {
     const int buf = static_cast<int>(c & 1);
     if (c + 1 < chunks) load();
-#pragma unroll
-    for (int kk = 0; kk < kTileK; ++kk) {
-      acc_t av[kPer], bv[kPer];
-#pragma unroll
-      for (int i = 0; i < kPer; ++i) av[i] = a_s[buf][kk][tk + 16 * i];
-#pragma unroll
-      for (int j = 0; j < kPer; ++j) bv[j] = b_s[buf][kk][tn + 16 * j];
-#pragma unroll
-      for (int i = 0; i < kPer; ++i)
-#pragma unroll
-        for (int j = 0; j < kPer; ++j) acc[i][j] += av[i] * bv[j];
-    }
+    multiply_chunk(acc, a_s[buf], b_s[buf], tk, tn);
     if (c + 1 < chunks) store(buf ^ 1);
     __syncthreads();
   }
@@ -636,9 +634,7 @@ std::tuple<Tensor, Tensor, Tensor> masked_conv2d_backward_cuda(
     gw = at::empty({0}, weight.options());
   }
 
-  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  gb = output_mask[2] ? grad_y.sum({0, 2, 3}, false, acc).to(x.scalar_type())
-                      : at::empty({0}, x.options());
+  gb = grad_bias(grad_y, x, output_mask[2]);
   return {gx, gw, gb};
 }
 

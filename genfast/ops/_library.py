@@ -1,5 +1,7 @@
 """Wiring shared by genfast's torch.library ops: fake kernels and autograd for a forward op
 whose backward is an op of its own (extension-cpp's pattern)."""
+import importlib.util
+
 import torch
 
 
@@ -15,3 +17,9 @@ def register_fake_and_autograd(forward_name: str, backward_name: str, fake_forwa
     backward_op = getattr(getattr(torch.ops, namespace), name)
     torch.library.register_autograd(forward_name, make_backward(backward_op),
                                     setup_context=setup_context)
+
+
+def triton_kernels_exist(stem: str) -> bool:
+    """Whether genfast.kernels.<stem> (the Triton kernels of an op family) is installed; it is
+    found without importing it, so that triton is only imported when a kernel runs."""
+    return importlib.util.find_spec(f"genfast.kernels.{stem}") is not None

@@ -14,7 +14,7 @@ import torch
 from torch._prims_common import suggest_memory_format
 
 from genfast import _backend, _ext
-from genfast.ops._library import register_fake_and_autograd
+from genfast.ops._library import register_fake_and_autograd, triton_kernels_exist
 
 
 # ----------------------------------------------------------------------------- reference
@@ -81,14 +81,8 @@ def _register(forward_name: str, backward_name: str) -> None:
                                _make_backward, _setup_context)
 
 
-def _triton_kernels_exist() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("genfast.kernels.gated") is not None
-
-
 _FORWARD_OPS = {}
-if _triton_kernels_exist():
+if triton_kernels_exist("gated"):
     _register("genfast::gated_activation_triton", "genfast::gated_activation_triton_backward")
     _FORWARD_OPS["triton"] = torch.ops.genfast.gated_activation_triton
 if _ext.has_op("gated_activation"):

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from genfast import _backend, _ext
-from genfast.ops._library import register_fake_and_autograd
+from genfast.ops._library import register_fake_and_autograd, triton_kernels_exist
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -150,14 +150,8 @@ def _register(forward_name: str, backward_name: str) -> None:
                                _make_backward, _setup_context)
 
 
-def _triton_kernels_exist() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("genfast.kernels.lstm_row") is not None
-
-
 _FORWARD_OPS = {}
-if _triton_kernels_exist():
+if triton_kernels_exist("lstm_row"):
     _register("genfast::lstm_rows_triton", "genfast::lstm_rows_triton_backward")
     _FORWARD_OPS["triton"] = torch.ops.genfast.lstm_rows_triton
 if _ext.has_op("lstm_rows"):

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch._prims_common import suggest_memory_format
 
 from genfast import _backend, _ext
-from genfast.ops._library import register_fake_and_autograd
+from genfast.ops._library import register_fake_and_autograd, triton_kernels_exist
 
 MASK_TYPES = {"A": 0, "B": 1, "V": 2}
 
@@ -129,14 +129,8 @@ def _register(forward_name: str, backward_name: str) -> None:
                                _make_backward, _setup_context)
 
 
-def _triton_kernels_exist() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("genfast.kernels.masked_conv") is not None
-
-
 _FORWARD_OPS = {}
-if _triton_kernels_exist():
+if triton_kernels_exist("masked_conv"):
     _register("genfast::masked_conv2d_triton", "genfast::masked_conv2d_triton_backward")
     _FORWARD_OPS["triton"] = torch.ops.genfast.masked_conv2d_triton
 if _ext.has_op("masked_conv2d"):
