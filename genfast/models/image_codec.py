@@ -40,8 +40,9 @@ def check_images(images: torch.Tensor, image_shape: tuple[int, int, int], levels
         raise TypeError(f"genfast: {model} expects integer images in [0, {levels}), "
                         f"got dtype {images.dtype}")
     if images.dim() != 4 or tuple(images.shape[1:]) != tuple(image_shape):
-        raise ValueError(f"genfast: {model} was built for images [B, {', '.join(map(str, image_shape))}]"
-                         f", got a batch of shape {tuple(images.shape)}")
+        expected = ", ".join(map(str, image_shape))
+        raise ValueError(f"genfast: {model} was built for images [B, {expected}], got a batch "
+                         f"of shape {tuple(images.shape)}")
     if images.numel() and (images.min() < 0 or images.max() >= levels):
         raise ValueError(f"genfast: {model} expects values in [0, {levels}), got "
                          f"[{images.min().item()}, {images.max().item()}]")
