@@ -256,6 +256,17 @@ def test_sample_shapes_and_ranges(name, shape, levels):
     assert all(v.shape == (6,) and torch.isfinite(v).all() for v in metrics.values())
 
 
+@pytest.mark.parametrize("name", ["vae", "autoencoder", "dcgan"])
+def test_uint8_images_as_stored_by_the_dataset(digits, name):
+    model = tiny(name, digits)
+    stored = digits.images[:4]  # uint8, as ImageDataset keeps them
+    assert stored.dtype == torch.uint8
+    torch.manual_seed(0)
+    a = model(stored, stage=model.stages[0])
+    torch.manual_seed(0)
+    torch.testing.assert_close(a, model(stored.long(), stage=model.stages[0]))
+
+
 def test_autoencoder_sample_needs_data(digits):
     model = tiny("autoencoder", digits)
     with pytest.raises(ValueError, match="needs data="):

@@ -84,7 +84,7 @@ class VAE(GenerativeModel):
             per_pixel = -F.binary_cross_entropy_with_logits(logits, images.to(logits.dtype),
                                                             reduction="none")
         else:
-            per_pixel = logits.log_softmax(2).gather(2, images.unsqueeze(2)).squeeze(2)
+            per_pixel = logits.log_softmax(2).gather(2, images.long().unsqueeze(2)).squeeze(2)
         return per_pixel.flatten(1).sum(1)
 
     # ------------------------------------------------------------------ the protocol
