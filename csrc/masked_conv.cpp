@@ -17,6 +17,7 @@
 #include "cpu/conv_tile.h"
 #include "cpu/strided_copy.h"
 #include "masked_conv_common.h"
+#include "masked_conv_pointwise.h"
 
 namespace genfast::masked_conv {
 namespace {
@@ -328,6 +329,7 @@ Tensor masked_conv2d_cpu(const Tensor& x, const Tensor& weight, const std::optio
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.out_channels && bias->device().is_cpu(),
                 "genfast: bias must be a CPU tensor of shape [", g.out_channels, "]");
   }
+  if (is_pointwise(g)) return pointwise_forward(x, weight, bias, g);
   Tensor out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "masked_conv2d", [&] {
     out = forward_impl<scalar_t>(x, weight, bias, g);
@@ -341,8 +343,12 @@ std::tuple<Tensor, Tensor, Tensor> masked_conv2d_backward_cpu(
     std::array<bool, 3> output_mask) {
   const Geometry g = make_geometry(x, weight, mask_type, data_channels, dilation, window);
   check_grad_output(grad_y, g);
-  const Tensor gy = grad_y.to(x.scalar_type());
   Tensor gx, gw, gb;
+  if (is_pointwise(g)) {
+    std::tie(gx, gw) = pointwise_backward(grad_y, x, weight, g, output_mask);
+    return {gx, gw, grad_bias(grad_y, x, output_mask[2])};
+  }
+  const Tensor gy = grad_y.to(x.scalar_type());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "masked_conv2d_backward", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     const Layout l(g, cpu::Vec<acc_t>::kLanes);
