@@ -71,6 +71,10 @@ def test_resume_refuses_another_model(tmp_path, capsys):
         main(["train", "independent", "--out", str(tmp_path), "--resume", "--no-progress"])
     assert exit_info.value.code == 2
     assert "checkpoint in" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "pixelcnn", "--out", str(tmp_path), "--resume", "--no-progress",
+              "-p", "channels=16"])
+    assert "keeps the checkpoint's hyperparameters" in capsys.readouterr().err
 
 
 def test_every_autoregressive_model_trains_from_the_cli(tmp_path):

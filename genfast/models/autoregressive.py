@@ -105,6 +105,12 @@ class AutoregressiveModel(GenerativeModel):
         return images
 
 
+def multiple_of(value: int | None, default: int, step: int) -> int:
+    """``value``, or when it is None ``default`` rounded up to a multiple of ``step`` (so that
+    the default widths split into colour groups for RGB data too)."""
+    return -(-default // step) * step if value is None else value
+
+
 def split_colour_logits(out: torch.Tensor, channels: int, levels: int) -> torch.Tensor:
     """[B, C * levels, H, W] -> [B, levels, C, H, W].
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genfast.models.autoregressive import AutoregressiveModel, split_colour_logits
+from genfast.models.autoregressive import AutoregressiveModel, multiple_of, split_colour_logits
 from genfast.models.base import register
 from genfast.models.pixelcnn import check_divisible
 from genfast.nn import GatedPixelCNNLayer, MaskedConv2d
@@ -34,18 +34,20 @@ class GatedPixelCNN(AutoregressiveModel):
         channels: channels of both stacks.
         layers: number of gated layers, the mask-A one included.
         first_kernel, kernel_size: kernel of the first layer and of the others (odd).
-        head_channels: width of the hidden output layer (a multiple of C).
+        head_channels: width of the hidden output layer (a multiple of C; default 64, 66 for
+            RGB).
         num_classes: number of classes to condition on, or None (unconditional).
         backend: genfast backend of every masked conv and gated activation.
     """
 
     def __init__(self, image_shape, levels, channels: int = 32, layers: int = 5,
-                 first_kernel: int = 7, kernel_size: int = 3, head_channels: int = 64,
+                 first_kernel: int = 7, kernel_size: int = 3, head_channels: int | None = None,
                  num_classes: int | None = None, backend: str | None = None):
         super().__init__(image_shape, levels, channels=channels, layers=layers,
                          first_kernel=first_kernel, kernel_size=kernel_size,
                          head_channels=head_channels, num_classes=num_classes, backend=backend)
         colours = self.image_shape[0]
+        head_channels = multiple_of(head_channels, 64, colours)
         if layers < 1:
             raise ValueError(f"genfast: GatedPixelCNN needs layers >= 1, got {layers}")
         if num_classes is not None and num_classes < 1:

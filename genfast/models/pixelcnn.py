@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from genfast.models.autoregressive import AutoregressiveModel, split_colour_logits
+from genfast.models.autoregressive import AutoregressiveModel, multiple_of, split_colour_logits
 from genfast.models.base import register
 from genfast.nn import MaskedConv2d
 
@@ -58,21 +58,25 @@ class PixelCNN(AutoregressiveModel):
     Args:
         image_shape: (C, H, W), C = 1 or 3.
         levels: values per colour (256, 17 for digits, 2 binarized: a 2-way softmax).
-        channels: 2h, the width of the residual stream (a multiple of C).
+        channels: 2h, the width of the residual stream (a multiple of 2C; default 64, 66 for
+            RGB).
         blocks: number of residual blocks.
         first_kernel: size of the mask-A convolution (7 in the paper).
         kernel_size: size of the mask-B convolution inside each block.
-        head_channels: width of the hidden 1x1 output layer (a multiple of C).
+        head_channels: width of the hidden 1x1 output layer (a multiple of C; default 64, 66
+            for RGB).
         backend: genfast backend of every masked layer (None: genfast's default).
     """
 
-    def __init__(self, image_shape, levels, channels: int = 64, blocks: int = 4,
-                 first_kernel: int = 7, kernel_size: int = 3, head_channels: int = 64,
+    def __init__(self, image_shape, levels, channels: int | None = None, blocks: int = 4,
+                 first_kernel: int = 7, kernel_size: int = 3, head_channels: int | None = None,
                  backend: str | None = None):
         super().__init__(image_shape, levels, channels=channels, blocks=blocks,
                          first_kernel=first_kernel, kernel_size=kernel_size,
                          head_channels=head_channels, backend=backend)
         colours = self.image_shape[0]
+        channels = multiple_of(channels, 64, 2 * colours)
+        head_channels = multiple_of(head_channels, 64, colours)
         check_divisible("PixelCNN", "channels", channels, 2 * colours)
         check_divisible("PixelCNN", "head_channels", head_channels, colours)
         self.first = MaskedConv2d(colours, channels, first_kernel, "A", colours, backend=backend)

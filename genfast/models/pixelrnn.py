@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from genfast.models.autoregressive import AutoregressiveModel, split_colour_logits
+from genfast.models.autoregressive import AutoregressiveModel, multiple_of, split_colour_logits
 from genfast.models.base import register
 from genfast.models.pixelcnn import OutputHead, check_divisible
 from genfast.nn import DiagonalBiLSTM, MaskedConv2d, RowLSTM
@@ -43,18 +43,20 @@ class PixelRNN(AutoregressiveModel):
         image_shape: (C, H, W), C = 1 or 3.
         levels: values per colour.
         layer: "row" (Row LSTM) or "diagonal" (Diagonal BiLSTM).
-        hidden: h, the LSTM state channels (a multiple of C); the residual stream has 2h.
+        hidden: h, the LSTM state channels (a multiple of C; default 32, 33 for RGB); the
+            residual stream has 2h.
         layers: number of LSTM layers.
         first_kernel: size of the mask-A convolution.
         kernel_size: the Row LSTM's kernel (input-to-state 1 x k, state-to-state k); unused by
             the Diagonal BiLSTM, whose kernels are fixed by the paper (1 x 1 and 2 x 1).
-        head_channels: width of the hidden output layer (a multiple of C).
+        head_channels: width of the hidden output layer (a multiple of C; default 64, 66 for
+            RGB).
         backend: genfast backend of every masked conv and LSTM recurrence.
     """
 
-    def __init__(self, image_shape, levels, layer: str = "row", hidden: int = 32,
+    def __init__(self, image_shape, levels, layer: str = "row", hidden: int | None = None,
                  layers: int = 2, first_kernel: int = 7, kernel_size: int = 3,
-                 head_channels: int = 64, backend: str | None = None):
+                 head_channels: int | None = None, backend: str | None = None):
         super().__init__(image_shape, levels, layer=layer, hidden=hidden, layers=layers,
                          first_kernel=first_kernel, kernel_size=kernel_size,
                          head_channels=head_channels, backend=backend)
@@ -64,6 +66,8 @@ class PixelRNN(AutoregressiveModel):
         if layers < 1:
             raise ValueError(f"genfast: PixelRNN needs layers >= 1, got {layers}")
         colours = self.image_shape[0]
+        hidden = multiple_of(hidden, 32, colours)
+        head_channels = multiple_of(head_channels, 64, colours)
         check_divisible("PixelRNN", "hidden", hidden, colours)
         check_divisible("PixelRNN", "head_channels", head_channels, colours)
         self.first = MaskedConv2d(colours, 2 * hidden, first_kernel, "A", colours,

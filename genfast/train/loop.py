@@ -74,6 +74,10 @@ def _check_options(options: TrainOptions, info: distributed.ProcessInfo) -> None
 def _model_config(options: TrainOptions, data: ImageDataset, checkpoint: dict | None) -> dict:
     if checkpoint is not None:
         config = dict(checkpoint["config"])
+        changed = {k: v for k, v in options.hparams.items() if config.get(k) != v}
+        if changed:
+            raise ValueError(f"genfast: --resume keeps the checkpoint's hyperparameters; "
+                             f"{changed} differ from its config {config}")
     else:
         reserved = {"image_shape", "levels"} & set(options.hparams)
         if reserved:
@@ -83,8 +87,9 @@ def _model_config(options: TrainOptions, data: ImageDataset, checkpoint: dict | 
         config["backend"] = options.backend
     classes = config.get("num_classes")
     if classes and (data.num_classes is None or data.num_classes > classes):
+        found = "no labels" if data.num_classes is None else f"{data.num_classes} classes"
         raise ValueError(f"genfast: the model conditions on {classes} classes but {data.name} "
-                         f"has {data.num_classes or 'no'} labels")
+                         f"has {found}")
     return config
 
 
@@ -187,7 +192,8 @@ def _train(options: TrainOptions, info: distributed.ProcessInfo, device: torch.d
 
 def _run_epoch(wrapped, stages, optimizers, loader, device, options, info, epoch) -> dict:
     """One pass over this process's shard; returns {"epoch", "loss": {stage: mean}, "step_ms",
-    "images"} with losses averaged per image over all processes."""
+    "step_cpu_ms", "images"}: losses averaged per image over all processes, the median wall
+    and CPU (this process, all its threads) time of a step."""
     from tqdm import tqdm
 
     wrapped.train()
@@ -197,11 +203,11 @@ def _run_epoch(wrapped, stages, optimizers, loader, device, options, info, epoch
     bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{options.epochs}", unit="step",
                leave=False, disable=(not info.is_main) or
                (None if options.progress is None else not options.progress))
-    step_seconds = []
+    step_seconds, step_cpu_seconds = [], []
     for step, (images, labels) in enumerate(loader):
         if step >= steps:
             break
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         images = images.to(device)
         labels = labels.to(device) if loader.dataset.labels is not None else None
         batch = torch.zeros_like(totals)
@@ -213,6 +219,8 @@ def _run_epoch(wrapped, stages, optimizers, loader, device, options, info, epoch
             batch[i] = float(loss.detach()) * len(images)
         batch[-1] = len(images)
         step_seconds.append(time.perf_counter() - started)
+        # CPU time of this process: on a shared core it stays what the step costs.
+        step_cpu_seconds.append(time.process_time() - started_cpu)
         totals += distributed.all_reduce_sum(batch, info)
         bar.update(1)
         bar.set_postfix({s: f"{totals[i] / totals[-1]:.4f}" for i, s in enumerate(stages)})
@@ -220,5 +228,9 @@ def _run_epoch(wrapped, stages, optimizers, loader, device, options, info, epoch
     count = float(totals[-1]) or 1.0
     return {"epoch": epoch + 1,
             "loss": {s: float(totals[i]) / count for i, s in enumerate(stages)},
-            "step_ms": 1000 * statistics.median(step_seconds) if step_seconds else float("nan"),
+            "step_ms": _median_ms(step_seconds), "step_cpu_ms": _median_ms(step_cpu_seconds),
             "images": int(totals[-1])}
+
+
+def _median_ms(seconds: list[float]) -> float:
+    return 1000 * statistics.median(seconds) if seconds else float("nan")
