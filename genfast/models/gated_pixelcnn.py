@@ -19,7 +19,7 @@ from torch import nn
 
 from genfast.models.autoregressive import AutoregressiveModel, multiple_of, split_colour_logits
 from genfast.models.base import register
-from genfast.models.pixelcnn import check_divisible
+from genfast.models.pixelcnn import check_divisible, pointwise
 from genfast.nn import GatedPixelCNNLayer, MaskedConv2d
 
 
@@ -62,8 +62,7 @@ class GatedPixelCNN(AutoregressiveModel):
         self.features_to_head = nn.Conv2d(channels, head_channels, 1)
         self.current_pixel = (MaskedConv2d(colours, head_channels, 1, "A", colours,
                                            backend=backend) if colours > 1 else None)
-        self.head_out = MaskedConv2d(head_channels, colours * self.levels, 1, "B", colours,
-                                     backend=backend)
+        self.head_out = pointwise(head_channels, colours * self.levels, colours, backend)
 
     def _one_hot(self, labels: torch.Tensor | None, batch: int) -> torch.Tensor | None:
         if self.num_classes is None:

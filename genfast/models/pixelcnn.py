@@ -5,8 +5,8 @@ A 7x7 mask-A convolution (the current pixel hidden), residual blocks of
 ReLU - 1x1 (2h -> h) - ReLU - 3x3 mask B (h -> h) - ReLU - 1x1 (h -> 2h), then ReLU - 1x1 -
 ReLU - 1x1 output layers giving ``levels`` logits per pixel and colour. Every layer is a
 genfast MaskedConv2d; the 1x1 ones use mask B with the colour groups so that, for RGB data,
-colour c at a pixel only sees colours < c of that pixel (with one channel they are plain 1x1
-convolutions).
+colour c at a pixel only sees colours < c of that pixel (with one channel they are plain
+nn.Conv2d 1x1 convolutions: their mask would be all ones).
 """
 from __future__ import annotations
 
@@ -24,15 +24,27 @@ def check_divisible(model: str, name: str, value: int, colours: int) -> None:
                          f"{name}={value} must be a positive multiple of {colours}")
 
 
+def pointwise(in_channels: int, out_channels: int, colours: int,
+              backend: str | None) -> nn.Module:
+    """A 1x1 convolution that keeps colour groups apart (mask B).
+
+    With one colour group the mask of a 1x1 mask-B kernel is all ones: a plain nn.Conv2d (same
+    weight, bias and state_dict keys) does the same work, without the masking machinery.
+    """
+    if colours == 1:
+        return nn.Conv2d(in_channels, out_channels, 1)
+    return MaskedConv2d(in_channels, out_channels, 1, "B", colours, backend=backend)
+
+
 class ResidualBlock(nn.Module):
     """PixelCNN's residual block: x [B, 2h, H, W] -> x + f(x), same shape."""
 
     def __init__(self, channels: int, kernel_size: int, colours: int, backend: str | None):
         super().__init__()
         half = channels // 2
-        self.reduce = MaskedConv2d(channels, half, 1, "B", colours, backend=backend)
+        self.reduce = pointwise(channels, half, colours, backend)
         self.masked = MaskedConv2d(half, half, kernel_size, "B", colours, backend=backend)
-        self.expand = MaskedConv2d(half, channels, 1, "B", colours, backend=backend)
+        self.expand = pointwise(half, channels, colours, backend)
 
     def forward(self, x):
         y = self.reduce(torch.relu(x))
@@ -45,10 +57,8 @@ class OutputHead(nn.Sequential):
 
     def __init__(self, in_channels: int, hidden: int, colours: int, levels: int,
                  backend: str | None):
-        super().__init__(nn.ReLU(), MaskedConv2d(in_channels, hidden, 1, "B", colours,
-                                                 backend=backend),
-                         nn.ReLU(), MaskedConv2d(hidden, colours * levels, 1, "B", colours,
-                                                 backend=backend))
+        super().__init__(nn.ReLU(), pointwise(in_channels, hidden, colours, backend),
+                         nn.ReLU(), pointwise(hidden, colours * levels, colours, backend))
 
 
 @register("pixelcnn")

@@ -13,7 +13,7 @@ from torch import nn
 
 from genfast.models.autoregressive import AutoregressiveModel, multiple_of, split_colour_logits
 from genfast.models.base import register
-from genfast.models.pixelcnn import OutputHead, check_divisible
+from genfast.models.pixelcnn import OutputHead, check_divisible, pointwise
 from genfast.nn import DiagonalBiLSTM, MaskedConv2d, RowLSTM
 
 LAYER_TYPES = ("row", "diagonal")
@@ -29,7 +29,7 @@ class ResidualLSTM(nn.Module):
             self.lstm = RowLSTM(channels, hidden, kernel_size, "B", colours, backend=backend)
         else:
             self.lstm = DiagonalBiLSTM(channels, hidden, "B", colours, backend=backend)
-        self.out = MaskedConv2d(hidden, channels, 1, "B", colours, backend=backend)
+        self.out = pointwise(hidden, channels, colours, backend)
 
     def forward(self, x):
         return x + self.out(self.lstm(x))
