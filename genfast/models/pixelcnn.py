@@ -3,10 +3,10 @@ Networks", section 3.5 and figure 5).
 
 A 7x7 mask-A convolution (the current pixel hidden), residual blocks of
 ReLU - 1x1 (2h -> h) - ReLU - 3x3 mask B (h -> h) - ReLU - 1x1 (h -> 2h), then ReLU - 1x1 -
-ReLU - 1x1 output layers giving ``levels`` logits per pixel and colour. Every layer is a
-genfast MaskedConv2d; the 1x1 ones use mask B with the colour groups so that, for RGB data,
-colour c at a pixel only sees colours < c of that pixel (with one channel they are plain
-nn.Conv2d 1x1 convolutions: their mask would be all ones).
+ReLU - 1x1 output layers giving ``levels`` logits per pixel and colour. The 7x7 and 3x3
+layers are genfast MaskedConv2d; the 1x1 ones use mask B with the colour groups so that, for
+RGB data, colour c at a pixel only sees colours < c of that pixel (with one channel they are
+plain nn.Conv2d 1x1 convolutions: their mask would be all ones).
 """
 from __future__ import annotations
 
