@@ -93,19 +93,37 @@ def _skew_steps(x: torch.Tensor) -> torch.Tensor:
     return _SkewSteps.apply(x)
 
 
-class _SkewSteps(torch.autograd.Function):
-    """One strided copy each way (the gates skewed here are 4D channels wide, so the two copies
-    of a pad-and-transpose cost as much as a convolution). The backward is ``_unskew_steps``,
-    a view: autograd through the strided write would materialise an as_strided_scatter, which
-    torch.compile (2.x, CPU) got wrong followed by the masked convolution."""
+def _unskew_steps(h: torch.Tensor, width: int) -> torch.Tensor:
+    """[B, C, H + width - 1, H] -> [B, C, H, width] contiguous: out[r, j] = h[r + j, r]."""
+    return _UnskewSteps.apply(h, width)
 
+
+def _skewed_copy(x: torch.Tensor) -> torch.Tensor:
+    b, c, h, w = x.shape
+    s = h + w - 1
+    out = x.new_zeros(b, c, s, h)
+    out.as_strided((b, c, h, w), (c * s * h, s * h, h + 1, h)).copy_(x)
+    return out
+
+
+def _unskewed_view(h: torch.Tensor, width: int) -> torch.Tensor:
+    """Stepping a row down moves H + 1 elements, a column right H. The strides come from the
+    shape of a contiguous tensor, never from a layout torch.compile might have picked, so the
+    view means the same in eager and compiled code."""
+    h = h.contiguous()
+    b, c, s, rows = h.shape
+    return h.as_strided((b, c, rows, width), (c * s * rows, s * rows, rows + 1, rows))
+
+
+# Skew and unskew are each other's backward, one strided copy or view each way. The gates skewed
+# here are 4D channels wide: the copies of a pad-and-transpose cost as much as a convolution, and
+# autograd's own backward of as_strided (index arithmetic over the whole storage) more. Autograd
+# through the strided write would also materialise an as_strided_scatter, which torch.compile
+# (2.x, CPU) got wrong followed by the masked convolution.
+class _SkewSteps(torch.autograd.Function):
     @staticmethod
     def forward(x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        s = h + w - 1
-        out = x.new_zeros(b, c, s, h)
-        out.as_strided((b, c, h, w), (c * s * h, s * h, h + 1, h)).copy_(x)
-        return out
+        return _skewed_copy(x)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -113,19 +131,21 @@ class _SkewSteps(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return _unskew_steps(grad, ctx.width)
+        return _unskewed_view(grad, ctx.width)
 
 
-def _unskew_steps(h: torch.Tensor, width: int) -> torch.Tensor:
-    """[B, C, H + width - 1, H] -> [B, C, H, width], a view of h made contiguous.
+class _UnskewSteps(torch.autograd.Function):
+    @staticmethod
+    def forward(h: torch.Tensor, width: int) -> torch.Tensor:
+        return _unskewed_view(h, width).contiguous()
 
-    out[r, j] = h[r + j, r]: stepping a row down moves H + 1 elements, a column right H. The
-    strides come from the shape of a contiguous tensor, never from a layout torch.compile might
-    have picked, so the view means the same in eager and compiled code.
-    """
-    h = h.contiguous()
-    b, c, s, rows = h.shape
-    return h.as_strided((b, c, rows, width), (c * s * rows, s * rows, rows + 1, rows))
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _skewed_copy(grad), None
 
 
 def _check_input(x: torch.Tensor, in_channels: int, layer: str) -> None:
