@@ -50,9 +50,14 @@ std::tuple<at::Tensor, at::Tensor> pointwise_backward(const at::Tensor& grad_y,
   if (output_mask[0]) {
     const at::Tensor gx_window = at::matmul(masked_matrix(weight, g, type).t(), gy)
                                      .view({g.batch, g.in_channels, g.out_h(), g.out_w()});
-    // Pixels outside the output window reach no output of a 1 x 1 convolution.
-    gx = at::zeros(x.sizes(), x.options().memory_format(x.suggest_memory_format()));
-    gx.slice(2, g.row0, g.row1).slice(3, g.col0, g.col1).copy_(gx_window);
+    const auto format = x.suggest_memory_format();
+    if (g.out_h() == g.height && g.out_w() == g.width) {
+      gx = gx_window.to(x.scalar_type()).contiguous(format);
+    } else {
+      // Pixels outside the output window reach no output of a 1 x 1 convolution.
+      gx = at::zeros(x.sizes(), x.options().memory_format(format));
+      gx.slice(2, g.row0, g.row1).slice(3, g.col0, g.col1).copy_(gx_window);
+    }
   }
   if (output_mask[1]) {
     // Summed over the batch; the hidden channel pairs get zero, as through the reference's mask.
