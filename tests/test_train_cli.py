@@ -87,14 +87,15 @@ def test_every_autoregressive_model_trains_from_the_cli(tmp_path):
         assert 0 < metrics["test"]["nll_bits_per_dim"] < math.log2(17) + 1
 
 
-def test_two_process_ddp_logs_what_one_process_logs(tmp_path):
-    """With lr 0 the logged epoch loss is the mean NLL of the initial model over the training
-    set: one process and two (global batch split in halves) must log the same number."""
-    one = train(tmp_path / "one", "--lr", "0", limit=None)
+def test_two_process_ddp_follows_the_one_process_run(tmp_path):
+    """Two processes take the halves of each global batch and DDP averages their gradients, so
+    after an epoch of real updates they log the same loss and reach the same test NLL as one
+    process (up to the order of floating-point sums)."""
+    one = train(tmp_path / "one", "--lr", "0.01", limit=None)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc_per_node=2", "-m", "genfast", "train", "pixelcnn", "--out",
-               str(tmp_path / "two"), "--epochs", "1", "--batch-size", "32", "--lr", "0",
+               str(tmp_path / "two"), "--epochs", "1", "--batch-size", "32", "--lr", "0.01",
                "--no-progress", "--device", "cpu", *TINY_PIXELCNN]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -104,8 +105,10 @@ def test_two_process_ddp_logs_what_one_process_logs(tmp_path):
     assert two["world_size"] == 2
     assert two["history"][0]["images"] == one["history"][0]["images"] == 1500
     assert two["history"][0]["loss"]["loss"] == pytest.approx(one["history"][0]["loss"]["loss"],
-                                                              rel=1e-6)
-    assert two["test"]["nll_nats"] == pytest.approx(one["test"]["nll_nats"], rel=1e-6)
+                                                              rel=1e-5)
+    assert two["test"]["nll_nats"] == pytest.approx(one["test"]["nll_nats"], rel=1e-5)
+    untrained = train(tmp_path / "untrained", "--lr", "0", limit=None)
+    assert one["test"]["nll_nats"] < untrained["test"]["nll_nats"] - 1.0
     assert load_checkpoint(str(tmp_path / "two"))["epoch"] == 1
 
 
