@@ -8,9 +8,9 @@ A checkpoint is a dict saved with torch.save:
     optimizers   {stage: optimizer.state_dict()}
     epoch        epochs completed
     data         dataset name, binarize    the data it was trained on
-    train        the training options (batch size, learning rate, seed, epochs)
-    rng          per-process torch RNG states, so that a resumed run draws what the
-                 uninterrupted run would have drawn
+    train        the training options (batch size, learning rate, seed, epochs); no RNG state
+                 is stored: each epoch reseeds from (seed, epoch, rank), so a resumed run
+                 draws what the uninterrupted run would have drawn
     history      one record per epoch (losses, step time)
     metrics      the test metrics, once evaluated
 """

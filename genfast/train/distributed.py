@@ -73,15 +73,6 @@ def all_reduce_sum(t: torch.Tensor, info: ProcessInfo) -> torch.Tensor:
     return work.to(t.device)
 
 
-def gather_objects(obj, info: ProcessInfo) -> list:
-    """[obj of rank 0, obj of rank 1, ...] on every process."""
-    if not info.distributed:
-        return [obj]
-    out = [None] * info.world_size
-    dist.all_gather_object(out, obj)
-    return out
-
-
 def barrier(info: ProcessInfo) -> None:
     if info.distributed:
         dist.barrier()
