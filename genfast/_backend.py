@@ -23,6 +23,7 @@ import torch
 from genfast import _ext
 
 BACKENDS = ("reference", "cpu", "triton", "cuda")
+FAST_BACKENDS = BACKENDS[1:]  # every backend but the reference
 AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")}
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 

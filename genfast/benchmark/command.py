@@ -7,14 +7,12 @@ import time
 
 import torch
 
-from genfast import BACKENDS
+from genfast._backend import FAST_BACKENDS
 from genfast.benchmark import report
 from genfast.benchmark.cases import case_names, get_cases
 from genfast.benchmark.runner import (default_device, implementations, plan, run_case,
                                       torch_threads)
 from genfast.benchmark.timing import TimingSettings
-
-FAST_BACKENDS = tuple(b for b in BACKENDS if b != "reference")
 
 
 def _comma_list(text: str) -> list[str]:

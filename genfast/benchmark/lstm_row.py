@@ -13,11 +13,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from genfast._backend import FAST_BACKENDS
 from genfast.benchmark.cases import FWD_BWD, OpCase, Size, Target
 from genfast.nn.pixelrnn import DiagonalBiLSTM, RowLSTM
 from genfast.ops import lstm_row as lstm_row_ops
 
-FAST_BACKENDS = ("cpu", "triton", "cuda")
 KERNEL = 3  # the Row LSTM's 1 x k input and k-wide state kernels
 
 SIZES = (

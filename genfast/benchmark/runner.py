@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 import torch
 
 import genfast
+from genfast._backend import FAST_BACKENDS
 from genfast.benchmark.cases import FWD, MODES, OpCase, Size
 from genfast.benchmark.timing import Measurement, TimingSettings, measure_interleaved
 
@@ -31,8 +32,6 @@ class Implementation:
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
-
-FAST_BACKENDS = ("cpu", "triton", "cuda")
 
 
 def implementations(case: OpCase, device: str, backends: list[str] | None = None,
