@@ -8,16 +8,21 @@
 // Batch elements never interact, so each thread takes a contiguous chunk of the batch and runs the
 // whole recurrence for it without any synchronisation between rows. The state-to-state
 // convolution of a row is one gather of cpu/conv_tile.h over "columns": batch element b of the
-// chunk owns columns [b * Lp, (b + 1) * Lp), Lp = L + k - 1, and the state buffer holds h(b, l)
-// at column b * Lp + pad_left + l with zeros in the other k - 1 columns, so output column
-// j = b * Lp + l reads tap t at column j + t and the zeros between batch elements are the
-// convolution's padding (rows = the 4D gate channels, k = the D hidden channels of each tap,
-// columns vectorised; the k - 1 columns per batch element with l >= L are computed and unused).
+// chunk owns columns [b * Lp, (b + 1) * Lp), and the state buffer holds h(b, l) at column
+// b * Lp + pad_left + l with zeros in the other Lp - L columns, so output column j = b * Lp + l
+// reads tap t at column j + t and the zeros between batch elements are the convolution's padding
+// (rows = the 4D gate channels, k = the D hidden channels of each tap, columns vectorised; the
+// columns per batch element with l >= L are computed and unused). The zeros after an element are
+// its right padding (k - 1 - pad_left) and the next one's left padding (pad_left) at once, so
+// Lp = L + max(pad_left, k - 1 - pad_left).
 // The cell maths then walks each (batch element, hidden channel): it reads the four gate rows of
 // the convolution, gates_in and c_{r-1} straight from their tensors and writes the gates, c, h
 // and the state buffer, in whole SIMD vectors along the row (the last one overlapping the one
 // before it when L is not a multiple of the width), so the exponentials hide the latency of the
-// scattered rows of the [B, C, R, L] tensors.
+// scattered rows of the [B, C, R, L] tensors. A single row shorter than a vector (a sampler's few
+// columns around a pixel) has its own layout, batch-minor, and runs the cell maths of a batch
+// element in one run over (hidden channel, position), in full vectors: see forward_one_row. Both
+// give every output the same bits, whatever the batch, chunking or row length.
 //
 // Backward runs the rows in reverse with the same layout: the gate gradients dpre go into a
 // zero-bordered buffer shifted so that dL/dh_{r-1} is again a k-tap gather (the taps mirrored,
@@ -54,6 +59,14 @@ using simd::vint;
 
 int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
+// Calls with less work than this many multiply-adds per thread run on the calling thread. A
+// launch costs microseconds while the other threads spin, far more when another process holds
+// their cores: a one-row call of 16 x 128 gates, 3 wide (about 15 us of multiply-adds on one
+// core), split over two threads, saved 7 us with both cores free and lost up to 200 us while a
+// second process ran.
+constexpr int64_t kParallelMacs = int64_t{1} << 20;
+constexpr int64_t kParallelCopies = int64_t{1} << 15;  // or copied values
+
 // Splits n items into `count` near-equal parts: part i is [start(i), start(i + 1)).
 struct EvenSplit {
   int64_t n, count;
@@ -80,12 +93,13 @@ struct Shape {
 template <typename acc_t>
 struct Columns {
   static constexpr int64_t kVector = cpu::Vec<acc_t>::kLanes;
-  int64_t lp;          // columns per batch element, L + k - 1
+  int64_t lp;          // columns per batch element: L, then the zeros before the next one
   int64_t count;       // nb * lp rounded up to whole vectors: the columns each row computes
   int64_t stride;      // row stride of the convolution's output
   int64_t pad_stride;  // row stride of the zero-bordered buffers, read up to count + k - 1
 
-  Columns(const Shape& s, int64_t nb) : lp(s.length + s.taps - 1) {
+  Columns(const Shape& s, int64_t nb)
+      : lp(s.length + std::max(s.pad_left, s.taps - 1 - s.pad_left)) {
     count = round_up(nb * lp, kVector);
     stride = count;
     pad_stride = round_up(count + s.taps - 1, kVector) + kVector;
@@ -143,12 +157,82 @@ struct ForwardArgs {
   at::ScalarType h_type;
   std::vector<acc_t> weight;  // [4D][k][D]: the taps' weights, input channels contiguous
   std::vector<Segment> segs;
+  // [4D][L] and a vector more: bias[n] along a row, the cell maths' bias runs (a flat run's
+  // too, R being 1 there), readable a vector past any run's start.
+  std::vector<acc_t> bias_runs;
 };
 
 // Rounds x[0, n) to T and back.
 template <typename T, typename acc_t>
 void round_to(acc_t* x, int64_t n) {
   for (int64_t j = 0; j < n; ++j) x[j] = static_cast<acc_t>(static_cast<T>(x[j]));
+}
+
+// Rounds h to float16/bfloat16 when that is its dtype.
+template <typename acc_t>
+void round_h(at::ScalarType h_type, acc_t* x, int64_t n) {
+  if (h_type == at::kHalf) round_to<at::Half>(x, n);
+  if (h_type == at::kBFloat16) round_to<at::BFloat16>(x, n);
+}
+
+// The cell maths of batch element b in forward_one_row: with one row, the values of every gate,
+// of c0, c and h are contiguous over (hidden channel, position) in their tensors, so one run of
+// D * L values covers them in full vectors, where a run per hidden channel would fill L of each
+// vector's lanes. `pre` is the element's convolution output in that order, [4D][L]. Lanes never
+// interact, so every value is the one the run per channel gives. No next row reads the state
+// buffer: h takes its place.
+template <typename acc_t>
+void forward_flat(const ForwardArgs<acc_t>& p, int64_t b, const acc_t* pre) {
+  const Shape& s = p.s;
+  const int64_t D = s.hidden, G = s.gates, L = s.length;
+  ForwardRun<acc_t> q;
+  for (int g = 0; g < 4; ++g) {
+    q.pre[g] = pre + g * D * L;
+    q.in[g] = p.gates_in + run(s, b, G, g * D, 0);
+    q.bias[g] = p.bias_runs.data() + g * D * L;
+    q.gates[g] = p.gates + run(s, b, G, g * D, 0);
+  }
+  q.c_prev = p.c0 + b * D * L;
+  q.c = p.c + run(s, b, D, 0, 0);
+  q.h = q.state = p.h + run(s, b, D, 0, 0);
+  q.ahead = 0;
+  forward_run(q, D * L);
+  round_h(p.h_type, q.h, D * L);
+}
+
+// One row (R = 1) shorter than a SIMD vector, as a sampler's few columns around a pixel. The
+// state's columns are batch-minor: h0(b0 + bi, l) at column (pad_left + l) * nb + bi, so tap t
+// is t * nb columns on and no zeros sit between batch elements (the pad_left and
+// k - 1 - pad_left blocks of nb zero columns at the ends are the padding): 16 rows of 3 are 48
+// columns, where forward_chunk's layout computes 64. Each output still sums the taps in order,
+// each over the hidden channels in order, with zeros for the same padding, so its bits are
+// forward_chunk's. The output is then reordered for forward_flat.
+template <typename acc_t>
+void forward_one_row(const ForwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
+  const Shape& s = p.s;
+  const int64_t D = s.hidden, G = s.gates, L = s.length, k = s.taps;
+  constexpr int64_t kVector = cpu::Vec<acc_t>::kLanes;
+  const int64_t count = round_up(L * nb, kVector);
+  const int64_t pad_stride = round_up(count + (k - 1) * nb, kVector);
+  acc_t* pre = scratch<acc_t>(kSlot0, G * count);
+  acc_t* state = scratch<acc_t>(kSlot1, D * pad_stride);
+  const acc_t* h0 = p.h0 + b0 * D * L;
+  // A zero initial state adds nothing (as in forward_chunk): pre stays zero.
+  if (!std::all_of(h0, h0 + nb * D * L, [](acc_t v) { return v == acc_t(0); })) {
+    for (int64_t bi = 0; bi < nb; ++bi)
+      for (int64_t d = 0; d < D; ++d)
+        for (int64_t l = 0; l < L; ++l)
+          state[d * pad_stride + (s.pad_left + l) * nb + bi] = h0[(bi * D + d) * L + l];
+    std::vector<Segment> segs;
+    for (int64_t t = 0; t < k; ++t) segs.push_back({t * D, t * nb});
+    gather(p.weight.data(), G, k * D, D, state, pad_stride, segs, count, pre, count);
+  }
+  acc_t* flat = scratch<acc_t>(kSlot2, nb * G * L, false);
+  for (int64_t n = 0; n < G; ++n)
+    for (int64_t l = 0; l < L; ++l)
+      for (int64_t bi = 0; bi < nb; ++bi)
+        flat[(bi * G + n) * L + l] = pre[n * count + l * nb + bi];
+  for (int64_t bi = 0; bi < nb; ++bi) forward_flat(p, b0 + bi, flat + bi * G * L);
 }
 
 template <typename acc_t>
@@ -178,7 +262,7 @@ void forward_chunk(const ForwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
           const int64_t n = g * D + d;
           q.pre[g] = pre + n * col.stride + bi * col.lp;
           q.in[g] = p.gates_in + run(s, b, G, n, r);
-          q.bias[g] = p.bias ? p.bias[n] : acc_t(0);
+          q.bias[g] = p.bias_runs.data() + n * L;
           q.gates[g] = p.gates + run(s, b, G, n, r);
         }
         q.c_prev = r > 0 ? p.c + run(s, b, D, d, r - 1) : p.c0 + (b * D + d) * L;
@@ -186,41 +270,67 @@ void forward_chunk(const ForwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
         q.h = p.h + run(s, b, D, d, r);
         q.state = state + d * col.pad_stride + bi * col.lp + s.pad_left;
         forward_run(q, L);
-        if (p.h_type == at::kHalf || p.h_type == at::kBFloat16) {
-          for (acc_t* x : {q.h, q.state}) {
-            if (p.h_type == at::kHalf) round_to<at::Half>(x, L);
-            else round_to<at::BFloat16>(x, L);
-          }
-        }
+        round_h(p.h_type, q.h, L);
+        round_h(p.h_type, q.state, L);
       }
     }
   }
 }
 
-// Chunks of the batch: at least one per thread, and small enough that the rows of a chunk the
+// Chunks of the batch: one per thread, unless the call is too little work to pay for a
+// parallel launch (a sampler's one-row call), and small enough that the rows of a chunk the
 // next step reads (about 11 values per hidden channel and position, prefetched a step ahead)
 // stay in a core's L2 cache; a 16-image chunk of a 28-wide, 64-channel layer did not.
 int64_t chunk_count(const Shape& s) {
   constexpr int64_t kChunkBytes = int64_t{256} << 10;  // measured: 600 KB 5%, 300 KB 10% faster
   const int64_t per_image = 11 * s.hidden * s.length * static_cast<int64_t>(sizeof(float));
   const int64_t by_cache = (s.batch * per_image + kChunkBytes - 1) / kChunkBytes;
-  return std::max<int64_t>(1, std::min<int64_t>(
-      s.batch, std::max<int64_t>(by_cache, at::get_num_threads())));
+  const int64_t macs = s.batch * s.rows * s.length * s.gates * s.hidden * s.taps;
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), macs / kParallelMacs);
+  return std::max<int64_t>(1, std::min<int64_t>(s.batch, std::max(by_cache, threads)));
+}
+
+// w [4D][D][k] as [4D][k][D], for the gather. A one-row call spends a fair part of its time here:
+// with k a constant the compiler turns the strided reads into vector shuffles.
+template <int K, typename acc_t>
+void transpose_taps_fixed(const acc_t* w, int64_t rows, acc_t* out) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int t = 0; t < K; ++t) out[t * rows + i] = w[i * K + t];
+}
+template <typename acc_t>
+void transpose_taps(const acc_t* w, int64_t G, int64_t D, int64_t k, acc_t* out) {
+  for (int64_t n = 0; n < G; ++n) {
+    const acc_t* src = w + n * D * k;
+    acc_t* dst = out + n * k * D;
+    if (k == 2) {
+      transpose_taps_fixed<2>(src, D, dst);
+    } else if (k == 3) {
+      transpose_taps_fixed<3>(src, D, dst);
+    } else {
+      for (int64_t t = 0; t < k; ++t)
+        for (int64_t d = 0; d < D; ++d) dst[t * D + d] = src[d * k + t];
+    }
+  }
 }
 
 template <typename acc_t>
 void forward(ForwardArgs<acc_t>& p, const acc_t* w) {
   const Shape& s = p.s;
   const int64_t D = s.hidden, G = s.gates, k = s.taps;
-  p.weight.assign(G * k * D, acc_t(0));
-  for (int64_t n = 0; n < G; ++n)
-    for (int64_t d = 0; d < D; ++d)
-      for (int64_t t = 0; t < k; ++t) p.weight[(n * k + t) * D + d] = w[(n * D + d) * k + t];
+  p.weight.resize(G * k * D);
+  transpose_taps(w, G, D, k, p.weight.data());
   for (int64_t t = 0; t < k; ++t) p.segs.push_back({t * D, t});
+  p.bias_runs.assign(G * s.length + kLanes, acc_t(0));
+  if (p.bias)
+    for (int64_t n = 0; n < G; ++n)
+      std::fill_n(p.bias_runs.data() + n * s.length, s.length, p.bias[n]);
   const EvenSplit chunks{s.batch, chunk_count(s)};
+  const bool one_row = s.rows == 1 && s.length < kLanes;
   at::parallel_for(0, chunks.count, 1, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i)
-      forward_chunk(p, chunks.start(i), chunks.start(i + 1) - chunks.start(i));
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b0 = chunks.start(i), nb = chunks.start(i + 1) - b0;
+      one_row ? forward_one_row(p, b0, nb) : forward_chunk(p, b0, nb);
+    }
   });
 }
 
@@ -321,7 +431,8 @@ void grad_weight(const Shape& s, const acc_t* dpre, const acc_t* h, const acc_t*
     return;
   }
   acc_t* hp = scratch<acc_t>(kSlot0, s.batch * R * lp * dpad, false);
-  at::parallel_for(0, s.batch * R, 8, [&](int64_t i0, int64_t i1) {
+  const int64_t copy_grain = std::max<int64_t>(8, kParallelCopies / (lp * dpad));
+  at::parallel_for(0, s.batch * R, copy_grain, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / R, r = i % R;
       acc_t* seg = hp + i * lp * dpad;
@@ -350,7 +461,10 @@ void grad_weight(const Shape& s, const acc_t* dpre, const acc_t* h, const acc_t*
   acc_t* packed = scratch<acc_t>(kSlot1, k * G * dpad, false);  // [tap][n][d], all written
   const int64_t seg_bytes = static_cast<int64_t>(sizeof(acc_t)) * (G * L + lp * dpad);
   const int64_t chunk = std::max<int64_t>(1, (int64_t{192} << 10) / seg_bytes);
-  at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t t0, int64_t t1) {
+  const int64_t ntasks = static_cast<int64_t>(tasks.size());
+  const int64_t task_grain =
+      std::max<int64_t>(1, kParallelMacs / (segments * L * G * dpad * k / ntasks + 1));
+  at::parallel_for(0, ntasks, task_grain, [&](int64_t t0, int64_t t1) {
     std::vector<Segment> segs(chunk);
     for (int64_t c0 = 0; c0 < segments; c0 += chunk) {
       const int64_t nseg = std::min(chunk, segments - c0);
@@ -428,6 +542,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_rows_cpu(const Tensor& gates_in, const T
                               c.mutable_data_ptr<scalar_t>(),
                               gates.mutable_data_ptr<scalar_t>(),
                               gates_in.scalar_type(),
+                              {},
                               {},
                               {}};
       forward(p, w.const_data_ptr<scalar_t>());

@@ -28,6 +28,18 @@ using cpu::TileArgs;
 
 int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
+// A parallel_for launch and join costs microseconds: about what a core does in 2^18
+// multiply-adds or 2^15 copied elements. Each pass asks for at least that much work per thread
+// (its grain), so that a small call, such as a sampler's one-pixel window, runs on the calling
+// thread, while the training shapes split as finely as before.
+constexpr int64_t kParallelMacs = int64_t{1} << 18;
+constexpr int64_t kParallelCopies = int64_t{1} << 15;
+
+// The grain size for items of `work` each (multiply-adds or copies), at least `least`.
+int64_t grain(int64_t per_thread, int64_t work, int64_t least = 1) {
+  return std::max(least, per_thread / std::max<int64_t>(1, work));
+}
+
 // Splits n items into the fewest tiles of at most `most`, as evenly as possible: tile i covers
 // [start(i), start(i + 1)).
 struct EvenTiles {
@@ -67,11 +79,13 @@ struct Layout {
 
 // The big buffers (P and Q) are kept per calling thread and reused: a training loop calls with
 // the same shapes again and again, and fresh pages would cost a page fault each.
-enum ScratchSlot { kInputSlot = 0, kGradOutputSlot = 1 };
+// The small ones (packed weights, a tile row of the output) are kept too, to save the allocation
+// that would otherwise weigh on a one-pixel call.
+enum ScratchSlot { kInputSlot, kGradOutputSlot, kWeightSlot, kRowSlot, kSlots };
 
 template <typename T>
 T* scratch(ScratchSlot slot, int64_t n) {
-  thread_local std::vector<T> buffers[2];
+  thread_local std::vector<T> buffers[kSlots];
   std::vector<T>& buffer = buffers[slot];
   if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(n);
   return buffer.data();
@@ -86,7 +100,8 @@ const acc_t* pack_input(const Tensor& x, const Geometry& g, const Layout& l) {
   // The image columns P holds, as a range of P columns.
   const int64_t pc_lo = std::max<int64_t>(0, -l.image_col(g, 0));
   const int64_t pc_hi = std::min<int64_t>(l.pw, g.width - l.image_col(g, 0));
-  at::parallel_for(0, g.batch * l.ph, 16, [&](int64_t r0, int64_t r1) {
+  const int64_t rows_grain = grain(kParallelCopies, l.pw * cin, 16);
+  at::parallel_for(0, g.batch * l.ph, rows_grain, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / l.ph, ir = l.image_row(g, r % l.ph);
       acc_t* dst = p + r * l.pw * cin;
@@ -110,7 +125,8 @@ const acc_t* pack_grad_output(const Tensor& gy, const Geometry& g, const Layout&
   const scalar_t* gp = gy.data_ptr<scalar_t>();
   const int64_t sb = gy.stride(0), sc = gy.stride(1), sh = gy.stride(2), sw = gy.stride(3);
   const int64_t row_size = l.qw * l.co_pad;
-  at::parallel_for(0, g.batch * l.qh, 16, [&](int64_t r0, int64_t r1) {
+  const int64_t rows_grain = grain(kParallelCopies, row_size, 16);
+  at::parallel_for(0, g.batch * l.qh, rows_grain, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / l.qh, oi = r % l.qh - l.q_row0;
       acc_t* dst = q + r * row_size;
@@ -133,24 +149,40 @@ const acc_t* pack_grad_output(const Tensor& gy, const Geometry& g, const Layout&
   return q;
 }
 
+constexpr int64_t kPackBlock = 16;
+
 // The visible taps' weights as [tap][k][n_pad]: k = input channel and n = output channel for the
 // forward pass (transposed = false), the other way round for grad-input. The centre tap carries
 // the colour mask.
 template <typename scalar_t, typename acc_t>
-std::vector<acc_t> pack_weight(const Tensor& w, const Geometry& g, bool transposed,
-                               int64_t n_pad) {
+const acc_t* pack_weight(const Tensor& w, const Geometry& g, bool transposed, int64_t n_pad) {
   const int64_t nk = transposed ? g.out_channels : g.in_channels;
   const int64_t nn = transposed ? g.in_channels : g.out_channels;
-  std::vector<acc_t> packed(g.taps.size() * nk * n_pad, acc_t(0));
-  const scalar_t* wp = w.data_ptr<scalar_t>();
+  const int64_t size = static_cast<int64_t>(g.taps.size()) * nk * n_pad;
+  acc_t* packed = scratch<acc_t>(kWeightSlot, size);
+  std::fill_n(packed, size, acc_t(0));
+  // The strides in locals: the compiler cannot hoist Tensor::stride() past the stores.
+  const int64_t k_stride = transposed ? w.stride(0) : w.stride(1);
+  const int64_t n_stride = transposed ? w.stride(1) : w.stride(0);
+  const std::vector<int64_t> centre = centre_inputs(g);
   for (size_t t = 0; t < g.taps.size(); ++t) {
     const Tap& tap = g.taps[t];
-    for (int64_t k = 0; k < nk; ++k) {
-      for (int64_t n = 0; n < nn; ++n) {
-        const int64_t co = transposed ? k : n, ci = transposed ? n : k;
-        if (tap.centre && !g.centre_allows(ci, co)) continue;
-        packed[(t * nk + k) * n_pad + n] = static_cast<acc_t>(
-            wp[co * w.stride(0) + ci * w.stride(1) + tap.ty * w.stride(2) + tap.tx * w.stride(3)]);
+    const scalar_t* wt = w.data_ptr<scalar_t>() + tap.ty * w.stride(2) + tap.tx * w.stride(3);
+    acc_t* dst = packed + static_cast<int64_t>(t) * nk * n_pad;
+    // A transpose: blocks of kPackBlock n so that the lines read for one k (one per n) are
+    // still in L1 for the next k, whose values sit next to them.
+    for (int64_t nb = 0; nb < nn; nb += kPackBlock) {
+      for (int64_t k = 0; k < nk; ++k) {
+        // The centre tap carries input channel ci to the output channels whose count
+        // centre[co] exceeds it, a suffix since the counts never decrease, and output channel
+        // co from the input channels [0, centre[co]): bounds instead of a test per value.
+        int64_t n0 = nb, n1 = std::min(nn, nb + kPackBlock);
+        if (tap.centre && transposed) n1 = std::min(n1, centre[k]);
+        if (tap.centre && !transposed)
+          n0 = std::max<int64_t>(n0, std::upper_bound(centre.begin(), centre.end(), k) -
+                                         centre.begin());
+        for (int64_t n = n0; n < n1; ++n)
+          dst[k * n_pad + n] = static_cast<acc_t>(wt[k * k_stride + n * n_stride]);
       }
     }
   }
@@ -176,6 +208,43 @@ void gather_row(const acc_t* a_row, const acc_t* b, const std::vector<Segment>& 
   }
 }
 
+// The forward pass's output pixels as lines of `width` pixels, each line one gather_row: the
+// window's rows, or, for a window one pixel wide (a sampler's pixel), the batch, image b's pixel
+// being b * ph * pw pixels further on in P, so that one register tile covers several images
+// instead of one pixel. Each output element sums the same taps and channels in the same order
+// either way, so a window's outputs equal the full map's bit for bit.
+struct Lines {
+  int64_t count, width;
+  int64_t p_stride;  // P's elements from one pixel of a line to the next
+  int64_t y_stride;  // y's elements from one pixel of a line to the next
+  bool across_batch;
+
+  Lines(const Geometry& g, const Layout& l, const Tensor& y) : across_batch(g.out_w() == 1) {
+    count = across_batch ? g.out_h() : g.batch * g.out_h();
+    width = across_batch ? g.batch : g.out_w();
+    p_stride = (across_batch ? l.ph * l.pw : 1) * g.in_channels;
+    y_stride = across_batch ? y.stride(0) : y.stride(3);
+  }
+  // The image and output row of line r's first pixel.
+  int64_t image(const Geometry& g, int64_t r) const { return across_batch ? 0 : r / g.out_h(); }
+  int64_t row(const Geometry& g, int64_t r) const { return across_batch ? r : r % g.out_h(); }
+};
+
+// The bias in the compute dtype, padded with zeros to co_pad.
+template <typename acc_t>
+std::vector<acc_t> padded_bias(const std::optional<Tensor>& bias, const Geometry& g,
+                               int64_t co_pad) {
+  std::vector<acc_t> b(co_pad, acc_t(0));
+  if (bias.has_value()) {
+    const Tensor bc = bias->scalar_type() == at::CppTypeToScalarType<acc_t>::value
+                          ? *bias
+                          : bias->to(at::CppTypeToScalarType<acc_t>::value);
+    const acc_t* bp = bc.const_data_ptr<acc_t>();
+    for (int64_t co = 0; co < g.out_channels; ++co) b[co] = bp[co * bc.stride(0)];
+  }
+  return b;
+}
+
 template <typename scalar_t>
 Tensor forward_impl(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias,
                     const Geometry& g) {
@@ -185,29 +254,28 @@ Tensor forward_impl(const Tensor& x, const Tensor& weight, const std::optional<T
                        x.options().memory_format(x.suggest_memory_format()));
   if (y.numel() == 0) return y;
   const acc_t* p = pack_input<scalar_t, acc_t>(x, g, l);
-  const std::vector<acc_t> w = pack_weight<scalar_t, acc_t>(weight, g, false, l.co_pad);
-  std::vector<acc_t> b(l.co_pad, acc_t(0));
-  if (bias.has_value()) {
-    Tensor bc = bias->to(at::CppTypeToScalarType<acc_t>::value).contiguous();
-    std::copy(bc.data_ptr<acc_t>(), bc.data_ptr<acc_t>() + g.out_channels, b.begin());
-  }
+  const acc_t* w = pack_weight<scalar_t, acc_t>(weight, g, false, l.co_pad);
+  const std::vector<acc_t> b = padded_bias<acc_t>(bias, g, l.co_pad);
   const int64_t d = g.dilation, cin = g.in_channels;
   std::vector<Segment> segs;
+  segs.reserve(g.taps.size());
   for (size_t t = 0; t < g.taps.size(); ++t)
     segs.push_back({(g.taps[t].ty * d * l.pw + g.taps[t].tx * d) * cin,
                     static_cast<int64_t>(t) * cin * l.co_pad});
+  const Lines lines(g, l, y);
+  const int64_t line_grain =
+      grain(kParallelMacs, lines.width * static_cast<int64_t>(segs.size()) * cin * l.co_pad);
   scalar_t* yp = y.data_ptr<scalar_t>();
-  at::parallel_for(0, g.batch * g.out_h(), 1, [&](int64_t r0, int64_t r1) {
-    std::vector<acc_t> row(g.out_w() * l.co_pad);
+  at::parallel_for(0, lines.count, line_grain, [&](int64_t r0, int64_t r1) {
+    acc_t* row = scratch<acc_t>(kRowSlot, lines.width * l.co_pad);
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t bi = r / g.out_h(), oi = r % g.out_h();
-      gather_row(p + (bi * l.ph + oi) * l.pw * cin, w.data(), segs, g.out_w(), l.co_pad,
-                 cin, cin, row.data());
-      for (int64_t j = 0; j < g.out_w(); ++j)
+      const int64_t bi = lines.image(g, r), oi = lines.row(g, r);
+      gather_row(p + (bi * l.ph + oi) * l.pw * cin, w, segs, lines.width, l.co_pad,
+                 lines.p_stride, cin, row);
+      for (int64_t j = 0; j < lines.width; ++j)
         for (int64_t co = 0; co < g.out_channels; ++co) row[j * l.co_pad + co] += b[co];
-      cpu::copy_2d(row.data(), l.co_pad, int64_t{1},
-                   yp + bi * y.stride(0) + oi * y.stride(2), y.stride(3), y.stride(1),
-                   g.out_w(), g.out_channels);
+      cpu::copy_2d(row, l.co_pad, int64_t{1}, yp + bi * y.stride(0) + oi * y.stride(2),
+                   lines.y_stride, y.stride(1), lines.width, g.out_channels);
     }
   });
   return y;
@@ -223,7 +291,7 @@ Tensor grad_input(const acc_t* q, const Tensor& x, const Tensor& weight,
   Tensor gx = at::empty(x.sizes(), x.options().memory_format(x.suggest_memory_format()));
   if (!full) gx.zero_();
   if (gx.numel() == 0) return gx;
-  const std::vector<acc_t> w = pack_weight<scalar_t, acc_t>(weight, g, true, l.ci_pad);
+  const acc_t* w = pack_weight<scalar_t, acc_t>(weight, g, true, l.ci_pad);
   const int64_t d = g.dilation, cout = g.out_channels;
   std::vector<Segment> segs;
   for (size_t t = 0; t < g.taps.size(); ++t)
@@ -236,15 +304,17 @@ Tensor grad_input(const acc_t* q, const Tensor& x, const Tensor& weight,
   if (pr_hi <= pr_lo || pc_hi <= pc_lo) return gx;
   const int64_t rows = pr_hi - pr_lo, cols = pc_hi - pc_lo;
   scalar_t* gp = gx.data_ptr<scalar_t>();
-  at::parallel_for(0, g.batch * rows, 1, [&](int64_t r0, int64_t r1) {
-    std::vector<acc_t> row(cols * l.ci_pad);
+  const int64_t row_grain =
+      grain(kParallelMacs, cols * static_cast<int64_t>(segs.size()) * cout * l.ci_pad);
+  at::parallel_for(0, g.batch * rows, row_grain, [&](int64_t r0, int64_t r1) {
+    acc_t* row = scratch<acc_t>(kRowSlot, cols * l.ci_pad);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t bi = r / rows, pr = pr_lo + r % rows;
       // Q holds grad_y at an offset of (q_row0, q_col0): P position (pr, pc) with tap (ty, tx)
       // reads grad_y(pr - ty*d, pc - tx*d).
       const acc_t* a = q + ((bi * l.qh + pr + l.q_row0) * l.qw + pc_lo + l.q_col0) * l.co_pad;
-      gather_row(a, w.data(), segs, cols, l.ci_pad, l.co_pad, cout, row.data());
-      cpu::copy_2d(row.data(), l.ci_pad, int64_t{1},
+      gather_row(a, w, segs, cols, l.ci_pad, l.co_pad, cout, row);
+      cpu::copy_2d(row, l.ci_pad, int64_t{1},
                    gp + bi * gx.stride(0) + l.image_row(g, pr) * gx.stride(2) +
                        l.image_col(g, pc_lo) * gx.stride(3),
                    gx.stride(3), gx.stride(1), cols, g.in_channels);
@@ -288,7 +358,10 @@ Tensor grad_weight(const acc_t* p, const acc_t* q,
           tasks.push_back({t, tiles.start(i), tiles.start(i + 1) - tiles.start(i), co0, vectors});
       }
     }
-    at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t t0, int64_t t1) {
+    const int64_t ntasks = static_cast<int64_t>(tasks.size());
+    const int64_t task_grain =
+        grain(kParallelMacs, out_rows * g.out_w() * ntaps * cin * l.co_pad / ntasks);
+    at::parallel_for(0, ntasks, task_grain, [&](int64_t t0, int64_t t1) {
       std::vector<Segment> segs(chunk);
       for (int64_t c0 = 0; c0 < out_rows; c0 += chunk) {
         const int64_t nrows = std::min(chunk, out_rows - c0);
@@ -310,11 +383,12 @@ Tensor grad_weight(const acc_t* p, const acc_t* q,
   }
   Tensor gw = at::zeros(weight.sizes(), weight.options().dtype(at::CppTypeToScalarType<acc_t>::value));
   auto acc = gw.accessor<acc_t, 4>();
+  const std::vector<int64_t> centre = centre_inputs(g);
   for (int64_t t = 0; t < ntaps; ++t) {
     const Tap& tap = g.taps[t];
     for (int64_t ci = 0; ci < cin; ++ci)
       for (int64_t co = 0; co < g.out_channels; ++co)
-        if (!tap.centre || g.centre_allows(ci, co))
+        if (!tap.centre || ci < centre[co])
           acc[co][ci][tap.ty][tap.tx] = packed[(t * cin + ci) * l.co_pad + co];
   }
   return gw.to(weight.scalar_type());
@@ -329,7 +403,8 @@ Tensor masked_conv2d_cpu(const Tensor& x, const Tensor& weight, const std::optio
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.out_channels && bias->device().is_cpu(),
                 "genfast: bias must be a CPU tensor of shape [", g.out_channels, "]");
   }
-  if (is_pointwise(g)) return pointwise_forward(x, weight, bias, g);
+  if (is_pointwise(g) && pointwise_forward_applies(x, g))
+    return pointwise_forward(x, weight, bias, g);
   Tensor out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "masked_conv2d", [&] {
     out = forward_impl<scalar_t>(x, weight, bias, g);

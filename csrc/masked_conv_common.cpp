@@ -1,5 +1,7 @@
 #include "masked_conv_common.h"
 
+#include <algorithm>
+
 namespace genfast::masked_conv {
 
 static std::vector<Tap> visible_taps(const Geometry& g) {
@@ -9,10 +11,11 @@ static std::vector<Tap> visible_taps(const Geometry& g) {
       for (int64_t tx = 0; tx < g.kw; ++tx) taps.push_back(Tap{ty, tx, false});
     return taps;
   }
-  bool centre_used = false;
-  for (int64_t ci = 0; ci < g.in_channels && !centre_used; ++ci)
-    for (int64_t co = 0; co < g.out_channels && !centre_used; ++co)
-      centre_used = g.centre_allows(ci, co);
+  // Groups grow with the channel index, so some pair passes the colour rule if the lowest input
+  // group (0) passes it with the highest output group: a closed form, where trying every pair
+  // would cost a one-pixel call as much as its convolution.
+  const bool centre_used = g.in_channels > 0 && g.out_channels > 0 &&
+                           g.centre_allows(0, g.out_channels - 1);
   for (int64_t ty = 0; ty <= g.centre_y; ++ty) {
     for (int64_t tx = 0; tx < g.kw; ++tx) {
       const bool centre = ty == g.centre_y && tx == g.centre_x;
@@ -81,13 +84,25 @@ void check_grad_output(const at::Tensor& grad_y, const Geometry& g) {
               ", ", g.out_h(), ", ", g.out_w(), "], got ", grad_y.sizes());
 }
 
+// floor(ci * dc / cin) < m exactly when ci < ceil(m * cin / dc), with m = go for mask A and
+// go + 1 for mask B. Mask V's centre carries every pair.
+std::vector<int64_t> centre_inputs(const Geometry& g) {
+  std::vector<int64_t> n(g.out_channels, g.in_channels);
+  for (int64_t co = 0; co < g.out_channels && g.mask_type != kMaskV; ++co) {
+    const int64_t m = co * g.data_channels / g.out_channels + (g.mask_type == kMaskA ? 0 : 1);
+    n[co] = std::min(g.in_channels, (m * g.in_channels + g.data_channels - 1) / g.data_channels);
+  }
+  return n;
+}
+
 at::Tensor weight_mask(const Geometry& g, const at::TensorOptions& options) {
   auto mask = at::zeros({g.out_channels, g.in_channels, g.kh, g.kw}, at::kFloat);  // built on the CPU
   auto m = mask.accessor<float, 4>();
+  const std::vector<int64_t> centre = centre_inputs(g);
   for (const Tap& t : g.taps)
     for (int64_t co = 0; co < g.out_channels; ++co)
       for (int64_t ci = 0; ci < g.in_channels; ++ci)
-        m[co][ci][t.ty][t.tx] = !t.centre || g.centre_allows(ci, co) ? 1.0f : 0.0f;
+        m[co][ci][t.ty][t.tx] = !t.centre || ci < centre[co] ? 1.0f : 0.0f;
   return mask.to(options.dtype());
 }
 

@@ -47,6 +47,11 @@ Geometry make_geometry(const at::Tensor& x, const at::Tensor& weight, int64_t ma
 // Checks what backward receives against the forward geometry.
 void check_grad_output(const at::Tensor& grad_y, const Geometry& g);
 
+// centre_allows as counts, for loops over channel pairs (it costs two divisions a pair): the
+// centre tap carries input channels [0, n[co]) to output channel co, since groups grow with the
+// channel index (all of them for mask V).
+std::vector<int64_t> centre_inputs(const Geometry& g);
+
 // The [out, in, kh, kw] 0/1 mask the op applies to the weight, in the weight's dtype.
 at::Tensor weight_mask(const Geometry& g, const at::TensorOptions& options);
 

@@ -1,7 +1,9 @@
 // The 1 x 1 case of genfast::masked_conv2d on the CPU. A 1 x 1 masked convolution has only the
 // centre tap, so no tap can be skipped (the colour rule hides channel pairs, not taps): it is a
-// matrix product per image, which the BLAS that torch links runs faster than the gather kernel
-// with its pixel-major copies (the Diagonal BiLSTM's input-to-state layer is one).
+// matrix product per image, which on an NCHW map runs faster straight off x than the gather
+// kernel with its pixel-major copies (the Diagonal BiLSTM's input-to-state layer is one). The
+// forward uses conv_tile's register tiles, which give every pixel the same bits in any window;
+// the backward uses the BLAS that torch links.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -15,6 +17,12 @@
 namespace genfast::masked_conv {
 
 bool is_pointwise(const Geometry& g);
+
+// Whether pointwise_forward takes this forward: float32/float64 x with one output pixel per
+// image (any layout), or NCHW x whose window holds whole image rows (or one row) and at least
+// one SIMD vector of pixels. The gather kernel of masked_conv.cpp runs the others, with the
+// same bits.
+bool pointwise_forward_applies(const at::Tensor& x, const Geometry& g);
 
 at::Tensor pointwise_forward(const at::Tensor& x, const at::Tensor& weight,
                              const std::optional<at::Tensor>& bias, const Geometry& g);

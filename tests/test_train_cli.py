@@ -126,6 +126,19 @@ def test_sample_writes_a_grid_of_the_right_size(tmp_path, capsys):
     assert values <= {round(v * 255 / 16) for v in range(17)}
 
 
+def test_sample_draws_the_same_grid_cached_and_naive(tmp_path):
+    from PIL import Image
+
+    train(tmp_path, limit=1)
+    grids = []
+    for method in ("cached", "naive"):
+        grid = tmp_path / f"{method}.png"
+        assert main(["sample", str(tmp_path / "checkpoint.pt"), "--n", "6", "--out", str(grid),
+                     "--method", method, "--no-progress", "--seed", "3"]) == 0
+        grids.append(np.asarray(Image.open(grid)))
+    assert np.array_equal(*grids)
+
+
 def test_image_grid_layout_and_scaling():
     images = torch.tensor([[[[0, 1], [2, 3]]] * 3, [[[3, 3], [3, 3]]] * 3])  # [2, 3, 2, 2]
     grid = image_grid(images, levels=4, nrow=2, scale=2, padding=1)

@@ -110,12 +110,18 @@ GENFAST_SIMD_INLINE void st(float* p, int64_t n, int64_t l0, vfloat v) {
   }
 }
 
+// The bias runs are readable a whole vector past l0 even in a short run (see ForwardRun), so they
+// are loaded directly: the lanes past the run compute values no one stores.
 template <bool kShort>
 GENFAST_SIMD_INLINE void forward_vector(const ForwardRun<float>& q, int64_t n, int64_t l0) {
-  const vfloat xi = ld<kShort>(q.pre[0], n, l0) + ld<kShort>(q.in[0], n, l0) + q.bias[0];
-  const vfloat xf = ld<kShort>(q.pre[1], n, l0) + ld<kShort>(q.in[1], n, l0) + q.bias[1];
-  const vfloat xo = ld<kShort>(q.pre[2], n, l0) + ld<kShort>(q.in[2], n, l0) + q.bias[2];
-  const vfloat xg = ld<kShort>(q.pre[3], n, l0) + ld<kShort>(q.in[3], n, l0) + q.bias[3];
+  const vfloat xi =
+      ld<kShort>(q.pre[0], n, l0) + ld<kShort>(q.in[0], n, l0) + simd::load(q.bias[0] + l0);
+  const vfloat xf =
+      ld<kShort>(q.pre[1], n, l0) + ld<kShort>(q.in[1], n, l0) + simd::load(q.bias[1] + l0);
+  const vfloat xo =
+      ld<kShort>(q.pre[2], n, l0) + ld<kShort>(q.in[2], n, l0) + simd::load(q.bias[2] + l0);
+  const vfloat xg =
+      ld<kShort>(q.pre[3], n, l0) + ld<kShort>(q.in[3], n, l0) + simd::load(q.bias[3] + l0);
   const vfloat ei = exp_nonpositive(-vabs(xi)), ef = exp_nonpositive(-vabs(xf));
   const vfloat eo = exp_nonpositive(-vabs(xo)), tg = exp_nonpositive(-2.0f * vabs(xg));
   // 1 / (1 + e) of all four from one division: each denominator is in [1, 2].
@@ -157,10 +163,10 @@ void forward_run(const ForwardRun<float>& q, int64_t n) {
 
 void forward_run(const ForwardRun<double>& q, int64_t n) {
   for (int64_t l = 0; l < n; ++l) {
-    const double i = sigmoid(q.pre[0][l] + q.in[0][l] + q.bias[0]);
-    const double f = sigmoid(q.pre[1][l] + q.in[1][l] + q.bias[1]);
-    const double o = sigmoid(q.pre[2][l] + q.in[2][l] + q.bias[2]);
-    const double g = std::tanh(q.pre[3][l] + q.in[3][l] + q.bias[3]);
+    const double i = sigmoid(q.pre[0][l] + q.in[0][l] + q.bias[0][l]);
+    const double f = sigmoid(q.pre[1][l] + q.in[1][l] + q.bias[1][l]);
+    const double o = sigmoid(q.pre[2][l] + q.in[2][l] + q.bias[2][l]);
+    const double g = std::tanh(q.pre[3][l] + q.in[3][l] + q.bias[3][l]);
     const double c = f * q.c_prev[l] + i * g;
     q.gates[0][l] = i, q.gates[1][l] = f, q.gates[2][l] = o, q.gates[3][l] = g;
     q.c[l] = c;

@@ -15,7 +15,9 @@ template <typename T>
 struct ForwardRun {
   const T* pre[4];  // the convolution's output for gates i, f, o, g (rows of the column buffer)
   const T* in[4];   // gates_in
-  T bias[4];
+  // The bias of each value of the run (the same value along a row), readable a whole SIMD vector
+  // (16 floats) past the start of any vector of the run, short runs included.
+  const T* bias[4];
   const T* c_prev;  // c_{r-1}: the previous row of c, or c0
   T *gates[4], *c, *h;
   T* state;  // h again, where the next row's convolution reads it

@@ -8,7 +8,7 @@ import time
 import torch
 
 from genfast._backend import FAST_BACKENDS
-from genfast.benchmark import report
+from genfast.benchmark import report, sampling
 from genfast.benchmark.cases import case_names, get_cases
 from genfast.benchmark.runner import (default_device, implementations, plan, run_case,
                                       torch_threads)
@@ -25,10 +25,11 @@ def register(subparsers) -> None:
         "bench", help="time genfast's ops against PyTorch and torch.compile",
         description="Times each op's eager PyTorch reference, torch.compile(reference) and every "
                     "usable fast backend, forward and forward+backward, at a small and a large "
-                    "size. Prints a table and writes bench.json and bench.png to --out.")
+                    "size; then samples each autoregressive model with the cached and the naive "
+                    "method. Prints tables and writes bench.json and bench.png to --out.")
     parser.add_argument("--op", action="append", type=_comma_list, metavar="NAME[,NAME]",
-                        help=f"op to time (repeatable; default: all). Choices: "
-                             f"{', '.join(case_names())}")
+                        help=f"op or sampling case to time (repeatable; default: all). "
+                             f"Choices: {', '.join(case_names() + sampling.case_names())}")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
                         help="device to time on (default: cuda if available, else cpu)")
     parser.add_argument("--backends", type=_comma_list, metavar="NAME[,NAME]", default=None,
@@ -51,13 +52,16 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=run, parser=parser)
 
 
-def _validate(args) -> tuple[list, str, list[str] | None, TimingSettings]:
+def _validate(args) -> tuple[list, list, str, list[str] | None, TimingSettings]:
     parser = args.parser
-    ops = [name for group in (args.op or []) for name in group]
+    names = [name for group in (args.op or []) for name in group]
+    sampling_names = [n for n in names if n in sampling.case_names()]
+    ops = [n for n in names if n not in sampling_names]
     try:
-        cases = get_cases(ops or None)
+        cases = get_cases(ops) if ops else ([] if names else get_cases())
     except ValueError as exc:
-        parser.error(str(exc))
+        parser.error(f"{exc}, {', '.join(sampling.case_names())}")
+    sampling_cases = sampling.get_cases(sampling_names if names else sampling.case_names())
     device = args.device or default_device()
     if device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible to torch here")
@@ -74,13 +78,13 @@ def _validate(args) -> tuple[list, str, list[str] | None, TimingSettings]:
     settings = TimingSettings.quick() if args.quick else TimingSettings()
     if args.repeats is not None:
         settings = TimingSettings(**{**settings.to_dict(), "repeats": args.repeats})
-    return cases, device, backends, settings
+    return cases, sampling_cases, device, backends, settings
 
 
 def run(args) -> int:
     from tqdm import tqdm
 
-    cases, device, backends, settings = _validate(args)
+    cases, sampling_cases, device, backends, settings = _validate(args)
     # torch.compile's C++ toolchain setup warns on every GPU-less machine with a CUDA build of
     # torch that no CUDA runtime is found; irrelevant to CPU timings, and it breaks the table.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
@@ -107,24 +111,41 @@ def run(args) -> int:
 
             results.append(run_case(case, size, mode, device, impls, settings, on_impl=show))
         bar.close()
+        sampled = []
+        for case in sampling_cases:
+            print(f"sampling {case.name} ({case.label(args.quick)}), naive then cached ...",
+                  flush=True)
+            sampled.append(sampling.run_sampling_case(case, device, quick=args.quick,
+                                                      repeats=1 if args.quick else 3))
     elapsed = time.perf_counter() - started
 
     checks = report.check_targets(results, device)
-    print()
-    print(report.format_table(results, checks))
+    if results:
+        print()
+        print(report.format_table(results, checks))
+    if sampled:
+        print()
+        print(sampling.format_sampling_table(sampled))
     settings_record = {
         "quick": args.quick, "compile": not args.no_compile, "backends": backends,
         "threads": args.threads, "timing": settings.to_dict(), "elapsed_s": round(elapsed, 2),
-        "ops": [c.name for c in cases],
+        "ops": [c.name for c in cases] + [c.name for c in sampling_cases],
     }
     os.makedirs(args.out, exist_ok=True)
     json_path = os.path.join(args.out, report.JSON_NAME)
     png_path = os.path.join(args.out, report.PNG_NAME)
-    report.write_json(report.to_json(results, machine, settings_record, checks), json_path)
-    report.write_chart(results, png_path,
-                       f"genfast bench on {device}: {machine['device_name']}, "
-                       f"{machine['torch_threads']} threads, torch {machine['torch_version']}")
-    print(f"\nWrote {json_path} and {png_path} ({elapsed:.1f} s of benchmarking).")
-    if args.check and any(c.status == "fail" for c in checks):
+    record = report.to_json(results, machine, settings_record, checks)
+    record["sampling"] = [r.to_dict() for r in sampled]
+    report.write_json(record, json_path)
+    written = json_path
+    if results:  # the chart shows the op cases; the sampling table says it all
+        report.write_chart(results, png_path,
+                           f"genfast bench on {device}: {machine['device_name']}, "
+                           f"{machine['torch_threads']} threads, torch "
+                           f"{machine['torch_version']}")
+        written += f" and {png_path}"
+    print(f"\nWrote {written} ({elapsed:.1f} s of benchmarking).")
+    failed = [c.status for c in checks] + [r.status for r in sampled]
+    if args.check and "fail" in failed:
         return 1
     return 0

@@ -25,6 +25,11 @@ def register(subparsers) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
     parser.add_argument("--backend", choices=BACKENDS, default=None,
                         help="genfast backend (default: the one the model was trained with)")
+    parser.add_argument("--method", choices=("cached", "naive"), default="cached",
+                        help="autoregressive models: evaluate each layer only where a new pixel "
+                             "changes it (cached, default) or re-run the whole network per "
+                             "pixel (naive); both draw the same images")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run, parser=parser)
 
 
@@ -44,6 +49,7 @@ def _test_images(checkpoint: dict, n: int):
 def run(args) -> int:
     import torch
 
+    from genfast.models.autoregressive import AutoregressiveModel
     from genfast.train.checkpoint import load_checkpoint, model_from_checkpoint
     from genfast.train.distributed import ProcessInfo, choose_device
     from genfast.train.grid import save_grid
@@ -63,8 +69,11 @@ def run(args) -> int:
     data = _test_images(checkpoint, args.n)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     torch.manual_seed(args.seed)  # for models that draw from the global generator
+    options = {}
+    if isinstance(model, AutoregressiveModel):
+        options = {"method": args.method, "progress": not args.no_progress}
     images = model.sample(args.n, data=None if data is None else data.to(device),
-                          generator=generator)
+                          generator=generator, **options)
     width, height = save_grid(args.out, images, model.levels, args.nrow, args.scale)
     print(f"wrote {args.out}: {len(images)} images from {checkpoint['model']}, "
           f"{width}x{height} pixels")

@@ -6,8 +6,9 @@ on the colours before c only. Then
 
     log p(x) = sum over i, j, c of log softmax(logits)[x_ijc]              (nats)
 
-and a sample is drawn one pixel and one colour at a time, re-running the network each time
-(the fast cached sampler is a later addition).
+and a sample is drawn one pixel and one colour at a time (genfast.models.sampling): by
+re-running the network each time (``method="naive"``) or by evaluating each layer only where
+the new pixel changes it (``method="cached"``, the default), with the same result.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from genfast.models.base import GenerativeModel
+from genfast.models.sampling import METHODS, NaiveStepper, PixelStepper, draw_images
 
 SUPPORTED_CHANNELS = (1, 3)
 
@@ -82,27 +84,51 @@ class AutoregressiveModel(GenerativeModel):
         """Labels to sample with when none are given (a conditional model overrides this)."""
         return None
 
-    @torch.no_grad()
-    def sample(self, n, *, labels=None, data=None, generator=None):
+    def cached_stepper(self, n: int, labels: torch.Tensor | None) -> PixelStepper:
+        """The model's cached sampler (genfast.models.sampling) for n images."""
+        raise NotImplementedError(f"genfast: {type(self).__name__} has no cached sampler")
+
+    def sample(self, n, *, conditioning=None, labels=None, data=None, generator=None,
+               method="cached", progress=False):
         """n images [n, C, H, W] (int64), drawn pixel by pixel in raster order, colour by
-        colour, from the model's conditionals."""
-        was_training = self.training
-        self.eval()
+        colour, from the model's conditionals.
+
+        Args:
+            n: number of images.
+            conditioning: class labels [n] for a conditional model (default: 0, 1, 2, ... in
+                turn); ``labels`` is the same argument under the name the other models use.
+            data: unused (the autoencoder reconstructs it; kept for one sample() signature).
+            generator: torch.Generator of the draws (the global one when None).
+            method: "cached" (each layer evaluated only where the new pixel changes it) or
+                "naive" (the whole network per pixel and colour); both draw the same integers.
+            progress: show a progress bar over the rows (on a terminal).
+        """
+        if method not in METHODS:
+            raise ValueError(f"genfast: method must be one of {METHODS}, got {method!r}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"genfast: n must be a positive int, got {n!r}")
+        if conditioning is not None and labels is not None:
+            raise ValueError("genfast: pass the class labels as conditioning or labels, not both")
+        labels = conditioning if conditioning is not None else labels
         device = next(self.parameters()).device
         if labels is None:
             labels = self.default_labels(n, device)
-        c, h, w = self.image_shape
-        images = torch.zeros(n, c, h, w, dtype=torch.int64, device=device)
-        for i in range(h):
-            for j in range(w):
-                for k in range(c):
-                    probs = self.logits(images, labels)[:, :, k, i, j].float().softmax(1)
-                    # multinomial draws on the generator's device: sample there, then move.
-                    gen_device = generator.device if generator is not None else probs.device
-                    draw = torch.multinomial(probs.to(gen_device), 1, generator=generator)
-                    images[:, k, i, j] = draw[:, 0].to(device)
-        self.train(was_training)
-        return images
+        elif self.default_labels(n, device) is None:
+            raise ValueError(f"genfast: this {type(self).__name__} is not conditional; "
+                             f"conditioning must be None")
+        was_training = self.training
+        self.eval()
+        try:
+            # inference_mode, not only no_grad: the custom ops then skip their autograd
+            # wrappers, a good part of the cost of a one-pixel call.
+            with torch.inference_mode():
+                stepper = (self.cached_stepper(n, labels) if method == "cached"
+                           else NaiveStepper(self, n, labels))
+                images = draw_images(stepper, n, self.image_shape, generator,
+                                     device, progress, f"{self.name} {method} sampling")
+            return images.clone()  # a normal tensor, usable where autograd records
+        finally:
+            self.train(was_training)
 
 
 def multiple_of(value: int | None, default: int, step: int) -> int:

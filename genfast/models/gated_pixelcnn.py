@@ -59,7 +59,7 @@ class GatedPixelCNN(AutoregressiveModel):
                                 backend=backend)]
             + [GatedPixelCNNLayer(channels, channels, kernel_size, "B", num_classes,
                                   backend=backend) for _ in range(layers - 1)])
-        self.features_to_head = nn.Conv2d(channels, head_channels, 1)
+        self.features_to_head = pointwise(channels, head_channels, 1, backend)
         self.current_pixel = (MaskedConv2d(colours, head_channels, 1, "A", colours,
                                            backend=backend) if colours > 1 else None)
         self.head_out = pointwise(head_channels, colours * self.levels, colours, backend)
@@ -86,6 +86,11 @@ class GatedPixelCNN(AutoregressiveModel):
             hidden = hidden + self.current_pixel(x)
         out = self.head_out(torch.relu(hidden))
         return split_colour_logits(out, self.image_shape[0], self.levels)
+
+    def cached_stepper(self, n, labels):
+        from genfast.models.gated_pixelcnn_sampler import GatedPixelCNNStepper
+
+        return GatedPixelCNNStepper(self, n, labels)
 
     def default_labels(self, n, device):
         """Classes 0, 1, 2, ... in turn, so a sample grid shows every class."""

@@ -11,6 +11,7 @@ from torch import nn
 
 from genfast.models.autoregressive import AutoregressiveModel
 from genfast.models.base import register
+from genfast.models.sampling import PixelStepper
 
 
 @register("independent")
@@ -27,6 +28,9 @@ class IndependentPixels(AutoregressiveModel):
     def network(self, x, labels=None):
         return self.theta.expand(x.shape[0], *self.theta.shape)
 
+    def cached_stepper(self, n, labels):
+        return _IndependentStepper(self, n)
+
     @torch.no_grad()
     def fit_counts(self, images: torch.Tensor, prior: float = 0.5) -> None:
         """Closed-form fit: theta = log((count + prior) / (N + levels * prior)), the posterior
@@ -35,3 +39,16 @@ class IndependentPixels(AutoregressiveModel):
         one_hot = torch.nn.functional.one_hot(images.long(), self.levels)  # [N, C, H, W, L]
         counts = one_hot.sum(0).movedim(-1, 0).to(self.theta)
         self.theta.copy_(torch.log((counts + prior) / (len(images) + self.levels * prior)))
+
+
+class _IndependentStepper(PixelStepper):
+    """No network to cache: each pixel's logits are its own parameters."""
+
+    def __init__(self, model: IndependentPixels, n: int):
+        self.theta, self.n = model.theta, n
+
+    def logits(self, i, j, k):
+        return self.theta[:, k, i, j].expand(self.n, -1)
+
+    def set_value(self, i, j, k, values):
+        pass

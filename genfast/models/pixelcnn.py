@@ -5,8 +5,8 @@ A 7x7 mask-A convolution (the current pixel hidden), residual blocks of
 ReLU - 1x1 (2h -> h) - ReLU - 3x3 mask B (h -> h) - ReLU - 1x1 (h -> 2h), then ReLU - 1x1 -
 ReLU - 1x1 output layers giving ``levels`` logits per pixel and colour. The 7x7 and 3x3
 layers are genfast MaskedConv2d; the 1x1 ones use mask B with the colour groups so that, for
-RGB data, colour c at a pixel only sees colours < c of that pixel (with one channel they are
-plain nn.Conv2d 1x1 convolutions: their mask would be all ones).
+RGB data, colour c at a pixel only sees colours < c of that pixel (with one channel the mask is
+all ones, a plain 1x1 convolution).
 """
 from __future__ import annotations
 
@@ -28,11 +28,11 @@ def pointwise(in_channels: int, out_channels: int, colours: int,
               backend: str | None) -> nn.Module:
     """A 1x1 convolution that keeps colour groups apart (mask B).
 
-    With one colour group the mask of a 1x1 mask-B kernel is all ones: a plain nn.Conv2d (same
-    weight, bias and state_dict keys) does the same work, without the masking machinery.
+    A genfast MaskedConv2d even with one colour group (all-ones mask; the same weight, bias and
+    state_dict keys as nn.Conv2d): its kernels sum each output in a fixed order whatever the
+    shape, so the cached sampler's one-pixel evaluations equal the full network's to the bit,
+    where nn.Conv2d's (oneDNN's) bits change with the batch and image size.
     """
-    if colours == 1:
-        return nn.Conv2d(in_channels, out_channels, 1)
     return MaskedConv2d(in_channels, out_channels, 1, "B", colours, backend=backend)
 
 
@@ -97,3 +97,8 @@ class PixelCNN(AutoregressiveModel):
     def network(self, x, labels=None):
         features = self.blocks(self.first(x))
         return split_colour_logits(self.head(features), self.image_shape[0], self.levels)
+
+    def cached_stepper(self, n, labels):
+        from genfast.models.pixelcnn_sampler import PixelCNNStepper
+
+        return PixelCNNStepper(self, n)

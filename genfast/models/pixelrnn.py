@@ -79,3 +79,8 @@ class PixelRNN(AutoregressiveModel):
     def network(self, x, labels=None):
         features = self.lstms(self.first(x))
         return split_colour_logits(self.head(features), self.image_shape[0], self.levels)
+
+    def cached_stepper(self, n, labels):
+        from genfast.models.pixelrnn_sampler import PixelRNNStepper
+
+        return PixelRNNStepper(self, n)

@@ -61,8 +61,12 @@ class GatedPixelCNNLayer(nn.Module):
         self.vertical = MaskedConv2d(in_channels, 2 * channels, k, "V", backend=backend)
         self.horizontal = MaskedConv2d(in_channels, 2 * channels, (1, k), mask_type,
                                        backend=backend)
-        self.vertical_to_horizontal = nn.Conv2d(2 * channels, 2 * channels, 1)
-        self.horizontal_out = nn.Conv2d(channels, channels, 1)
+        # 1x1 layers as MaskedConv2d with an all-ones mask (nn.Conv2d's weight and bias): genfast
+        # kernels give the same bits on one pixel as on the whole image, which cached sampling
+        # relies on.
+        self.vertical_to_horizontal = MaskedConv2d(2 * channels, 2 * channels, 1, "B",
+                                                   backend=backend)
+        self.horizontal_out = MaskedConv2d(channels, channels, 1, "B", backend=backend)
         self.conditioning = (nn.Linear(conditioning_dim, 4 * channels, bias=False)
                              if conditioning_dim else None)
 

@@ -1,7 +1,7 @@
 """The PixelCNN layer: a drop-in nn.Conv2d whose kernel only sees earlier pixels."""
 from torch import nn
 
-from genfast.ops.masked_conv import MASK_TYPES, masked_conv2d
+from genfast.ops.masked_conv import MASK_TYPES, masked_conv2d, masked_conv2d_on_windows
 
 
 class MaskedConv2d(nn.Conv2d):
@@ -45,6 +45,33 @@ class MaskedConv2d(nn.Conv2d):
     def forward(self, x, window=None):
         return masked_conv2d(x, self.weight, self.bias, self.mask_type, self.data_channels,
                              self.dilation[0], window=window, backend=self.backend)
+
+    def forward_window(self, x, row0: int, row1: int, col0: int, col1: int):
+        """Only the outputs in rows [row0, row1) and columns [col0, col1) of forward(x):
+        [B, out, row1 - row0, col1 - col0], for samplers that add a pixel or a row at a time.
+
+        The kernel reads just the part of x those outputs see, no rows below row1 since every
+        mask hides the rows below its centre, so the cost follows the window, not the image.
+        """
+        return self.window_evaluator(x)(x, row0, row1, col0, col1)
+
+    def window_evaluator(self, example):
+        """``evaluate(x, row0, row1, col0, col1)``: forward_window for inputs like ``example``,
+        with the argument checks and the backend choice done once (a sampler calls it per
+        pixel). Not differentiable: use it under torch.inference_mode() or no grad."""
+        conv = masked_conv2d_on_windows(example, self.weight, self.bias, self.mask_type,
+                                        self.data_channels, self.dilation[0],
+                                        backend=self.backend)
+        kh, kw = self.kernel_size
+        d = self.dilation[0]
+        above, left_of, right_of = (kh - 1) // 2 * d, (kw - 1) // 2 * d, kw // 2 * d
+
+        def evaluate(x, row0, row1, col0, col1):
+            top, left = max(0, row0 - above), max(0, col0 - left_of)
+            right = min(x.shape[3], col1 + right_of)
+            return conv(x[:, :, top:row1, left:right],
+                        [row0 - top, row1 - top, col0 - left, col1 - left])
+        return evaluate
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, mask_type={self.mask_type!r}, "

@@ -207,7 +207,10 @@ class _LSTMLayer(nn.Module):
 
     def _gates(self, x: torch.Tensor) -> torch.Tensor:
         """The input-to-state pre-activations [B, 4D, ...] in gate-major (i, f, o, g) order."""
-        gates = self.input_to_state(x)
+        return self._gate_major(self.input_to_state(x))
+
+    def _gate_major(self, gates: torch.Tensor) -> torch.Tensor:
+        """input_to_state's output [B, 4D, ...] reordered to gate-major (i, f, o, g)."""
         n = self.data_channels
         if n == 1:
             return gates

@@ -213,3 +213,26 @@ def masked_conv2d(x, weight, bias=None, mask_type="B", data_channels=1, dilation
         return masked_conv2d_ref(x, weight, bias, mask_type, data_channels, dilation, window)
     return _FORWARD_OPS[name](x, weight, bias, MASK_TYPES[mask_type], data_channels, dilation,
                               list(window or ()))
+
+
+def masked_conv2d_on_windows(example, weight, bias=None, mask_type="B", data_channels=1,
+                             dilation=1, *, backend=None):
+    """masked_conv2d with its checks and backend choice done once, for a sampler that calls it
+    for every pixel: returns ``conv(x, window)`` = masked_conv2d(x, weight, bias, ...,
+    window=window) for inputs x like ``example`` (same channels, dtype and device).
+
+    The kernels still check each call's shapes and window; only the Python-side work goes.
+    Call it under torch.inference_mode() (or no grad): it is not differentiable.
+    """
+    _check_args(example, weight, bias, mask_type, data_channels, dilation, None)
+    name = _backend.select("masked_conv2d", backend, example.device, example.dtype, IMPLEMENTED)
+    if name == "reference":
+        def conv(x, window):
+            return masked_conv2d_ref(x, weight, bias, mask_type, data_channels, dilation,
+                                     window or None)
+        return conv
+    op, code = _FORWARD_OPS[name].default, MASK_TYPES[mask_type]
+
+    def conv(x, window):
+        return op(x, weight, bias, code, data_channels, dilation, window)
+    return conv
