@@ -10,9 +10,7 @@ and the residual stream need nothing beyond the pixel.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from genfast.models.autoregressive import split_colour_logits
 from genfast.models.sampling import CachedStepper
 
 
@@ -24,8 +22,7 @@ class PixelCNNStepper(CachedStepper):
         self.blocks = [(self.at_pixel(block.reduce), block.masked.window_evaluator(cached),
                         self.at_pixel(block.expand))
                        for block, cached in zip(model.blocks, self.block_inputs)]
-        self.head = [self.at_pixel(layer) for layer in model.head if not isinstance(layer,
-                                                                                    nn.ReLU)]
+        self.head = self.output_head(model.head)
 
     def logits(self, i, j, k):
         x = self.first(self.image, i, i + 1, j, j + 1)  # [n, 2h, 1, 1]
@@ -33,7 +30,4 @@ class PixelCNNStepper(CachedStepper):
             # The same layers as ResidualBlock.forward, on one pixel.
             cached[:, :, i:i + 1, j:j + 1] = torch.relu(reduce(torch.relu(x)))
             x = x + expand(torch.relu(masked(cached, i, i + 1, j, j + 1)))
-        for layer in self.head:  # OutputHead: ReLU - 1x1 - ReLU - 1x1
-            x = layer(torch.relu(x))
-        m = self.model
-        return split_colour_logits(x, m.image_shape[0], m.levels)[:, :, k, 0, 0]
+        return self.head(x, k)

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from genfast.models.autoregressive import split_colour_logits
 from genfast.models.sampling import CachedStepper
 from genfast.nn import RowLSTM
 from genfast.ops.lstm_row import cell_dtype, lstm_rows
@@ -56,8 +54,7 @@ class PixelRNNStepper(CachedStepper):
         self.inputs = [self.cache(res.lstm.in_channels) for res in model.lstms]
         self.first = model.first.window_evaluator(self.image)
         self.outs = [self.at_pixel(res.out) for res in model.lstms]
-        self.head = [self.at_pixel(layer) for layer in model.head if not isinstance(layer,
-                                                                                    nn.ReLU)]
+        self.head = self.output_head(model.head)
         self.row = isinstance(model.lstms[0].lstm, RowLSTM)
         if self.row:
             self.states = [_States(self, res.lstm) for res in model.lstms]
@@ -130,7 +127,6 @@ class PixelRNNStepper(CachedStepper):
 
     # -- the network at one pixel -----------------------------------------------------------
     def logits(self, i, j, k):
-        m = self.model
         x = self.first(self.image, i, i + 1, j, j + 1)
         for index, out in enumerate(self.outs):
             inputs = self.inputs[index]
@@ -145,6 +141,4 @@ class PixelRNNStepper(CachedStepper):
                          else torch.zeros_like(h))
                 h = h + above
             x = x + out(h)
-        for layer in self.head:  # OutputHead: ReLU - 1x1 - ReLU - 1x1
-            x = layer(torch.relu(x))
-        return split_colour_logits(x, m.image_shape[0], m.levels)[:, :, k, 0, 0]
+        return self.head(x, k)

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+from torch import nn
 
 from genfast.ops.masked_conv import masked_conv2d_on_windows
 
@@ -113,6 +114,19 @@ class CachedStepper(PixelStepper):
                                         layer.data_channels, layer.dilation[0],
                                         backend=layer.backend)
         return lambda x: conv(x, [])  # no window: the whole (one-pixel) input
+
+    def output_head(self, head) -> Callable[[torch.Tensor, int], torch.Tensor]:
+        """PixelCNN's OutputHead (ReLU - 1x1 - ReLU - 1x1) as ``logits(x, k)``: the pixel's
+        features [n, C_in, 1, 1] -> colour k's logits [n, levels]."""
+        layers = [self.at_pixel(layer) for layer in head if not isinstance(layer, nn.ReLU)]
+        colours, levels = self.model.image_shape[0], self.model.levels
+
+        def logits(x, k):
+            for layer in layers:
+                x = layer(torch.relu(x))
+            # The output channels are colour-major (see split_colour_logits).
+            return x.view(len(x), colours, levels)[:, k]
+        return logits
 
     def set_value(self, i, j, k, values):
         # AutoregressiveModel.scaled's elementwise maths, value by value.
