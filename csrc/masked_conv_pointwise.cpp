@@ -152,38 +152,66 @@ bool pointwise_forward_applies(const at::Tensor& x, const Geometry& g) {
          g.out_h() * g.out_w() >= (f32 ? kLanes<float> : kLanes<double>);
 }
 
+namespace {
+
+// The masked weight as a [Cout][Cin] matrix (the weight itself when the mask hides nothing and
+// it is laid out so) and the bias as a vector, in per-thread scratch; valid until the next call.
+template <typename scalar_t>
+std::pair<const scalar_t*, const scalar_t*> matrix_and_bias(
+    const at::Tensor& weight, const std::optional<at::Tensor>& bias, const Geometry& g) {
+  const int64_t cin = g.in_channels, cout = g.out_channels;
+  const scalar_t* wp = weight.const_data_ptr<scalar_t>();
+  const int64_t w_co = weight.stride(0), w_ci = weight.stride(1);
+  const std::vector<int64_t> centre = centre_inputs(g);
+  const bool unmasked =
+      std::all_of(centre.begin(), centre.end(), [cin](int64_t n) { return n == cin; });
+  thread_local std::vector<scalar_t> a, b;
+  const scalar_t* matrix = wp;
+  if (!unmasked || w_ci != 1 || w_co != cin) {
+    a.assign(cout * cin, scalar_t(0));
+    for (int64_t co = 0; co < cout; ++co)
+      for (int64_t ci = 0; ci < centre[co]; ++ci) a[co * cin + ci] = wp[co * w_co + ci * w_ci];
+    matrix = a.data();
+  }
+  b.assign(cout, scalar_t(0));
+  if (bias.has_value()) {
+    const at::Tensor bc = bias->to(weight.scalar_type());
+    const scalar_t* bp = bc.const_data_ptr<scalar_t>();
+    for (int64_t co = 0; co < cout; ++co) b[co] = bp[co * bc.stride(0)];
+  }
+  return {matrix, b.data()};
+}
+
+}  // namespace
+
 at::Tensor pointwise_forward(const at::Tensor& x, const at::Tensor& weight,
                              const std::optional<at::Tensor>& bias, const Geometry& g) {
   TORCH_INTERNAL_ASSERT(pointwise_forward_applies(x, g));
   at::Tensor y = at::empty({g.batch, g.out_channels, g.out_h(), g.out_w()}, x.options());
   if (y.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "masked_conv2d_1x1", [&] {
-    const int64_t cin = g.in_channels, cout = g.out_channels;
-    // The masked weight [Cout][Cin] (the weight itself when the mask hides nothing and it is
-    // laid out so) and the bias.
-    const scalar_t* wp = weight.const_data_ptr<scalar_t>();
-    const int64_t w_co = weight.stride(0), w_ci = weight.stride(1);
-    const std::vector<int64_t> centre = centre_inputs(g);
-    const bool unmasked = std::all_of(centre.begin(), centre.end(),
-                                      [cin](int64_t n) { return n == cin; });
-    thread_local std::vector<scalar_t> a, b;
-    const scalar_t* matrix = wp;
-    if (!unmasked || w_ci != 1 || w_co != cin) {
-      a.assign(cout * cin, scalar_t(0));
-      for (int64_t co = 0; co < cout; ++co)
-        for (int64_t ci = 0; ci < centre[co]; ++ci) a[co * cin + ci] = wp[co * w_co + ci * w_ci];
-      matrix = a.data();
-    }
-    b.assign(cout, scalar_t(0));
-    if (bias.has_value()) {
-      const at::Tensor bc = bias->to(x.scalar_type());
-      const scalar_t* bp = bc.const_data_ptr<scalar_t>();
-      for (int64_t co = 0; co < cout; ++co) b[co] = bp[co * bc.stride(0)];
-    }
+    const auto [matrix, b] = matrix_and_bias<scalar_t>(weight, bias, g);
     if (one_pixel(g))
-      forward_one_pixel<scalar_t>(matrix, g, b.data(), x, y);
+      forward_one_pixel<scalar_t>(matrix, g, b, x, y);
     else
-      forward_in_place<scalar_t>(matrix, g, b.data(), x, y);
+      forward_in_place<scalar_t>(matrix, g, b, x, y);
+  });
+  return y;
+}
+
+at::Tensor pointwise_pixel_rows(const at::Tensor& x, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias, const Geometry& g,
+                                int64_t row0, int64_t rows) {
+  TORCH_CHECK(one_pixel(g) && pointwise_forward_applies(x, g) && 0 <= row0 && rows > 0 &&
+                  row0 + rows <= g.out_channels,
+              "genfast: pointwise_pixel_rows needs one float32/float64 pixel per image and "
+              "output rows inside the weight");
+  at::Tensor y = at::empty({g.batch, rows, 1, 1}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "masked_conv2d_1x1_rows", [&] {
+    const auto [matrix, b] = matrix_and_bias<scalar_t>(weight, bias, g);
+    Geometry part = g;  // forward_one_pixel reads only the sizes: rows instead of every output
+    part.out_channels = rows;
+    forward_one_pixel<scalar_t>(matrix + row0 * g.in_channels, part, b + row0, x, y);
   });
   return y;
 }

@@ -27,6 +27,13 @@ bool pointwise_forward_applies(const at::Tensor& x, const Geometry& g);
 at::Tensor pointwise_forward(const at::Tensor& x, const at::Tensor& weight,
                              const std::optional<at::Tensor>& bias, const Geometry& g);
 
+// Output channels [row0, row0 + rows) only of pointwise_forward, for one pixel per image:
+// [B, rows, 1, 1], each value with the bits pointwise_forward gives it (a sampler's output layer
+// computing one colour's logits).
+at::Tensor pointwise_pixel_rows(const at::Tensor& x, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias, const Geometry& g,
+                                int64_t row0, int64_t rows);
+
 // (dL/dx, dL/dweight), each empty when output_mask does not ask for it.
 std::tuple<at::Tensor, at::Tensor> pointwise_backward(const at::Tensor& grad_y,
                                                       const at::Tensor& x,

@@ -51,6 +51,16 @@ TORCH_LIBRARY(genfast, m) {
       "lstm_rows_backward(Tensor grad_h, Tensor grad_c, Tensor weight, Tensor h, Tensor c, "
       "Tensor gates, Tensor h0, Tensor c0, int pad_left) -> (Tensor grad_gates_in, "
       "Tensor grad_weight, Tensor grad_bias, Tensor grad_h0, Tensor grad_c0)");
+
+  // Categorical draws of the autoregressive samplers, by inverse CDF: for each row of logits
+  // [n, levels] the first level whose cumulative softmax probability exceeds uniform[row]
+  // (float64 [n], in [0, 1)). Returns int64 [n].
+  m.def("categorical_draw(Tensor logits, Tensor uniform) -> Tensor");
+  // The same draw fused with the output layer: a 1 x 1 mask-B convolution (data_channels
+  // colour groups) of x [n, Cin, 1, 1], only the output block of colour `colour`, then the draw.
+  m.def(
+      "pointwise_categorical_draw(Tensor x, Tensor weight, Tensor? bias, int data_channels, "
+      "int colour, Tensor uniform) -> Tensor");
 }
 
 extern "C" PyObject* PyInit__C(void) {

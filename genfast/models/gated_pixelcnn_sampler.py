@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 
-from genfast.models.autoregressive import split_colour_logits
 from genfast.models.sampling import CachedStepper
 from genfast.ops.gated import gated_activation
 
@@ -33,7 +32,7 @@ class GatedPixelCNNStepper(CachedStepper):
                            for layer, h_in in zip(layers, self.h_inputs)]
         self.horizontal_out = [self.at_pixel(layer.horizontal_out) for layer in layers]
         self.features_to_head = self.at_pixel(model.features_to_head)
-        self.head_out = self.at_pixel(model.head_out)
+        self.head_logits, self.head_draw = self.output_layer(model.head_out)
         self.current_pixel = (self.at_pixel(model.current_pixel)
                               if model.current_pixel is not None else None)
 
@@ -53,6 +52,14 @@ class GatedPixelCNNStepper(CachedStepper):
                                                                        backend=layer.backend)
 
     def logits(self, i, j, k):
+        return self.head_logits(self.hidden(i, j), k)
+
+    def draw(self, i, j, k, uniform):
+        return self.head_draw(self.hidden(i, j), k, uniform)
+
+    def hidden(self, i, j):
+        """What the output layer reads at pixel (i, j): [n, head_channels, 1, 1], after its
+        ReLU."""
         m = self.model
         for index, layer in enumerate(m.layers):
             h_in = self.h_inputs[index]
@@ -69,5 +76,4 @@ class GatedPixelCNNStepper(CachedStepper):
         hidden = self.features_to_head(torch.relu(h))
         if self.current_pixel is not None:
             hidden = hidden + self.current_pixel(self.image[:, :, i:i + 1, j:j + 1])
-        out = self.head_out(torch.relu(hidden))
-        return split_colour_logits(out, m.image_shape[0], m.levels)[:, :, k, 0, 0]
+        return torch.relu(hidden)

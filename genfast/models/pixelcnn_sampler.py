@@ -22,12 +22,19 @@ class PixelCNNStepper(CachedStepper):
         self.blocks = [(self.at_pixel(block.reduce), block.masked.window_evaluator(cached),
                         self.at_pixel(block.expand))
                        for block, cached in zip(model.blocks, self.block_inputs)]
-        self.head = self.output_head(model.head)
+        self.head_logits, self.head_draw = self.output_head(model.head)
 
     def logits(self, i, j, k):
+        return self.head_logits(self.features(i, j), k)
+
+    def draw(self, i, j, k, uniform):
+        return self.head_draw(self.features(i, j), k, uniform)
+
+    def features(self, i, j):
+        """The residual stream at pixel (i, j) after the last block: [n, 2h, 1, 1]."""
         x = self.first(self.image, i, i + 1, j, j + 1)  # [n, 2h, 1, 1]
         for (reduce, masked, expand), cached in zip(self.blocks, self.block_inputs):
             # The same layers as ResidualBlock.forward, on one pixel.
             cached[:, :, i:i + 1, j:j + 1] = torch.relu(reduce(torch.relu(x)))
             x = x + expand(torch.relu(masked(cached, i, i + 1, j, j + 1)))
-        return self.head(x, k)
+        return x

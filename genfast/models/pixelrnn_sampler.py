@@ -54,7 +54,7 @@ class PixelRNNStepper(CachedStepper):
         self.inputs = [self.cache(res.lstm.in_channels) for res in model.lstms]
         self.first = model.first.window_evaluator(self.image)
         self.outs = [self.at_pixel(res.out) for res in model.lstms]
-        self.head = self.output_head(model.head)
+        self.head_logits, self.head_draw = self.output_head(model.head)
         self.row = isinstance(model.lstms[0].lstm, RowLSTM)
         if self.row:
             self.states = [_States(self, res.lstm) for res in model.lstms]
@@ -127,6 +127,13 @@ class PixelRNNStepper(CachedStepper):
 
     # -- the network at one pixel -----------------------------------------------------------
     def logits(self, i, j, k):
+        return self.head_logits(self.features(i, j), k)
+
+    def draw(self, i, j, k, uniform):
+        return self.head_draw(self.features(i, j), k, uniform)
+
+    def features(self, i, j):
+        """The residual stream at pixel (i, j) after the last LSTM layer: [n, 2h, 1, 1]."""
         x = self.first(self.image, i, i + 1, j, j + 1)
         for index, out in enumerate(self.outs):
             inputs = self.inputs[index]
@@ -141,4 +148,4 @@ class PixelRNNStepper(CachedStepper):
                          else torch.zeros_like(h))
                 h = h + above
             x = x + out(h)
-        return self.head(x, k)
+        return x

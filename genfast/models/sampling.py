@@ -22,7 +22,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from genfast.ops.masked_conv import masked_conv2d_on_windows
+from genfast import _backend
+from genfast.ops import masked_conv, sample_draw
 
 METHODS = ("cached", "naive")
 
@@ -37,25 +38,18 @@ def uniform_noise(shape, generator: torch.Generator | None, device) -> torch.Ten
 
 def draw_categorical(logits: torch.Tensor, generator: torch.Generator | None = None,
                      uniform: torch.Tensor | None = None) -> torch.Tensor:
-    """One draw per row of ``logits`` [n, levels] from softmax(logits): int64 [n].
-
-    Inverse CDF: the first level whose cumulative probability exceeds u ~ U(0, 1), one uniform
-    per draw (``uniform`` [n], drawn beforehand with :func:`uniform_noise`, or drawn from
-    ``generator`` here). One number per draw, not one per level as Gumbel-max needs: with 256
-    levels the noise would cost more than the cached network itself. The sums run in float64,
-    so their rounding is negligible next to the logits' own.
-    """
+    """One draw per row of ``logits`` [n, levels] from softmax(logits): int64 [n], by inverse
+    CDF (genfast.ops.sample_draw) with ``uniform`` [n] drawn beforehand (:func:`uniform_noise`)
+    or drawn from ``generator`` here."""
     if uniform is None:
         uniform = uniform_noise(logits.shape[0], generator, logits.device)
-    cdf = torch.softmax(logits, dim=1, dtype=torch.float64).cumsum_(1)
-    values = torch.searchsorted(cdf, (uniform * cdf[:, -1]).unsqueeze_(1), right=True)
-    return values.squeeze_(1).clamp_(max=logits.shape[1] - 1)
+    return sample_draw.categorical_draw(logits, uniform)
 
 
 class PixelStepper:
     """The logits of one pixel at a time, in raster order. Subclasses keep whatever caches
     they need; :func:`draw_images` calls, for each row i, ``start_row(i)`` once, then for each
-    pixel j and colour k ``logits(i, j, k)`` and ``set_value(i, j, k, values)``.
+    pixel j and colour k ``draw(i, j, k, uniform)`` and ``set_value(i, j, k, values)``.
     """
 
     def start_row(self, i: int) -> None:
@@ -64,6 +58,11 @@ class PixelStepper:
     def logits(self, i: int, j: int, k: int) -> torch.Tensor:
         """[n, levels] logits of colour k at pixel (i, j), given every earlier value."""
         raise NotImplementedError
+
+    def draw(self, i: int, j: int, k: int, uniform: torch.Tensor) -> torch.Tensor:
+        """Colour k of pixel (i, j) drawn with ``uniform`` [n]: int64 [n]. A stepper may fuse
+        the draw with its output layer; the result must equal this one."""
+        return draw_categorical(self.logits(i, j, k), uniform=uniform)
 
     def set_value(self, i: int, j: int, k: int, values: torch.Tensor) -> None:
         """Colour k of pixel (i, j) is now ``values`` (int64 [n])."""
@@ -110,23 +109,49 @@ class CachedStepper(PixelStepper):
         """A 1x1 genfast MaskedConv2d as a prepared call on one pixel's [n, C, 1, 1]."""
         example = torch.empty(self.n, layer.in_channels, 1, 1, device=self.device,
                               dtype=self.dtype)
-        conv = masked_conv2d_on_windows(example, layer.weight, layer.bias, layer.mask_type,
-                                        layer.data_channels, layer.dilation[0],
-                                        backend=layer.backend)
+        conv = masked_conv.masked_conv2d_on_windows(
+            example, layer.weight, layer.bias, layer.mask_type, layer.data_channels,
+            layer.dilation[0], backend=layer.backend)
         return lambda x: conv(x, [])  # no window: the whole (one-pixel) input
 
-    def output_head(self, head) -> Callable[[torch.Tensor, int], torch.Tensor]:
-        """PixelCNN's OutputHead (ReLU - 1x1 - ReLU - 1x1) as ``logits(x, k)``: the pixel's
-        features [n, C_in, 1, 1] -> colour k's logits [n, levels]."""
-        layers = [self.at_pixel(layer) for layer in head if not isinstance(layer, nn.ReLU)]
+    def output_layer(self, layer) -> tuple[Callable, Callable]:
+        """A sampler's last 1x1 MaskedConv2d (C * levels outputs, colour-major) as
+        ``logits(x, k)`` -> colour k's logits [n, levels] and ``draw(x, k, uniform)`` -> int64
+        [n], for x [n, C_in, 1, 1] (after its ReLU). ``draw`` is one call of
+        genfast::pointwise_categorical_draw (colour k's outputs only, then the draw) when the
+        layer runs on the cpu backend, whose bits that op reproduces."""
         colours, levels = self.model.image_shape[0], self.model.levels
+        at_pixel = self.at_pixel(layer)
 
         def logits(x, k):
-            for layer in layers:
-                x = layer(torch.relu(x))
             # The output channels are colour-major (see split_colour_logits).
-            return x.view(len(x), colours, levels)[:, k]
-        return logits
+            return at_pixel(x).view(len(x), colours, levels)[:, k]
+
+        backend = _backend.select("masked_conv2d", layer.backend, self.device, self.dtype,
+                                  masked_conv.IMPLEMENTED)
+        if (backend != "cpu" or layer.mask_type != "B" or layer.data_channels != colours
+                or not sample_draw.has_cpu_kernels(self.device, self.dtype)):
+            return logits, lambda x, k, uniform: draw_categorical(logits(x, k), uniform=uniform)
+
+        def draw(x, k, uniform):
+            return sample_draw.pointwise_categorical_draw(x, layer.weight, layer.bias, colours,
+                                                          k, uniform)
+        return logits, draw
+
+    def output_head(self, head) -> tuple[Callable, Callable]:
+        """PixelCNN's OutputHead (ReLU - 1x1 - ReLU - 1x1) as ``logits(x, k)`` and
+        ``draw(x, k, uniform)`` (see :meth:`output_layer`) of the pixel's features x
+        [n, C_in, 1, 1]."""
+        convs = [layer for layer in head if not isinstance(layer, nn.ReLU)]
+        hidden = self.at_pixel(convs[0])
+        last_logits, last_draw = self.output_layer(convs[1])
+
+        def logits(x, k):
+            return last_logits(torch.relu(hidden(torch.relu(x))), k)
+
+        def draw(x, k, uniform):
+            return last_draw(torch.relu(hidden(torch.relu(x))), k, uniform)
+        return logits, draw
 
     def set_value(self, i, j, k, values):
         # AutoregressiveModel.scaled's elementwise maths, value by value.
@@ -153,7 +178,7 @@ def draw_images(stepper: PixelStepper, n: int, image_shape: tuple[int, int, int]
         stepper.start_row(i)
         for j in range(w):
             for k in range(c):
-                values = draw_categorical(stepper.logits(i, j, k), uniform=uniform[j, k])
+                values = stepper.draw(i, j, k, uniform[j, k])
                 images[:, k, i, j] = values
                 stepper.set_value(i, j, k, values)
     return images

@@ -15,3 +15,4 @@ from genfast.ops.lstm_row import (  # noqa: F401
     lstm_rows,
     lstm_rows_ref,
 )
+from genfast.ops.sample_draw import categorical_draw, categorical_draw_ref  # noqa: F401
