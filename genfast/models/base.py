@@ -77,7 +77,9 @@ class GenerativeModel(nn.Module):
                data: torch.Tensor | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` images [n, C, H, W], integers in [0, levels). Models that reconstruct
-        (the autoencoder) encode and decode ``data`` instead."""
+        (the autoencoder) encode and decode ``data`` instead. The autoregressive models also
+        take ``method`` ("cached" or "naive"), ``conditioning`` (their name for labels) and
+        ``progress`` (see AutoregressiveModel.sample)."""
         raise NotImplementedError
 
 
