@@ -222,7 +222,8 @@ def masked_conv2d_on_windows(example, weight, bias=None, mask_type="B", data_cha
     window=window) for inputs x like ``example`` (same channels, dtype and device).
 
     The kernels still check each call's shapes and window; only the Python-side work goes.
-    Call it under torch.inference_mode() (or no grad): it is not differentiable.
+    Autograd works as for masked_conv2d; under torch.inference_mode() the op skips its
+    autograd wrapper, which costs about as much as a one-pixel kernel call.
     """
     _check_args(example, weight, bias, mask_type, data_channels, dilation, None)
     name = _backend.select("masked_conv2d", backend, example.device, example.dtype, IMPLEMENTED)
