@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import genfast
 from genfast.cli import main
 from genfast.train.checkpoint import load_checkpoint, model_from_checkpoint
 from genfast.train.grid import image_grid
@@ -126,6 +127,8 @@ def test_sample_writes_a_grid_of_the_right_size(tmp_path, capsys):
     assert values <= {round(v * 255 / 16) for v in range(17)}
 
 
+@pytest.mark.skipif(not genfast.backends()["cpu"].available,
+                    reason="cached and naive samples agree to the bit on the cpu backend only")
 def test_sample_draws_the_same_grid_cached_and_naive(tmp_path):
     from PIL import Image
 
