@@ -8,17 +8,14 @@ import pytest
 import torch
 
 from genfast.benchmark import default_device
-from genfast.benchmark.sampling import CASES
-from genfast.models import build_model
+from genfast.benchmark.sampling import CASES, case_model
 
 
 @pytest.mark.parametrize("method", ["naive", "cached"])
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_sampling(benchmark, case, method):
     device = default_device()
-    torch.manual_seed(0)
-    model = build_model(case.model, image_shape=case.shape(quick=True), levels=case.levels,
-                        **case.hparams).to(device).eval()
+    model = case_model(case, device, quick=True)
 
     def run():
         images = model.sample(case.batch, method=method,

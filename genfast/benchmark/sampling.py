@@ -115,13 +115,18 @@ def _timed_sample(model, case: SamplingCase, method: str, device: str):
     return time.perf_counter() - start, images
 
 
-def run_sampling_case(case: SamplingCase, device: str, quick: bool = False,
-                      repeats: int = 3) -> SamplingResult:
+def case_model(case: SamplingCase, device: str, quick: bool = False):
+    """The case's model with its seeded random initial weights, on ``device``, in eval mode."""
     from genfast.models import build_model
 
     torch.manual_seed(0)
-    model = build_model(case.model, image_shape=case.shape(quick), levels=case.levels,
-                        **case.hparams).to(device).eval()
+    return build_model(case.model, image_shape=case.shape(quick), levels=case.levels,
+                       **case.hparams).to(device).eval()
+
+
+def run_sampling_case(case: SamplingCase, device: str, quick: bool = False,
+                      repeats: int = 3) -> SamplingResult:
+    model = case_model(case, device, quick)
     naive_s, naive = _timed_sample(model, case, "naive", device)
     _, cached = _timed_sample(model, case, "cached", device)  # warm-up, and the comparison
     times = [_timed_sample(model, case, "cached", device)[0] for _ in range(max(1, repeats))]

@@ -28,6 +28,8 @@ class GatedPixelCNNStepper(CachedStepper):
         self.h_inputs = [self.image] + [self.cache(layer.channels) for layer in layers[:-1]]
         # vertical_to_horizontal(shift_down(v_pre)) of the current row, per layer.
         self.from_above = [None] * len(layers)
+        self.vertical = [layer.vertical.window_evaluator(v_in)
+                         for layer, v_in in zip(layers, self.v_inputs)]
         self.horizontal = [layer.horizontal.window_evaluator(h_in)
                            for layer, h_in in zip(layers, self.h_inputs)]
         self.horizontal_out = [self.at_pixel(layer.horizontal_out) for layer in layers]
@@ -41,8 +43,7 @@ class GatedPixelCNNStepper(CachedStepper):
             if i == 0:  # shift_down puts zeros above row 0
                 above = self.image.new_zeros(self.n, 2 * layer.channels, 1, self.width)
             else:
-                above = layer.vertical.forward_window(self.v_inputs[index], i - 1, i, 0,
-                                                      self.width)
+                above = self.vertical[index](self.v_inputs[index], i - 1, i, 0, self.width)
             self.from_above[index] = layer.vertical_to_horizontal(above)
             if i == 0 or index + 1 == len(self.model.layers):
                 continue
