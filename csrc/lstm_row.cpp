@@ -43,6 +43,7 @@
 #include <vector>
 
 #include "cpu/conv_tile.h"
+#include "cpu/scratch.h"
 #include "cpu/lstm_cell.h"
 #include "cpu/simd_math.h"
 #include "cpu/strided_copy.h"
@@ -132,17 +133,13 @@ void gather(const acc_t* a, int64_t rows, int64_t a_stride, int64_t kdim, const 
   }
 }
 
-// Work buffers are kept per thread and reused: a training loop calls with the same shapes again
-// and again, and fresh pages would cost a page fault each. Returns n elements, zeroed if asked.
+// Work buffers are kept per thread and reused (cpu/scratch.h). Returns n elements, zeroed if asked.
 enum Slot { kSlot0, kSlot1, kSlot2, kSlot3, kSlot4, kSlots };
+struct LstmRowsScratch;
 
 template <typename T>
 T* scratch(Slot slot, int64_t n, bool zero = true) {
-  thread_local std::vector<T> buffers[kSlots];
-  std::vector<T>& buffer = buffers[slot];
-  if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(n);
-  if (zero) std::fill_n(buffer.data(), n, T(0));
-  return buffer.data();
+  return cpu::thread_scratch<LstmRowsScratch, kSlots, T>(slot, n, zero);
 }
 
 // ----------------------------------------------------------------------------- forward
@@ -155,7 +152,7 @@ struct ForwardArgs {
   // h's dtype: for float16/bfloat16, h is rounded to it before the next row reads it, so the
   // recurrence reads exactly the h it returns (row-by-row stepping gives the same result).
   at::ScalarType h_type;
-  std::vector<acc_t> weight;  // [4D][k][D]: the taps' weights, input channels contiguous
+  cpu::AlignedVector<acc_t> weight;  // [4D][k][D]: the taps' weights, input channels contiguous
   std::vector<Segment> segs;
   // [4D][L] and a vector more: bias[n] along a row, the cell maths' bias runs (a flat run's
   // too, R being 1 there), readable a vector past any run's start.
@@ -345,7 +342,7 @@ struct BackwardArgs {
   acc_t grad_h_value, grad_c_value;
   acc_t *grad_gates_in, *grad_h0, *grad_c0;
   acc_t* grad_bias_parts;  // [B][4D]: dL/dbias of each batch element
-  std::vector<acc_t> weight;  // [D][k][4D]: tap k - 1 - s of the weight, transposed, at s
+  cpu::AlignedVector<acc_t> weight;  // [D][k][4D]: tap k - 1 - s of the weight, transposed, at s
   std::vector<Segment> segs;
 };
 
@@ -599,7 +596,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_rows_backward_cpu(
                             gh0.mutable_data_ptr<acc_t>(),
                             gc0.mutable_data_ptr<acc_t>(),
                             nullptr,
-                            std::vector<acc_t>(D * k * G, acc_t(0)),
+                            cpu::AlignedVector<acc_t>(D * k * G, acc_t(0)),
                             {}};
       std::vector<acc_t> bias_parts(s.batch * G);
       p.grad_bias_parts = bias_parts.data();
