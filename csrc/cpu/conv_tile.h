@@ -53,10 +53,6 @@ GENFAST_SIMD_INLINE void conv_tile_body(const T* __restrict A, const T* __restri
     const T* b = B + segs[s].b;
     for (int64_t k = 0; k < t.k; ++k) {
       vec w[V];
-      if constexpr (!kUnitK) {
-        for (int v = 0; v < V; ++v) __builtin_prefetch(b + (k + 6) * t.bs + v * L);
-        __builtin_prefetch(a + (k + 6) * t.ks);
-      }
       for (int v = 0; v < V; ++v) std::memcpy(&w[v], b + k * t.bs + v * L, sizeof(vec));
       for (int r = 0; r < R; ++r) {
         // s - 0 is s for every s (-0 included), so this folds to a plain broadcast load;
