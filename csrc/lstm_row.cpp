@@ -283,8 +283,12 @@ int64_t chunk_count(const Shape& s) {
   const int64_t per_image = 11 * s.hidden * s.length * static_cast<int64_t>(sizeof(float));
   const int64_t by_cache = (s.batch * per_image + kChunkBytes - 1) / kChunkBytes;
   const int64_t macs = s.batch * s.rows * s.length * s.gates * s.hidden * s.taps;
-  const int64_t threads = std::min<int64_t>(at::get_num_threads(), macs / kParallelMacs);
-  return std::max<int64_t>(1, std::min<int64_t>(s.batch, std::max(by_cache, threads)));
+  const int64_t threads = std::max<int64_t>(
+      1, std::min<int64_t>(at::get_num_threads(), macs / kParallelMacs));
+  // A whole number of chunks per thread: a thread with one chunk more would finish last (16
+  // images in 5 chunks on 2 threads ran 25% slower than in 6).
+  const int64_t count = (std::max(by_cache, threads) + threads - 1) / threads * threads;
+  return std::max<int64_t>(1, std::min<int64_t>(s.batch, count));
 }
 
 // w [4D][D][k] as [4D][k][D], for the gather. A one-row call spends a fair part of its time here:

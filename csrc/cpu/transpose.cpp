@@ -38,15 +38,21 @@ GENFAST_SIMD_INLINE void transpose_8x8(const float* src, int64_t src_stride, flo
 GENFAST_TARGET_CLONES
 void transpose(const float* src, int64_t src_stride, float* dst, int64_t dst_stride,
                int64_t rows, int64_t cols) {
-  const int64_t rows8 = rows / 8 * 8, cols8 = cols / 8 * 8;
-  for (int64_t r = 0; r < rows8; r += 8) {
-    for (int64_t c = 0; c < cols8; c += 8)
-      transpose_8x8(src + r * src_stride + c, src_stride, dst + c * dst_stride + r, dst_stride);
-    for (int64_t c = cols8; c < cols; ++c)
-      for (int64_t k = r; k < r + 8; ++k) dst[c * dst_stride + k] = src[k * src_stride + c];
+  if (rows < 8 || cols < 8) {
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) dst[c * dst_stride + r] = src[r * src_stride + c];
+    return;
   }
-  for (int64_t r = rows8; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) dst[c * dst_stride + r] = src[r * src_stride + c];
+  // Ragged edges take one more 8x8 block flush with the end, overlapping the one before it: a
+  // copy may write a value twice, and a scalar loop over the edges cost as much as all the
+  // blocks (its stores go one per cache line).
+  for (int64_t r0 = 0; r0 < rows; r0 += 8) {
+    const int64_t r = std::min(r0, rows - 8);
+    for (int64_t c0 = 0; c0 < cols; c0 += 8) {
+      const int64_t c = std::min(c0, cols - 8);
+      transpose_8x8(src + r * src_stride + c, src_stride, dst + c * dst_stride + r, dst_stride);
+    }
+  }
 }
 
 }  // namespace genfast::cpu
