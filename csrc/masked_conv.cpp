@@ -327,16 +327,39 @@ constexpr int64_t kGradWeightVectors = 4;
 
 // grad-weight sums over every output pixel. The pixels are cut into this many fixed parts, each
 // summed into its own copy of the result, the copies added in order at the end: with two threads
-// each then reads only the half of P and Q it packed itself (14% faster for 3x3 mask B), and
-// since the cut does not depend on the thread count, neither does the result.
+// each then reads only the half of the input and Q written last by its own core (14% faster for
+// 3x3 mask B), and since the cut does not depend on the thread count, neither does the result.
 constexpr int64_t kGradWeightParts = 2;
 
-// dL/dweight: for each visible tap, sum over output pixels of P(pixel + tap) (x) grad_y(pixel).
-// Tasks are (part, tap, input-channel tile, output-channel block); each thread keeps its tasks
-// and walks its parts' rows in chunks, so a chunk of P and Q stays in cache across its tasks.
+// Where grad-weight reads the input: image pixel (b, row, col), channel ci is at
+// data + b * sb + (row - row0) * sh + (col - col0) * sw + ci * sc. Either x itself, when it is in
+// the compute dtype with unit stride along channels or along width (channels_last or NCHW: no
+// copy), or the packed P, whose border it then never reads.
+template <typename acc_t>
+struct InputView {
+  const acc_t* data;
+  int64_t sb, sc, sh, sw, row0, col0;
+};
+
+template <typename acc_t>
+InputView<acc_t> packed_view(const acc_t* p, const Geometry& g, const Layout& l) {
+  const int64_t cin = g.in_channels;
+  return {p, l.ph * l.pw * cin, 1, l.pw * cin, cin, l.image_row(g, 0), l.image_col(g, 0)};
+}
+
+template <typename acc_t>
+bool readable_in_place(const Tensor& x) {
+  return x.scalar_type() == at::CppTypeToScalarType<acc_t>::value &&
+         (x.stride(1) == 1 || x.stride(3) == 1);
+}
+
+// dL/dweight: for each visible tap, sum over output pixels of x(pixel + tap) (x) grad_y(pixel),
+// over the pixels whose tap falls inside the image (the others read zeros). Tasks are (part,
+// tap, input-channel tile, output-channel block); each thread keeps its tasks and walks its
+// parts' rows in chunks, so a chunk of the input and Q stays in cache across its tasks.
 template <typename scalar_t, typename acc_t>
-Tensor grad_weight(const acc_t* p, const acc_t* q,
-                   const Tensor& weight, const Geometry& g, const Layout& l) {
+Tensor grad_weight(const InputView<acc_t>& in, const acc_t* q, const Tensor& weight,
+                   const Geometry& g, const Layout& l) {
   constexpr int64_t lanes = cpu::Vec<acc_t>::kLanes;
   const int64_t ntaps = static_cast<int64_t>(g.taps.size()), cin = g.in_channels;
   const int64_t part_size = ntaps * cin * l.co_pad;
@@ -344,9 +367,10 @@ Tensor grad_weight(const acc_t* p, const acc_t* q,
   const int64_t block = kGradWeightVectors * lanes;
   const int64_t co_blocks = (l.co_pad + block - 1) / block;
   const int64_t out_rows = g.batch * g.out_h();
+  const bool unit_k = in.sw == 1;  // NCHW: pixels contiguous; else channels are (sc == 1)
   if (out_rows > 0 && g.out_w() > 0 && cin > 0 && ntaps > 0) {
     const int64_t d = g.dilation;
-    // About 128 KiB of P and Q per chunk of rows.
+    // About 128 KiB of input and Q per chunk of rows.
     const int64_t chunk = std::max<int64_t>(
         1, (int64_t{32} << 10) / std::max<int64_t>(1, g.out_w() * (cin + l.co_pad)));
     struct Task {
@@ -379,14 +403,24 @@ Tensor grad_weight(const acc_t* p, const acc_t* q,
           for (int64_t ti = first; ti < last; ++ti) {
             const Task& task = tasks[ti];
             const Tap& tap = g.taps[task.tap];
+            const int64_t dy = (tap.ty - g.centre_y) * d, dx = (tap.tx - g.centre_x) * d;
+            // The output columns [j0, j1) whose tap reads inside the image.
+            const int64_t j0 = std::clamp<int64_t>(-dx - g.col0, 0, g.out_w());
+            const int64_t j1 = std::clamp<int64_t>(g.width - dx - g.col0, j0, g.out_w());
+            int64_t nseg = 0;
             for (int64_t r = 0; r < nrows; ++r) {
               const int64_t bi = (c0 + r) / g.out_h(), oi = (c0 + r) % g.out_h();
-              segs[r].a = ((bi * l.ph + oi + tap.ty * d) * l.pw + tap.tx * d) * cin + task.ci0;
-              segs[r].b = ((bi * l.qh + oi + l.q_row0) * l.qw + l.q_col0) * l.co_pad + task.co0;
+              const int64_t row = g.row0 + oi + dy;
+              if (row < 0 || row >= g.height) continue;
+              segs[nseg++] = {bi * in.sb + (row - in.row0) * in.sh +
+                                  (g.col0 + j0 + dx - in.col0) * in.sw + task.ci0 * in.sc,
+                              ((bi * l.qh + oi + l.q_row0) * l.qw + l.q_col0 + j0) * l.co_pad +
+                                  task.co0};
             }
-            const TileArgs args{1, cin, l.co_pad, g.out_w(), l.co_pad, c0 > rows0};
-            cpu::conv_tile<acc_t>(static_cast<int>(task.rows), task.vectors, false)(
-                p, q, segs.data(), nrows, args,
+            const TileArgs args{unit_k ? in.sc : 1, unit_k ? 1 : in.sw, l.co_pad, j1 - j0,
+                                l.co_pad, c0 > rows0};
+            cpu::conv_tile<acc_t>(static_cast<int>(task.rows), task.vectors, unit_k)(
+                in.data, q, segs.data(), nseg, args,
                 packed.data() + part * part_size + (task.tap * cin + task.ci0) * l.co_pad +
                     task.co0);
           }
@@ -447,8 +481,13 @@ std::tuple<Tensor, Tensor, Tensor> masked_conv2d_backward_cpu(
     if (output_mask[0] || output_mask[1]) q = pack_grad_output<scalar_t, acc_t>(gy, g, l);
     gx = output_mask[0] ? grad_input<scalar_t, acc_t>(q, x, weight, g, l) : at::empty({0}, x.options());
     if (output_mask[1]) {
-      const acc_t* p = pack_input<scalar_t, acc_t>(x, g, l);
-      gw = grad_weight<scalar_t, acc_t>(p, q, weight, g, l);
+      // x in place when its layout allows, which saves packing it again after the forward.
+      const InputView<acc_t> in =
+          readable_in_place<acc_t>(x)
+              ? InputView<acc_t>{x.const_data_ptr<acc_t>(), x.stride(0), x.stride(1),
+                                 x.stride(2), x.stride(3), 0, 0}
+              : packed_view(pack_input<scalar_t, acc_t>(x, g, l), g, l);
+      gw = grad_weight<scalar_t, acc_t>(in, q, weight, g, l);
     } else {
       gw = at::empty({0}, weight.options());
     }
