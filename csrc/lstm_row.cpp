@@ -410,6 +410,7 @@ void backward_chunk(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
 // Hidden-channel vectors per dL/dweight tile (by up to 6 gate channels): 4 measured a little
 // faster than 2 (by 12), the gate channels being rows R * L apart.
 constexpr int64_t kGradWeightVectors = 4;
+constexpr int64_t kGradWeightParts = 2;
 
 // dL/dweight[n][d][t] = sum over pixels (b, r, l) of dpre[b][n][r][l] * h_{r-1}[b][d][l + t - pad]:
 // h_{r-1} is copied pixel-major with its zero border, hp[b][r][q][d] (q < Lp), and each task owns
@@ -459,29 +460,44 @@ void grad_weight(const Shape& s, const acc_t* dpre, const acc_t* h, const acc_t*
       for (int64_t i = 0; i < tiles.count; ++i)
         tasks.push_back({t, tiles.start(i), tiles.start(i + 1) - tiles.start(i), d0, vectors});
     }
-  acc_t* packed = scratch<acc_t>(kSlot1, k * G * dpad, false);  // [tap][n][d], all written
+  // The image rows are cut into kGradWeightParts fixed parts, summed apart and added in order
+  // at the end: each thread then reads the half of dpre and hp its own core wrote, and the
+  // result still does not depend on the thread count.
+  const int64_t part_size = k * G * dpad;
+  acc_t* packed = scratch<acc_t>(kSlot1, kGradWeightParts * part_size, false);  // all written
   const int64_t seg_bytes = static_cast<int64_t>(sizeof(acc_t)) * (G * L + lp * dpad);
   const int64_t chunk = std::max<int64_t>(1, (int64_t{192} << 10) / seg_bytes);
-  const int64_t ntasks = static_cast<int64_t>(tasks.size());
+  const int64_t per_part = static_cast<int64_t>(tasks.size());
+  const int64_t ntasks = kGradWeightParts * per_part;
   const int64_t task_grain =
       std::max<int64_t>(1, kParallelMacs / (segments * L * G * dpad * k / ntasks + 1));
   at::parallel_for(0, ntasks, task_grain, [&](int64_t t0, int64_t t1) {
     std::vector<Segment> segs(chunk);
-    for (int64_t c0 = 0; c0 < segments; c0 += chunk) {
-      const int64_t nseg = std::min(chunk, segments - c0);
-      for (int64_t ti = t0; ti < t1; ++ti) {
-        const Task& task = tasks[ti];
-        for (int64_t i = 0; i < nseg; ++i) {
-          const int64_t row = image_rows[c0 + i], b = row / R, r = row % R;
-          segs[i] = {run(s, b, G, 0, r), (row * lp + task.tap) * dpad + task.d0};
+    for (int64_t part = t0 / per_part; part * per_part < t1; ++part) {
+      const int64_t seg0 = part * segments / kGradWeightParts;
+      const int64_t seg1 = (part + 1) * segments / kGradWeightParts;
+      const int64_t first = std::max(t0, part * per_part) - part * per_part;
+      const int64_t last = std::min(t1, (part + 1) * per_part) - part * per_part;
+      acc_t* out = packed + part * part_size;
+      // An empty part still writes its zeros: the tile stores what it summed, nothing.
+      for (int64_t c0 = seg0; c0 < seg1 || c0 == seg0; c0 += chunk) {
+        const int64_t nseg = std::min(chunk, seg1 - c0);
+        for (int64_t ti = first; ti < last; ++ti) {
+          const Task& task = tasks[ti];
+          for (int64_t i = 0; i < nseg; ++i) {
+            const int64_t row = image_rows[c0 + i], b = row / R, r = row % R;
+            segs[i] = {run(s, b, G, 0, r), (row * lp + task.tap) * dpad + task.d0};
+          }
+          const TileArgs args{R * L, 1, dpad, L, dpad, c0 > seg0};
+          cpu::conv_tile<acc_t>(static_cast<int>(task.rows), task.vectors, true)(
+              dpre + task.n0 * R * L, hp, segs.data(), nseg, args,
+              out + (task.tap * G + task.n0) * dpad + task.d0);
         }
-        const TileArgs args{R * L, 1, dpad, L, dpad, c0 > 0};
-        cpu::conv_tile<acc_t>(static_cast<int>(task.rows), task.vectors, true)(
-            dpre + task.n0 * R * L, hp, segs.data(), nseg, args,
-            packed + (task.tap * G + task.n0) * dpad + task.d0);
       }
     }
   });
+  for (int64_t part = 1; part < kGradWeightParts; ++part)
+    for (int64_t i = 0; i < part_size; ++i) packed[i] += packed[part * part_size + i];
   for (int64_t n = 0; n < G; ++n)
     for (int64_t d = 0; d < D; ++d)
       for (int64_t t = 0; t < k; ++t) grad_w[(n * D + d) * k + t] = packed[(t * G + n) * dpad + d];
