@@ -439,7 +439,8 @@ Tensor grad_weight(const InputView<acc_t>& in, const acc_t* q, const Tensor& wei
       for (int64_t t = 0; t < ntaps; ++t) {
         const Tap& tap = g.taps[t];
         if (!tap.centre || ci < centre[co])
-          gp[((co * cin + ci) * g.kh + tap.ty) * g.kw + tap.tx] = packed[(t * cin + ci) * l.co_pad + co];
+          gp[((co * cin + ci) * g.kh + tap.ty) * g.kw + tap.tx] =
+              packed[(t * cin + ci) * l.co_pad + co];
       }
   return gw.to(weight.scalar_type());
 }

@@ -1,0 +1,146 @@
+// Shared by the CPU forward (lstm_row.cpp) and backward (lstm_row_backward.cpp) of
+// genfast::lstm_rows: the shape, the column layout of a batch chunk, the row gather, the
+// per-thread buffers, the batch chunking and the argument checks. See lstm_row.cpp for the design.
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "cpu/conv_tile.h"
+#include "cpu/scratch.h"
+
+namespace genfast::lstm_row {
+
+using at::Tensor;
+using cpu::Segment;
+using cpu::TileArgs;
+
+inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// Calls with less work than this many multiply-adds per thread run on the calling thread. A
+// launch costs microseconds while the other threads spin, far more when another process holds
+// their cores: a one-row call of 16 x 128 gates, 3 wide (about 15 us of multiply-adds on one
+// core), split over two threads, saved 7 us with both cores free and lost up to 200 us while a
+// second process ran.
+constexpr int64_t kParallelMacs = int64_t{1} << 20;
+constexpr int64_t kParallelCopies = int64_t{1} << 15;  // or copied values
+
+// Splits n items into `count` near-equal parts: part i is [start(i), start(i + 1)).
+struct EvenSplit {
+  int64_t n, count;
+  int64_t start(int64_t i) const { return count == 0 ? 0 : i * n / count; }
+};
+inline EvenSplit tiles_of(int64_t n, int64_t most) { return {n, (n + most - 1) / most}; }
+
+// ----------------------------------------------------------------------------- layout
+
+struct Shape {
+  int64_t batch, hidden, gates, rows, length, taps, pad_left;
+};
+
+// A chunk of nb batch elements in columns (see the file comment).
+template <typename acc_t>
+struct Columns {
+  static constexpr int64_t kVector = cpu::Vec<acc_t>::kLanes;
+  int64_t lp;          // columns per batch element: L, then the zeros before the next one
+  int64_t count;       // nb * lp rounded up to whole vectors: the columns each row computes
+  int64_t stride;      // row stride of the convolution's output
+  int64_t pad_stride;  // row stride of the zero-bordered buffers, read up to count + k - 1
+
+  Columns(const Shape& s, int64_t nb)
+      : lp(s.length + std::max(s.pad_left, s.taps - 1 - s.pad_left)) {
+    count = round_up(nb * lp, kVector);
+    stride = count;
+    pad_stride = round_up(count + s.taps - 1, kVector) + kVector;
+  }
+};
+
+// The offset of the L contiguous values of (b, channel, row) in a contiguous [B][C][R][L] tensor.
+inline int64_t run(const Shape& s, int64_t b, int64_t channels, int64_t channel, int64_t row) {
+  return ((b * channels + channel) * s.rows + row) * s.length;
+}
+
+// out[n][j] = sum over segments, sum over kk < kdim of A[n][seg.a + kk] * B[seg.b + kk][j] for
+// n < rows and the `cols` columns (a multiple of the SIMD width), tiled by conv_tile.
+template <typename acc_t>
+void gather(const acc_t* a, int64_t rows, int64_t a_stride, int64_t kdim, const acc_t* b,
+            int64_t b_stride, const std::vector<Segment>& segs, int64_t cols, acc_t* out,
+            int64_t out_stride) {
+  constexpr int64_t lanes = cpu::Vec<acc_t>::kLanes;
+  const TileArgs args{a_stride, 1, b_stride, kdim, out_stride, false};
+  for (int64_t c0 = 0; c0 < cols; c0 += cpu::kMaxVectors * lanes) {
+    const int vectors = static_cast<int>(std::min<int64_t>(cpu::kMaxVectors, (cols - c0) / lanes));
+    const EvenSplit tiles = tiles_of(rows, cpu::max_rows(vectors));
+    const auto tile = [&](int64_t i) {
+      const int64_t n0 = tiles.start(i);
+      cpu::conv_tile<acc_t>(static_cast<int>(tiles.start(i + 1) - n0), vectors, true)(
+          a + n0 * a_stride, b + c0, segs.data(), static_cast<int64_t>(segs.size()), args,
+          out + n0 * out_stride + c0);
+    };
+    for (int64_t i = 0; i < tiles.count; ++i) tile(i);
+  }
+}
+
+// Work buffers are kept per thread and reused (cpu/scratch.h). Returns n elements, zeroed if asked.
+enum Slot { kSlot0, kSlot1, kSlot2, kSlot3, kSlot4, kSlots };
+struct LstmRowsScratch;
+
+template <typename T>
+T* scratch(Slot slot, int64_t n, bool zero = true) {
+  return cpu::thread_scratch<LstmRowsScratch, kSlots, T>(slot, n, zero);
+}
+
+// Chunks of the batch: one per thread, unless the call is too little work to pay for a
+// parallel launch (a sampler's one-row call), and small enough that the rows of a chunk the
+// next step reads (about 11 values per hidden channel and position, prefetched a step ahead)
+// stay in a core's L2 cache; a 16-image chunk of a 28-wide, 64-channel layer did not.
+inline int64_t chunk_count(const Shape& s) {
+  constexpr int64_t kChunkBytes = int64_t{256} << 10;  // measured: 600 KB 5%, 300 KB 10% faster
+  const int64_t per_image = 11 * s.hidden * s.length * static_cast<int64_t>(sizeof(float));
+  const int64_t by_cache = (s.batch * per_image + kChunkBytes - 1) / kChunkBytes;
+  const int64_t macs = s.batch * s.rows * s.length * s.gates * s.hidden * s.taps;
+  const int64_t threads = std::max<int64_t>(
+      1, std::min<int64_t>(at::get_num_threads(), macs / kParallelMacs));
+  // A whole number of chunks per thread: a thread with one chunk more would finish last (16
+  // images in 5 chunks on 2 threads ran 25% slower than in 6).
+  const int64_t count = (std::max(by_cache, threads) + threads - 1) / threads * threads;
+  return std::max<int64_t>(1, std::min<int64_t>(s.batch, count));
+}
+
+// w [4D][D][k] as [4D][k][D], for the gather. A one-row call spends a fair part of its time here:
+
+// ----------------------------------------------------------------------------- the ops' arguments
+
+inline at::ScalarType compute_type(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline Shape check_shapes(const Tensor& gates_in, const Tensor& weight, const Tensor& h0,
+                   const Tensor& c0, int64_t pad_left) {
+  TORCH_CHECK(gates_in.dim() == 4, "genfast: gates_in must be [B, 4D, R, L], got shape ",
+              gates_in.sizes());
+  TORCH_CHECK(gates_in.size(1) % 4 == 0, "genfast: gates_in has ", gates_in.size(1),
+              " channels, not a multiple of 4 (the gates i, f, o, g)");
+  const int64_t B = gates_in.size(0), D = gates_in.size(1) / 4, R = gates_in.size(2),
+                L = gates_in.size(3);
+  TORCH_CHECK(weight.dim() == 3 && weight.size(0) == 4 * D && weight.size(1) == D &&
+                  weight.size(2) >= 1,
+              "genfast: weight must be [4D, D, k] = [", 4 * D, ", ", D, ", k >= 1], got ",
+              weight.sizes());
+  const int64_t k = weight.size(2);
+  TORCH_CHECK(0 <= pad_left && pad_left < k, "genfast: pad_left must be in [0, ", k, "), got ",
+              pad_left);
+  for (const Tensor* t : {&h0, &c0})
+    TORCH_CHECK(t->sizes() == at::IntArrayRef({B, D, L}), "genfast: h0 and c0 must be [", B, ", ",
+                D, ", ", L, "], got ", t->sizes());
+  for (const Tensor* t : {&gates_in, &weight, &h0, &c0})
+    TORCH_CHECK(t->device().is_cpu(), "genfast: the cpu backend of lstm_rows needs CPU tensors");
+  return {B, D, 4 * D, R, L, k, pad_left};
+}
+
+inline Tensor as_compute(const Tensor& t, at::ScalarType type) { return t.to(type).contiguous(); }
+
+}  // namespace genfast::lstm_row
