@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "cpu/lstm_cell.h"
+#include "cpu/reduction_parts.h"
 #include "cpu/simd_math.h"
 #include "cpu/strided_copy.h"
 #include "lstm_row_common.h"
@@ -104,7 +105,6 @@ void backward_chunk(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
 // Hidden-channel vectors per dL/dweight tile (by up to 6 gate channels): 4 measured a little
 // faster than 2 (by 12), the gate channels being rows R * L apart.
 constexpr int64_t kGradWeightVectors = 4;
-constexpr int64_t kGradWeightParts = 2;
 
 // dL/dweight[n][d][t] = sum over pixels (b, r, l) of dpre[b][n][r][l] * h_{r-1}[b][d][l + t - pad]:
 // h_{r-1} is copied pixel-major with its zero border, hp[b][r][q][d] (q < Lp), and each task owns
@@ -154,24 +154,19 @@ void grad_weight(const Shape& s, const acc_t* dpre, const acc_t* h, const acc_t*
       for (int64_t i = 0; i < tiles.count; ++i)
         tasks.push_back({t, tiles.start(i), tiles.start(i + 1) - tiles.start(i), d0, vectors});
     }
-  // The image rows are cut into kGradWeightParts fixed parts, summed apart and added in order
-  // at the end: each thread then reads the half of dpre and hp its own core wrote, and the
-  // result still does not depend on the thread count.
+  // The image rows in fixed parts (cpu/reduction_parts.h), each thread reading what it wrote.
   const int64_t part_size = k * G * dpad;
-  acc_t* packed = scratch<acc_t>(kSlot1, kGradWeightParts * part_size, false);  // all written
+  acc_t* packed = scratch<acc_t>(kSlot1, cpu::kReductionParts * part_size, false);  // all written
   const int64_t seg_bytes = static_cast<int64_t>(sizeof(acc_t)) * (G * L + lp * dpad);
   const int64_t chunk = std::max<int64_t>(1, (int64_t{192} << 10) / seg_bytes);
   const int64_t per_part = static_cast<int64_t>(tasks.size());
-  const int64_t ntasks = kGradWeightParts * per_part;
+  const int64_t ntasks = cpu::kReductionParts * per_part;
   const int64_t task_grain =
       std::max<int64_t>(1, kParallelMacs / (segments * L * G * dpad * k / ntasks + 1));
   at::parallel_for(0, ntasks, task_grain, [&](int64_t t0, int64_t t1) {
     std::vector<Segment> segs(chunk);
-    for (int64_t part = t0 / per_part; part * per_part < t1; ++part) {
-      const int64_t seg0 = part * segments / kGradWeightParts;
-      const int64_t seg1 = (part + 1) * segments / kGradWeightParts;
-      const int64_t first = std::max(t0, part * per_part) - part * per_part;
-      const int64_t last = std::min(t1, (part + 1) * per_part) - part * per_part;
+    cpu::for_each_part(t0, t1, per_part, segments, [&](int64_t part, int64_t first, int64_t last,
+                                                      int64_t seg0, int64_t seg1) {
       acc_t* out = packed + part * part_size;
       // An empty part still writes its zeros: the tile stores what it summed, nothing.
       for (int64_t c0 = seg0; c0 < seg1 || c0 == seg0; c0 += chunk) {
@@ -188,10 +183,9 @@ void grad_weight(const Shape& s, const acc_t* dpre, const acc_t* h, const acc_t*
               out + (task.tap * G + task.n0) * dpad + task.d0);
         }
       }
-    }
+    });
   });
-  for (int64_t part = 1; part < kGradWeightParts; ++part)
-    for (int64_t i = 0; i < part_size; ++i) packed[i] += packed[part * part_size + i];
+  cpu::sum_parts(packed, part_size);
   for (int64_t n = 0; n < G; ++n)
     for (int64_t d = 0; d < D; ++d)
       for (int64_t t = 0; t < k; ++t) grad_w[(n * D + d) * k + t] = packed[(t * G + n) * dpad + d];

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "cpu/conv_tile.h"
+#include "cpu/reduction_parts.h"
 #include "cpu/scratch.h"
 #include "cpu/strided_copy.h"
 #include "masked_conv_common.h"
@@ -325,12 +326,6 @@ Tensor grad_input(const acc_t* q, const Tensor& x, const Tensor& weight,
 // 4 measured a few percent faster than 2 (x 12).
 constexpr int64_t kGradWeightVectors = 4;
 
-// grad-weight sums over every output pixel. The pixels are cut into this many fixed parts, each
-// summed into its own copy of the result, the copies added in order at the end: with two threads
-// each then reads only the half of the input and Q written last by its own core (14% faster for
-// 3x3 mask B), and since the cut does not depend on the thread count, neither does the result.
-constexpr int64_t kGradWeightParts = 2;
-
 // Where grad-weight reads the input: image pixel (b, row, col), channel ci is at
 // data + b * sb + (row - row0) * sh + (col - col0) * sw + ci * sc. Either x itself, when it is in
 // the compute dtype with unit stride along channels or along width (channels_last or NCHW: no
@@ -354,16 +349,17 @@ bool readable_in_place(const Tensor& x) {
 }
 
 // dL/dweight: for each visible tap, sum over output pixels of x(pixel + tap) (x) grad_y(pixel),
-// over the pixels whose tap falls inside the image (the others read zeros). Tasks are (part,
-// tap, input-channel tile, output-channel block); each thread keeps its tasks and walks its
-// parts' rows in chunks, so a chunk of the input and Q stays in cache across its tasks.
+// over the pixels whose tap falls inside the image (the others read zeros). Tasks are (part of
+// the rows: cpu/reduction_parts.h, tap, input-channel tile, output-channel block); each thread
+// keeps its tasks and walks its parts' rows in chunks, so a chunk of the input and Q stays in
+// cache across its tasks.
 template <typename scalar_t, typename acc_t>
 Tensor grad_weight(const InputView<acc_t>& in, const acc_t* q, const Tensor& weight,
                    const Geometry& g, const Layout& l) {
   constexpr int64_t lanes = cpu::Vec<acc_t>::kLanes;
   const int64_t ntaps = static_cast<int64_t>(g.taps.size()), cin = g.in_channels;
   const int64_t part_size = ntaps * cin * l.co_pad;
-  cpu::AlignedVector<acc_t> packed(kGradWeightParts * part_size, acc_t(0));
+  cpu::AlignedVector<acc_t> packed(cpu::kReductionParts * part_size, acc_t(0));
   const int64_t block = kGradWeightVectors * lanes;
   const int64_t co_blocks = (l.co_pad + block - 1) / block;
   const int64_t out_rows = g.batch * g.out_h();
@@ -388,16 +384,14 @@ Tensor grad_weight(const InputView<acc_t>& in, const acc_t* q, const Tensor& wei
       }
     }
     const int64_t per_part = static_cast<int64_t>(tasks.size());
-    const int64_t ntasks = kGradWeightParts * per_part;
+    const int64_t ntasks = cpu::kReductionParts * per_part;
     const int64_t task_grain =
         grain(kParallelMacs, out_rows * g.out_w() * ntaps * cin * l.co_pad / ntasks);
     at::parallel_for(0, ntasks, task_grain, [&](int64_t t0, int64_t t1) {
       std::vector<Segment> segs(chunk);
-      for (int64_t part = t0 / per_part; part * per_part < t1; ++part) {
-        const int64_t rows0 = part * out_rows / kGradWeightParts;
-        const int64_t rows1 = (part + 1) * out_rows / kGradWeightParts;
-        const int64_t first = std::max(t0, part * per_part) - part * per_part;
-        const int64_t last = std::min(t1, (part + 1) * per_part) - part * per_part;
+      cpu::for_each_part(t0, t1, per_part, out_rows, [&](int64_t part, int64_t first,
+                                                          int64_t last, int64_t rows0,
+                                                          int64_t rows1) {
         for (int64_t c0 = rows0; c0 < rows1; c0 += chunk) {
           const int64_t nrows = std::min(chunk, rows1 - c0);
           for (int64_t ti = first; ti < last; ++ti) {
@@ -425,11 +419,10 @@ Tensor grad_weight(const InputView<acc_t>& in, const acc_t* q, const Tensor& wei
                     task.co0);
           }
         }
-      }
+      });
     });
   }
-  for (int64_t part = 1; part < kGradWeightParts; ++part)
-    for (int64_t i = 0; i < part_size; ++i) packed[i] += packed[part * part_size + i];
+  cpu::sum_parts(packed.data(), part_size);
   // Scatter into [out, in, kh, kw] in its own order, so that the writes run along memory.
   Tensor gw = at::zeros(weight.sizes(), weight.options().dtype(at::CppTypeToScalarType<acc_t>::value));
   acc_t* gp = gw.data_ptr<acc_t>();
