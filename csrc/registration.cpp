@@ -31,6 +31,14 @@ TORCH_LIBRARY(genfast, m) {
       "masked_conv2d_backward(Tensor grad_y, Tensor x, Tensor weight, int mask_type, "
       "int data_channels, int dilation, int[] window, bool[3] output_mask) "
       "-> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
+  // Inference with the weight packed once (CPU): pack_weight's result, passed to prepacked with
+  // the same weight, saves the packing that dominates a sampler's one-pixel call.
+  m.def(
+      "masked_conv2d_pack_weight(Tensor x, Tensor weight, int mask_type, int data_channels, "
+      "int dilation) -> Tensor");
+  m.def(
+      "masked_conv2d_prepacked(Tensor x, Tensor packed_weight, Tensor weight, Tensor? bias, "
+      "int mask_type, int data_channels, int dilation, int[] window) -> Tensor");
 
   // Gated PixelCNN activation tanh(a) * sigmoid(b), with (a, b) = x.chunk(2, dim); the output
   // keeps x's memory format. The backward recomputes tanh and sigmoid from x.

@@ -14,6 +14,7 @@ import torch
 import genfast
 from genfast.ops.lstm_row import IMPLEMENTED as LSTM_IMPLEMENTED
 from genfast.ops.masked_conv import IMPLEMENTED as CONV_IMPLEMENTED
+from genfast.ops.masked_conv import masked_conv2d_on_windows
 
 # The reference is plain PyTorch, whose kernels pick their algorithm by shape (oneDNN or
 # im2col + BLAS convolutions by dtype, batch and kernel size; vectorised sigmoid and tanh with a
@@ -123,6 +124,81 @@ def test_masked_conv_sampler_sized(backend, kernel, mask_type):
                 window = (i - r0, i - r0 + 1, j - c0, j - c0 + 1)
                 pixel = genfast.masked_conv2d(crop, weight, bias, window=window, **args)
                 _assert_equal(pixel, full[:, :, i:i + 1, j:j + 1], f"pixel {(i, j)}", backend)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("channels", CHANNELS, ids=str)
+@pytest.mark.parametrize("kernel,mask_type,data_channels,dilation",
+                         [((3, 3), "B", 1, 1), ((7, 7), "A", 3, 1), ((3, 3), "A", 3, 2),
+                          ((1, 3), "V", 1, 1), ((1, 1), "B", 3, 1)], ids=str)
+def test_prepacked_windows_match_the_full_map(channels_last, dtype, channels, kernel, mask_type,
+                                              data_channels, dilation):
+    """The cpu backend's window evaluator packs the weight once under inference_mode
+    (masked_conv2d_pack_weight + masked_conv2d_prepacked): still the full map's bits."""
+    _skip_unavailable("cpu", CONV_IMPLEMENTED)
+    _seed("prepacked", dtype, channels, kernel, mask_type, data_channels, dilation)
+    (cin, cout), (kh, kw), (h, w) = channels, kernel, IMAGE
+    x = torch.randn(3, cin, h, w).to(dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    weight = (torch.randn(cout, cin, kh, kw) / (cin * kh * kw) ** 0.5).to(dtype)
+    bias = torch.randn(cout).to(dtype)
+    args = (bias, mask_type, data_channels, dilation)
+    with torch.inference_mode():
+        full = genfast.masked_conv2d(x, weight, *args, backend="cpu")
+        conv = masked_conv2d_on_windows(x, weight, *args, backend="cpu")
+        for i, j in _positions(h, w):
+            _assert_equal(conv(x, [i, i + 1, j, j + 1]), full[:, :, i:i + 1, j:j + 1],
+                          f"prepacked window at {(i, j)}")
+        _assert_equal(conv(x, []), full, "prepacked full map")
+
+
+def test_prepacked_windows_follow_in_place_weight_changes():
+    """An optimiser step (an in-place change) between calls re-packs; a stale copy would be a
+    silently wrong answer."""
+    _skip_unavailable("cpu", CONV_IMPLEMENTED)
+    _seed("prepacked-version")
+    x = torch.randn(2, 6, 5, 5)
+    weight = torch.randn(8, 6, 3, 3)
+    conv = masked_conv2d_on_windows(x, weight, None, "B", backend="cpu")
+    with torch.inference_mode():
+        before = conv(x, [2, 3, 2, 3])
+    with torch.no_grad():
+        weight.mul_(-2.0)
+    with torch.inference_mode():
+        after = conv(x, [2, 3, 2, 3])
+        expected = genfast.masked_conv2d(x, weight, None, "B", window=(2, 3, 2, 3), backend="cpu")
+    _assert_equal(after, expected, "after the in-place change")
+    assert not torch.equal(after, before)
+
+
+def test_prepacked_ops_opcheck_and_bad_packing():
+    """The two inference ops: schema, fake shapes (the packed size in Python) and a clear error
+    for a packed weight that does not belong to the call."""
+    _skip_unavailable("cpu", CONV_IMPLEMENTED)
+    _seed("prepacked-opcheck")
+    ops = torch.ops.genfast
+    for (cin, cout, k, code, groups, dtype) in ((5, 13, 3, 1, 1, torch.float32),
+                                                (6, 70, 7, 0, 3, torch.float64),
+                                                (4, 9, 3, 2, 1, torch.float32),
+                                                (3, 3, 3, 0, 1, torch.float32)):
+        x = torch.randn(2, cin, 6, 7, dtype=dtype)
+        weight = torch.randn(cout, cin, k, k, dtype=dtype)
+        bias = torch.randn(cout, dtype=dtype)
+        pack_args = (x, weight, code, groups, 1)
+        torch.library.opcheck(ops.masked_conv2d_pack_weight, pack_args)
+        packed = ops.masked_conv2d_pack_weight(*pack_args)
+        for window in ([], [1, 3, 2, 5]):
+            call = (x, packed, weight, bias, code, groups, 1, window)
+            torch.library.opcheck(ops.masked_conv2d_prepacked, call)
+            _assert_equal(ops.masked_conv2d_prepacked(*call),
+                          ops.masked_conv2d(x, weight, bias, code, groups, 1, window),
+                          f"prepacked {(cin, cout, k, code, groups)} window {window}")
+    with pytest.raises(RuntimeError, match="masked_conv2d_pack_weight"):
+        ops.masked_conv2d_prepacked(x, packed[:-1], weight, bias, 0, 1, 1, [])
+    with pytest.raises(RuntimeError, match="masked_conv2d_pack_weight"):
+        ops.masked_conv2d_prepacked(x, packed.double(), weight, bias, 0, 1, 1, [])
 
 
 # ----------------------------------------------------------------------------- lstm_rows

@@ -58,7 +58,8 @@ class MaskedConv2d(nn.Conv2d):
     def window_evaluator(self, example):
         """``evaluate(x, row0, row1, col0, col1)``: forward_window for inputs like ``example``,
         with the argument checks and the backend choice done once (a sampler calls it per
-        pixel; under torch.inference_mode() the op also skips its autograd wrapper)."""
+        pixel; under torch.inference_mode() the op also skips its autograd wrapper, and the
+        cpu backend packs the weight once, again only if it changes in place)."""
         conv = masked_conv2d_on_windows(example, self.weight, self.bias, self.mask_type,
                                         self.data_channels, self.dilation[0],
                                         backend=self.backend)

@@ -142,6 +142,40 @@ if _ext.has_op("masked_conv2d"):
 IMPLEMENTED = ("reference", *_FORWARD_OPS)
 
 
+def _visible_taps(out_channels, in_channels, kh, kw, mask_code, data_channels) -> int:
+    """How many taps the C++ kernels run (csrc/masked_conv_common.cpp's visible_taps)."""
+    cy, cx = (kh - 1) // 2, (kw - 1) // 2
+    if mask_code == MASK_TYPES["V"]:
+        return (cy + 1) * kw
+    # The centre runs when some channel pair passes the colour rule: group 0 with the top group.
+    top_group = (out_channels - 1) * data_channels // out_channels if out_channels > 0 else 0
+    centre = (in_channels > 0 and out_channels > 0
+              and (mask_code == MASK_TYPES["B"] or top_group > 0))
+    return cy * kw + cx + int(centre)
+
+
+def _packed_weight_shape(x, weight, mask_code, data_channels) -> tuple[int, torch.dtype]:
+    """The size and dtype of masked_conv2d_pack_weight's result: the visible taps' [in][out]
+    blocks, out padded to whole 64-byte vectors of the compute dtype."""
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    lanes = 64 // (8 if dtype == torch.float64 else 4)
+    out_channels, in_channels, kh, kw = weight.shape
+    taps = _visible_taps(out_channels, in_channels, kh, kw, mask_code, data_channels)
+    return taps * in_channels * ((out_channels + lanes - 1) // lanes * lanes), dtype
+
+
+if _ext.has_op("masked_conv2d_prepacked"):
+    @torch.library.register_fake("genfast::masked_conv2d_pack_weight")
+    def _fake_pack_weight(x, weight, mask_type, data_channels, dilation):
+        size, dtype = _packed_weight_shape(x, weight, mask_type, data_channels)
+        return x.new_empty(size, dtype=dtype)
+
+    @torch.library.register_fake("genfast::masked_conv2d_prepacked")
+    def _fake_prepacked(x, packed_weight, weight, bias, mask_type, data_channels, dilation,
+                        window):
+        return _fake_forward(x, weight, bias, mask_type, data_channels, dilation, window)
+
+
 # ----------------------------------------------------------------------------- public API
 
 def _check_args(x, weight, bias, mask_type, data_channels, dilation, window):
@@ -233,7 +267,30 @@ def masked_conv2d_on_windows(example, weight, bias=None, mask_type="B", data_cha
                                      window or None)
         return conv
     op, code = _FORWARD_OPS[name].default, MASK_TYPES[mask_type]
+    if name == "cpu" and _ext.has_op("masked_conv2d_prepacked"):
+        return _prepacked_windows(example, weight, bias, code, data_channels, dilation, op)
 
     def conv(x, window):
         return op(x, weight, bias, code, data_channels, dilation, window)
+    return conv
+
+
+def _prepacked_windows(example, weight, bias, code, data_channels, dilation, op):
+    """masked_conv2d_on_windows's conv for the cpu backend. Under torch.inference_mode() (a
+    sampler) the kernel's packed copy of the weight is made once, and again only when the
+    weight changes in place (its version counter moves): packing is about half of a one-pixel
+    64 -> 64 3x3 call. With autograd on, or an inference-mode weight (no version counter), each
+    call packs as masked_conv2d does."""
+    pack = torch.ops.genfast.masked_conv2d_pack_weight.default
+    prepacked = torch.ops.genfast.masked_conv2d_prepacked.default
+    packed = {}  # weight._version -> the packed weight of that version
+
+    def conv(x, window):
+        if not torch.is_inference_mode_enabled() or weight.is_inference():
+            return op(x, weight, bias, code, data_channels, dilation, window)
+        version = weight._version
+        if version not in packed:
+            packed.clear()
+            packed[version] = pack(example, weight, code, data_channels, dilation)
+        return prepacked(x, packed[version], weight, bias, code, data_channels, dilation, window)
     return conv
