@@ -128,6 +128,18 @@ def _fmt_ratio(ratio: float | None) -> str:
     return "-" if ratio is None else f"{ratio:.2f}x"
 
 
+def text_table(header, rows, right=()) -> list[str]:
+    """Lines of a plain-text table: the header, a rule, then the rows (None for a blank line),
+    columns as wide as their widest cell, the columns numbered in ``right`` right-aligned."""
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *(r for r in rows if r))]
+
+    def line(cells):
+        return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return [line(header), line(["-" * w for w in widths])] + [line(r) if r else "" for r in rows]
+
+
 def format_table(results: list[Result], checks: list[TargetCheck] = ()) -> str:
     """The results as a plain-text table, then skipped implementations and the targets."""
     header = ("op", "size", "mode", "implementation", "median", "iqr", "vs reference",
@@ -146,15 +158,7 @@ def format_table(results: list[Result], checks: list[TargetCheck] = ()) -> str:
             ))
             first = False
         rows.append(None)  # a blank line between groups
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *(r for r in rows if r))]
-    right = {4, 5, 6, 7, 8}
-
-    def line(cells):
-        return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-
-    out = [line(header), line(["-" * w for w in widths])]
-    out += [line(r) if r else "" for r in rows]
+    out = text_table(header, rows, right={4, 5, 6, 7, 8})
     while out and not out[-1]:
         out.pop()
 

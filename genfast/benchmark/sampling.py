@@ -16,6 +16,8 @@ from typing import Any, Mapping
 
 import torch
 
+from genfast.benchmark.report import text_table
+
 NAME_PREFIX = "sample_"
 
 
@@ -142,12 +144,7 @@ def format_sampling_table(results: list[SamplingResult]) -> str:
         rows.append((r.case.name, r.case.label(r.quick), f"{r.naive_s:.3g} s",
                      f"{r.cached_median_s:.3g} s", f"{r.speedup:.1f}x",
                      "yes" if r.identical else "NO", want))
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-
-    def line(cells):
-        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
-
-    out = [line(header), line(["-" * w for w in widths])] + [line(r) for r in rows]
+    out = text_table(header, rows)
     out += ["", "Whole sampling runs (one batch of images); naive re-runs the network per pixel "
                 "and colour, cached evaluates each layer at the new pixel only. identical: the "
                 "same integers for the same seed."]
