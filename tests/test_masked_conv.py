@@ -304,3 +304,35 @@ def test_compiled_pixelcnn_step(backend):
     model = TinyPixelCNN(name).to(device)
     x = (torch.rand(4, 1, 7, 6, device=device) > 0.5).float()
     check_compiled_training(model, TinyPixelCNN("reference").to(device), x, lr=0.01, steps=20)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_cpu_results_do_not_depend_on_the_thread_count(channels_last):
+    """Forward and both gradients bit for bit on 1, 2 and 3 threads: grad-weight sums fixed
+    parts of the rows (cpu/reduction_parts.h) whatever the threads, and reads x in place."""
+    if "cpu" not in IMPLEMENTED or not genfast.backends()["cpu"].available:
+        pytest.skip("the cpu backend is not built")
+    _seed("threads", channels_last)
+    x = torch.randn(5, 19, 9, 13)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    weight = torch.randn(21, 19, 5, 5, requires_grad=True)
+    bias = torch.randn(21, requires_grad=True)
+    grad_y = torch.randn(5, 21, 9, 13)
+
+    def run():
+        y = genfast.masked_conv2d(x, weight, bias, "A", data_channels=3, backend="cpu")
+        return [y, *torch.autograd.grad(y, (x, weight, bias), grad_y)]
+
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(run())
+    finally:
+        torch.set_num_threads(threads)
+    for many in results[1:]:
+        for a, b in zip(results[0], many):
+            assert torch.equal(a, b)
