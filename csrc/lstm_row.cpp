@@ -186,6 +186,7 @@ void forward_chunk(const ForwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
   }
 }
 
+// w [4D][D][k] as [4D][k][D], for the gather. A one-row call spends a fair part of its time here:
 // with k a constant the compiler turns the strided reads into vector shuffles.
 template <int K, typename acc_t>
 void transpose_taps_fixed(const acc_t* w, int64_t rows, acc_t* out) {

@@ -110,8 +110,6 @@ inline int64_t chunk_count(const Shape& s) {
   return std::max<int64_t>(1, std::min<int64_t>(s.batch, count));
 }
 
-// w [4D][D][k] as [4D][k][D], for the gather. A one-row call spends a fair part of its time here:
-
 // ----------------------------------------------------------------------------- the ops' arguments
 
 inline at::ScalarType compute_type(at::ScalarType t) {
@@ -119,7 +117,7 @@ inline at::ScalarType compute_type(at::ScalarType t) {
 }
 
 inline Shape check_shapes(const Tensor& gates_in, const Tensor& weight, const Tensor& h0,
-                   const Tensor& c0, int64_t pad_left) {
+                          const Tensor& c0, int64_t pad_left) {
   TORCH_CHECK(gates_in.dim() == 4, "genfast: gates_in must be [B, 4D, R, L], got shape ",
               gates_in.sizes());
   TORCH_CHECK(gates_in.size(1) % 4 == 0, "genfast: gates_in has ", gates_in.size(1),
