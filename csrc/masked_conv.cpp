@@ -453,22 +453,43 @@ Tensor grad_weight(const InputView<acc_t>& in, const acc_t* q, const Tensor& wei
   return gw.to(weight.scalar_type());
 }
 
-Tensor masked_conv2d_cpu(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias,
-                         int64_t mask_type, int64_t data_channels, int64_t dilation,
-                         at::IntArrayRef window) {
-  TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), "genfast: the cpu backend needs CPU tensors");
+// The forward op's checks and dispatch, with the weight packed here (packed == nullptr) or by
+// masked_conv2d_pack_weight beforehand (masked_conv2d_prepacked).
+Tensor forward_op(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias,
+                  int64_t mask_type, int64_t data_channels, int64_t dilation,
+                  at::IntArrayRef window, const Tensor* packed) {
+  TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu() &&
+                  (packed == nullptr || packed->device().is_cpu()),
+              "genfast: the cpu backend needs CPU tensors");
   const Geometry g = make_geometry(x, weight, mask_type, data_channels, dilation, window);
   if (bias.has_value()) {
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.out_channels && bias->device().is_cpu(),
                 "genfast: bias must be a CPU tensor of shape [", g.out_channels, "]");
   }
   if (is_pointwise(g) && pointwise_forward_applies(x, g))
-    return pointwise_forward(x, weight, bias, g);
+    return pointwise_forward(x, weight, bias, g);  // reads the weight as it is
   Tensor out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "masked_conv2d", [&] {
-    out = forward_impl<scalar_t>(x, weight, bias, g);
+    if (packed != nullptr) {
+      using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+      const Layout l(g, cpu::Vec<acc_t>::kLanes);
+      const int64_t size = packed_weight_size<acc_t>(g, false, l.co_pad);
+      TORCH_CHECK(packed->scalar_type() == at::CppTypeToScalarType<acc_t>::value &&
+                      packed->is_contiguous() && packed->numel() == size,
+                  "genfast: packed_weight does not come from masked_conv2d_pack_weight for this "
+                  "weight and input (expected ", size, " contiguous ",
+                  at::CppTypeToScalarType<acc_t>::value, " values, got ", packed->numel(), " ",
+                  packed->scalar_type(), ")");
+    }
+    out = forward_impl<scalar_t>(x, weight, bias, g, packed);
   });
   return out;
+}
+
+Tensor masked_conv2d_cpu(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias,
+                         int64_t mask_type, int64_t data_channels, int64_t dilation,
+                         at::IntArrayRef window) {
+  return forward_op(x, weight, bias, mask_type, data_channels, dilation, window, nullptr);
 }
 
 // The forward's packed weight, for a caller that runs many forwards with one weight (a cached
@@ -498,29 +519,7 @@ Tensor masked_conv2d_prepacked_cpu(const Tensor& x, const Tensor& packed, const 
                                    const std::optional<Tensor>& bias, int64_t mask_type,
                                    int64_t data_channels, int64_t dilation,
                                    at::IntArrayRef window) {
-  TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu() && packed.device().is_cpu(),
-              "genfast: the cpu backend needs CPU tensors");
-  const Geometry g = make_geometry(x, weight, mask_type, data_channels, dilation, window);
-  if (bias.has_value()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.out_channels && bias->device().is_cpu(),
-                "genfast: bias must be a CPU tensor of shape [", g.out_channels, "]");
-  }
-  if (is_pointwise(g) && pointwise_forward_applies(x, g))
-    return pointwise_forward(x, weight, bias, g);  // reads the weight as it is
-  Tensor out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "masked_conv2d_prepacked", [&] {
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    const Layout l(g, cpu::Vec<acc_t>::kLanes);
-    TORCH_CHECK(packed.scalar_type() == at::CppTypeToScalarType<acc_t>::value &&
-                    packed.is_contiguous() &&
-                    packed.numel() == packed_weight_size<acc_t>(g, false, l.co_pad),
-                "genfast: packed_weight does not come from masked_conv2d_pack_weight for this "
-                "weight and input (expected ", packed_weight_size<acc_t>(g, false, l.co_pad),
-                " contiguous ", at::CppTypeToScalarType<acc_t>::value, " values, got ",
-                packed.numel(), " ", packed.scalar_type(), ")");
-    out = forward_impl<scalar_t>(x, weight, bias, g, &packed);
-  });
-  return out;
+  return forward_op(x, weight, bias, mask_type, data_channels, dilation, window, &packed);
 }
 
 std::tuple<Tensor, Tensor, Tensor> masked_conv2d_backward_cpu(
