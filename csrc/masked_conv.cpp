@@ -50,33 +50,15 @@ struct EvenTiles {
   int64_t start(int64_t i) const { return count == 0 ? 0 : i * n / count; }
 };
 
-// The padded pixel-major copies of the input (P) and of grad_y (Q), in the compute dtype.
-// P covers the output window's receptive field: rows [row0 - cy*d, row1), columns
-// [col0 - cx*d, col1 + (kw-1-cx)*d); tap (ty, tx) of output (oi, oj) reads P(oi + ty*d, oj + tx*d).
-struct Layout {
-  int64_t ph, pw;       // P's rows and columns
-  int64_t qh, qw;       // Q's rows and columns: grad_y with (cy*d, (kw-1)*d) zeros around it
-  int64_t q_row0, q_col0;
-  int64_t co_pad, ci_pad;  // channel counts rounded up to whole SIMD vectors
+// The padded buffers (masked_conv_common.h), in the compute dtype, with their channel counts
+// rounded up to whole SIMD vectors.
+struct Layout : PaddedBuffers {
+  int64_t co_pad, ci_pad;
 
-  Layout(const Geometry& g, int64_t lanes) {
-    const int64_t d = g.dilation;
-    ph = g.out_h() + g.centre_y * d;
-    pw = g.out_w() + (g.kw - 1) * d;
-    q_row0 = g.centre_y * d;
-    q_col0 = (g.kw - 1) * d;
-    qh = g.out_h() + 2 * q_row0;
-    qw = g.out_w() + 2 * q_col0;
-    co_pad = round_up(g.out_channels, lanes);
-    ci_pad = round_up(g.in_channels, lanes);
-  }
-  // Image row and column of P's row pr and column pc.
-  int64_t image_row(const Geometry& g, int64_t pr) const {
-    return g.row0 - g.centre_y * g.dilation + pr;
-  }
-  int64_t image_col(const Geometry& g, int64_t pc) const {
-    return g.col0 - g.centre_x * g.dilation + pc;
-  }
+  Layout(const Geometry& g, int64_t lanes)
+      : PaddedBuffers(g),
+        co_pad(round_up(g.out_channels, lanes)),
+        ci_pad(round_up(g.in_channels, lanes)) {}
 };
 
 // The big buffers (P and Q) are kept per calling thread and reused (cpu/scratch.h); the small
@@ -97,8 +79,7 @@ const acc_t* pack_input(const Tensor& x, const Geometry& g, const Layout& l) {
   const scalar_t* xp = x.data_ptr<scalar_t>();
   const int64_t sb = x.stride(0), sc = x.stride(1), sh = x.stride(2), sw = x.stride(3);
   // The image columns P holds, as a range of P columns.
-  const int64_t pc_lo = std::max<int64_t>(0, -l.image_col(g, 0));
-  const int64_t pc_hi = std::min<int64_t>(l.pw, g.width - l.image_col(g, 0));
+  const int64_t pc_lo = l.c_lo(g), pc_hi = l.c_hi(g);
   const int64_t rows_grain = grain(kParallelCopies, l.pw * cin, 16);
   at::parallel_for(0, g.batch * l.ph, rows_grain, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
@@ -311,10 +292,7 @@ Tensor grad_input(const acc_t* q, const Tensor& x, const Tensor& weight,
   for (size_t t = 0; t < g.taps.size(); ++t)
     segs.push_back({-(g.taps[t].ty * d * l.qw + g.taps[t].tx * d) * l.co_pad,
                     static_cast<int64_t>(t) * cout * l.ci_pad});
-  const int64_t pr_lo = std::max<int64_t>(0, -l.image_row(g, 0));
-  const int64_t pr_hi = std::min<int64_t>(l.ph, g.height - l.image_row(g, 0));
-  const int64_t pc_lo = std::max<int64_t>(0, -l.image_col(g, 0));
-  const int64_t pc_hi = std::min<int64_t>(l.pw, g.width - l.image_col(g, 0));
+  const int64_t pr_lo = l.r_lo(g), pr_hi = l.r_hi(g), pc_lo = l.c_lo(g), pc_hi = l.c_hi(g);
   if (pr_hi <= pr_lo || pc_hi <= pc_lo) return gx;
   const int64_t rows = pr_hi - pr_lo, cols = pc_hi - pc_lo;
   scalar_t* gp = gx.data_ptr<scalar_t>();

@@ -11,6 +11,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -37,6 +38,41 @@ struct Geometry {
   bool centre_allows(int64_t ci, int64_t co) const {
     int64_t gi = ci * data_channels / in_channels, go = co * data_channels / out_channels;
     return mask_type == kMaskA ? gi < go : gi <= go;
+  }
+};
+
+// The padded pixel-major copies the CPU and CUDA kernels make of the input (P) and of grad_y (Q).
+// P covers the output window's receptive field: rows [row0 - cy*d, row1), columns
+// [col0 - cx*d, col1 + (kw-1-cx)*d); tap (ty, tx) of output (oi, oj) reads P(oi + ty*d, oj + tx*d).
+// Q holds grad_y with (cy*d, (kw-1)*d) zeros around it, so grad-input reads
+// Q(pr - ty*d + q_row0, pc - tx*d + q_col0).
+struct PaddedBuffers {
+  int64_t ph, pw;  // P's rows and columns
+  int64_t qh, qw;  // Q's rows and columns
+  int64_t q_row0, q_col0;
+
+  explicit PaddedBuffers(const Geometry& g)
+      : ph(g.out_h() + g.centre_y * g.dilation),
+        pw(g.out_w() + (g.kw - 1) * g.dilation),
+        qh(g.out_h() + 2 * g.centre_y * g.dilation),
+        qw(g.out_w() + 2 * (g.kw - 1) * g.dilation),
+        q_row0(g.centre_y * g.dilation),
+        q_col0((g.kw - 1) * g.dilation) {}
+  // Image row and column of P's row pr and column pc.
+  int64_t image_row(const Geometry& g, int64_t pr) const {
+    return g.row0 - g.centre_y * g.dilation + pr;
+  }
+  int64_t image_col(const Geometry& g, int64_t pc) const {
+    return g.col0 - g.centre_x * g.dilation + pc;
+  }
+  // P's rows [r_lo, r_hi) and columns [c_lo, c_hi) that lie inside the image.
+  int64_t r_lo(const Geometry& g) const { return std::max<int64_t>(0, -image_row(g, 0)); }
+  int64_t r_hi(const Geometry& g) const {
+    return std::min<int64_t>(ph, g.height - image_row(g, 0));
+  }
+  int64_t c_lo(const Geometry& g) const { return std::max<int64_t>(0, -image_col(g, 0)); }
+  int64_t c_hi(const Geometry& g) const {
+    return std::min<int64_t>(pw, g.width - image_col(g, 0));
   }
 };
 

@@ -46,28 +46,8 @@ struct CentreRule {
   }
 };
 
-// Padded pixel-major buffers, as the CPU's Layout: P holds the receptive field of the output
-// window (tap (ty, tx) of output (oi, oj) reads P(oi + ty*d, oj + tx*d)); Q holds grad_y with
-// (cy*d, (kw-1)*d) zeros around it, so grad-input reads Q(pr - ty*d + q_row0, pc - tx*d + q_col0).
-struct Layout {
-  int64_t ph, pw, qh, qw, q_row0, q_col0;
-  explicit Layout(const Geometry& g) {
-    const int64_t d = g.dilation;
-    ph = g.out_h() + g.centre_y * d;
-    pw = g.out_w() + (g.kw - 1) * d;
-    q_row0 = g.centre_y * d;
-    q_col0 = (g.kw - 1) * d;
-    qh = g.out_h() + 2 * q_row0;
-    qw = g.out_w() + 2 * q_col0;
-  }
-  int64_t image_row(const Geometry& g, int64_t pr) const { return g.row0 - g.centre_y * g.dilation + pr; }
-  int64_t image_col(const Geometry& g, int64_t pc) const { return g.col0 - g.centre_x * g.dilation + pc; }
-  // P's rows [r_lo, r_hi) and columns [c_lo, c_hi) that lie inside the image.
-  int64_t r_lo(const Geometry& g) const { return std::max<int64_t>(0, -image_row(g, 0)); }
-  int64_t r_hi(const Geometry& g) const { return std::min<int64_t>(ph, g.height - image_row(g, 0)); }
-  int64_t c_lo(const Geometry& g) const { return std::max<int64_t>(0, -image_col(g, 0)); }
-  int64_t c_hi(const Geometry& g) const { return std::min<int64_t>(pw, g.width - image_col(g, 0)); }
-};
+// The padded pixel-major buffers P and Q, as the CPU kernels lay them out (masked_conv_common.h).
+using Layout = PaddedBuffers;
 
 // acc[i][j] += sum over the staged chunk's kk of a[kk][ta + 16 i] * b[kk][tb + 16 j]: one thread's
 // kPer x kPer register tile, shared by the convolution and the grad-weight kernels.
