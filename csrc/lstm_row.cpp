@@ -66,6 +66,12 @@ struct ForwardArgs {
   at::ScalarType h_type;
   cpu::AlignedVector<acc_t> weight;  // [4D][k][D]: the taps' weights, input channels contiguous
   std::vector<Segment> segs;
+  // lstm_rows_conv: x [B, C, R, L] and its convolution's weight [4D][in_taps][C]; gates_in is
+  // then unused (null).
+  const acc_t* x = nullptr;
+  GateLayout gl{};  // of `gates`
+  cpu::AlignedVector<acc_t> in_weight;
+  std::vector<Segment> in_segs;
   // [4D][L] and a vector more: bias[n] along a row, the cell maths' bias runs (a flat run's
   // too, R being 1 there), readable a vector past any run's start.
   std::vector<acc_t> bias_runs;
@@ -99,12 +105,12 @@ void forward_flat(const ForwardArgs<acc_t>& p, int64_t b, const acc_t* pre) {
     q.pre[g] = pre + g * D * L;
     q.in[g] = p.gates_in + run(s, b, G, g * D, 0);
     q.bias[g] = p.bias_runs.data() + g * D * L;
-    q.gates[g] = p.gates + run(s, b, G, g * D, 0);
+    q.gates[g] = p.gates + p.gl.at(b, g * D, 0);
   }
   q.c_prev = p.c0 + b * D * L;
   q.c = p.c + run(s, b, D, 0, 0);
   q.h = q.state = p.h + run(s, b, D, 0, 0);
-  q.ahead = 0;
+  q.ahead = q.gates_ahead = 0;
   forward_run(q, D * L);
   round_h(p.h_type, q.h, D * L);
 }
@@ -157,22 +163,37 @@ void forward_chunk(const ForwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
     for (int64_t d = 0; d < D; ++d)
       std::copy_n(p.h0 + ((b0 + bi) * D + d) * L, L,
                   state + d * col.pad_stride + bi * col.lp + s.pad_left);
+  const int64_t C = s.in_channels;
+  acc_t* x_cols = p.x ? scratch<acc_t>(kSlot2, C * col.pad_stride) : nullptr;
+  acc_t* x_pre = p.x ? scratch<acc_t>(kSlot3, G * col.stride, false) : nullptr;
   ForwardRun<acc_t> q;
   for (int64_t r = 0; r < s.rows; ++r) {
+    // lstm_rows_conv: the input's convolution, in the state's column layout. It goes to a buffer
+    // of its own that the cell maths read in place of gates_in, so that every pre-activation is
+    // summed as lstm_rows sums it after a separate convolution (the samplers rely on that).
+    if (p.x) {
+      for (int64_t bi = 0; bi < nb; ++bi)
+        for (int64_t ci = 0; ci < C; ++ci)
+          std::copy_n(p.x + run(s, b0 + bi, C, ci, r), L,
+                      x_cols + ci * col.pad_stride + bi * col.lp + s.in_pad_left);
+      gather(p.in_weight.data(), G, s.in_taps * C, C, x_cols, col.pad_stride, p.in_segs,
+             col.count, x_pre, col.stride);
+    }
     // A zero initial state (the default) adds nothing to the first row: pre stays zero.
     if (r > 0 || !h0_zero)
       gather(p.weight.data(), G, s.taps * D, D, state, col.pad_stride, p.segs, col.count, pre,
              col.stride);
     q.ahead = r + 1 < s.rows ? L : 0;
+    q.gates_ahead = r + 1 < s.rows ? p.gl.r : 0;
     for (int64_t bi = 0; bi < nb; ++bi) {
       const int64_t b = b0 + bi;
       for (int64_t d = 0; d < D; ++d) {
         for (int g = 0; g < 4; ++g) {
           const int64_t n = g * D + d;
           q.pre[g] = pre + n * col.stride + bi * col.lp;
-          q.in[g] = p.gates_in + run(s, b, G, n, r);
+          q.in[g] = p.x ? x_pre + n * col.stride + bi * col.lp : p.gates_in + run(s, b, G, n, r);
           q.bias[g] = p.bias_runs.data() + n * L;
-          q.gates[g] = p.gates + run(s, b, G, n, r);
+          q.gates[g] = p.gates + p.gl.at(b, n, r);
         }
         q.c_prev = r > 0 ? p.c + run(s, b, D, d, r - 1) : p.c0 + (b * D + d) * L;
         q.c = p.c + run(s, b, D, d, r);
@@ -210,18 +231,24 @@ void transpose_taps(const acc_t* w, int64_t G, int64_t D, int64_t k, acc_t* out)
 }
 
 template <typename acc_t>
-void forward(ForwardArgs<acc_t>& p, const acc_t* w) {
+void forward(ForwardArgs<acc_t>& p, const acc_t* w, const acc_t* w_in) {
   const Shape& s = p.s;
   const int64_t D = s.hidden, G = s.gates, k = s.taps;
   p.weight.resize(G * k * D);
   transpose_taps(w, G, D, k, p.weight.data());
   for (int64_t t = 0; t < k; ++t) p.segs.push_back({t * D, t});
+  if (p.x) {
+    const int64_t C = s.in_channels;
+    p.in_weight.resize(G * s.in_taps * C);
+    transpose_taps(w_in, G, C, s.in_taps, p.in_weight.data());
+    for (int64_t t = 0; t < s.in_taps; ++t) p.in_segs.push_back({t * C, t});
+  }
   p.bias_runs.assign(G * s.length + kLanes, acc_t(0));
   if (p.bias)
     for (int64_t n = 0; n < G; ++n)
       std::fill_n(p.bias_runs.data() + n * s.length, s.length, p.bias[n]);
   const EvenSplit chunks{s.batch, chunk_count(s)};
-  const bool one_row = s.rows == 1 && s.length < kLanes;
+  const bool one_row = s.rows == 1 && s.length < kLanes && !p.x;
   at::parallel_for(0, chunks.count, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b0 = chunks.start(i), nb = chunks.start(i + 1) - b0;
@@ -230,44 +257,75 @@ void forward(ForwardArgs<acc_t>& p, const acc_t* w) {
   });
 }
 
-std::tuple<Tensor, Tensor, Tensor> lstm_rows_cpu(const Tensor& gates_in, const Tensor& weight,
-                                                  const std::optional<Tensor>& bias,
-                                                  const Tensor& h0, const Tensor& c0,
-                                                  int64_t pad_left) {
-  const Shape s = check_shapes(gates_in, weight, h0, c0, pad_left);
+// The forward of both ops: gates_in is the pre-activations (lstm_rows) or, with x, undefined
+// (lstm_rows_conv).
+std::tuple<Tensor, Tensor, Tensor> run_forward(const Shape& s, const Tensor& gates_in,
+                                               const Tensor& x, const Tensor& in_weight,
+                                               const Tensor& weight,
+                                               const std::optional<Tensor>& bias,
+                                               const Tensor& h0, const Tensor& c0) {
   if (bias.has_value())
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == s.gates && bias->device().is_cpu(),
                 "genfast: bias must be a CPU tensor of shape [", s.gates, "]");
-  const at::ScalarType acc = compute_type(gates_in.scalar_type());
-  const auto opts = gates_in.options().dtype(acc);
+  const Tensor& input = x.defined() ? x : gates_in;
+  const at::ScalarType acc = compute_type(input.scalar_type());
+  const auto opts = input.options().dtype(acc);
   Tensor h = at::empty({s.batch, s.hidden, s.rows, s.length}, opts);
   Tensor c = at::empty({s.batch, s.hidden, s.rows, s.length}, opts);
-  Tensor gates = at::empty({s.batch, s.gates, s.rows, s.length}, opts);
+  // lstm_rows_conv's activations are only read by its backward: row-major (see GateLayout).
+  Tensor gates = x.defined() ? at::empty({s.rows, s.batch, s.gates, s.length}, opts)
+                             : at::empty({s.batch, s.gates, s.rows, s.length}, opts);
   if (h.numel() > 0) {
-    const Tensor gi = as_compute(gates_in, acc), w = as_compute(weight, acc);
+    const Tensor gi = x.defined() ? Tensor() : as_compute(gates_in, acc);
+    const Tensor xc = x.defined() ? as_compute(x, acc) : Tensor();
+    const Tensor wi = x.defined() ? as_compute(in_weight, acc) : Tensor();
+    const Tensor w = as_compute(weight, acc);
     const Tensor h0c = as_compute(h0, acc), c0c = as_compute(c0, acc);
     const Tensor bc = bias.has_value() ? as_compute(*bias, acc) : Tensor();
     AT_DISPATCH_FLOATING_TYPES(acc, "lstm_rows", [&] {
       ForwardArgs<scalar_t> p{s,
-                              gi.const_data_ptr<scalar_t>(),
+                              x.defined() ? nullptr : gi.const_data_ptr<scalar_t>(),
                               bias.has_value() ? bc.const_data_ptr<scalar_t>() : nullptr,
                               h0c.const_data_ptr<scalar_t>(),
                               c0c.const_data_ptr<scalar_t>(),
                               h.mutable_data_ptr<scalar_t>(),
                               c.mutable_data_ptr<scalar_t>(),
                               gates.mutable_data_ptr<scalar_t>(),
-                              gates_in.scalar_type(),
+                              input.scalar_type(),
                               {},
                               {},
                               {}};
-      forward(p, w.const_data_ptr<scalar_t>());
+      p.x = x.defined() ? xc.const_data_ptr<scalar_t>() : nullptr;
+      p.gl = gate_layout(s, x.defined());
+      forward(p, w.const_data_ptr<scalar_t>(),
+              x.defined() ? wi.const_data_ptr<scalar_t>() : nullptr);
     });
   }
-  return {h.to(gates_in.scalar_type()), c, gates};
+  return {h.to(input.scalar_type()), c, gates};
+}
+
+std::tuple<Tensor, Tensor, Tensor> lstm_rows_cpu(const Tensor& gates_in, const Tensor& weight,
+                                                  const std::optional<Tensor>& bias,
+                                                  const Tensor& h0, const Tensor& c0,
+                                                  int64_t pad_left) {
+  const Shape s = check_shapes(gates_in, weight, h0, c0, pad_left);
+  return run_forward(s, gates_in, Tensor(), Tensor(), weight, bias, h0, c0);
+}
+
+std::tuple<Tensor, Tensor, Tensor> lstm_rows_conv_cpu(const Tensor& x, const Tensor& in_weight,
+                                                       const Tensor& weight,
+                                                       const std::optional<Tensor>& bias,
+                                                       const Tensor& h0, const Tensor& c0,
+                                                       int64_t in_pad_left, int64_t pad_left) {
+  const Shape s = check_conv_shapes(x, in_weight, weight, h0, c0, in_pad_left, pad_left);
+  return run_forward(s, Tensor(), x, in_weight, weight, bias, h0, c0);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(genfast, CPU, m) { m.impl("lstm_rows", &lstm_rows_cpu); }
+TORCH_LIBRARY_IMPL(genfast, CPU, m) {
+  m.impl("lstm_rows", &lstm_rows_cpu);
+  m.impl("lstm_rows_conv", &lstm_rows_conv_cpu);
+}
 
 }  // namespace genfast::lstm_row

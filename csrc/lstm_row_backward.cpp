@@ -32,6 +32,8 @@ void add_to(double* __restrict acc, const double* __restrict x, int64_t n) {
 
 // ----------------------------------------------------------------------------- backward
 
+struct GateGradients;  // the scratch tag of lstm_rows_conv's dL/dpre
+
 template <typename acc_t>
 struct BackwardArgs {
   Shape s;
@@ -43,34 +45,55 @@ struct BackwardArgs {
   acc_t* grad_bias_parts;  // [B][4D]: dL/dbias of each batch element
   cpu::AlignedVector<acc_t> weight;  // [D][k][4D]: tap k - 1 - s of the weight, transposed, at s
   std::vector<Segment> segs;
+  // lstm_rows_conv: dL/dx [B, C, R, L], gathered from dpre as dL/dh_{r-1} is, with in_weight
+  // laid out as weight ([C][k_in][4D], mirrored).
+  acc_t* grad_x = nullptr;
+  GateLayout gl{};  // of gates and grad_gates_in
+  cpu::AlignedVector<acc_t> in_weight;
+  std::vector<Segment> in_segs;
 };
+
+// dL/dpre of pixel (b, l) sits at column b * Lp + dpre_shift + l of backward_chunk's buffer: far
+// enough right that every gather from it reads its taps mirrored at non-negative offsets.
+inline int64_t dpre_shift(const Shape& s) {
+  return std::max(s.taps - 1 - s.pad_left, s.in_taps - 1 - s.in_pad_left);
+}
+
+// The mirrored segments of a gather from dpre through a weight of `taps` taps of `rows` rows each
+// (laid out [.][taps][4D], tap taps - 1 - t at t): output column j reads column j + offset + t.
+inline std::vector<Segment> mirrored_segments(const Shape& s, int64_t taps, int64_t pad_left) {
+  std::vector<Segment> segs;
+  const int64_t offset = dpre_shift(s) - (taps - 1 - pad_left);
+  for (int64_t t = 0; t < taps; ++t) segs.push_back({t * s.gates, offset + t});
+  return segs;
+}
 
 template <typename acc_t>
 void backward_chunk(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
   const Shape& s = p.s;
   const int64_t D = s.hidden, G = s.gates, L = s.length;
   const Columns<acc_t> col(s, nb);
-  // dL/dpre of pixel (b, l) sits at column b * Lp + shift + l of `dpre`, so that dL/dh_{r-1} at
-  // column j gathers tap t from column j + k - 1 - t.
-  const int64_t shift = s.taps - 1 - s.pad_left, ps = col.pad_stride;
+  const int64_t shift = dpre_shift(s), ps = col.pad_stride, C = s.in_channels;
   acc_t* dh = scratch<acc_t>(kSlot0, D * col.stride);
   acc_t* dpre = scratch<acc_t>(kSlot1, G * ps);
   acc_t* bias_sum = scratch<acc_t>(kSlot2, G * ps);  // dpre summed over the rows, per column
   acc_t* dc_in = scratch<acc_t>(kSlot3, nb * D * L);  // [nb][D][L]
   acc_t* dc_out = scratch<acc_t>(kSlot4, nb * D * L);
+  acc_t* dx = p.grad_x ? scratch<acc_t>(kSlot5, C * col.stride) : nullptr;
   BackwardRun<acc_t> q;
   q.grad_h_value = p.grad_h_value;
   q.grad_c_value = p.grad_c_value;
   for (int64_t r = s.rows - 1; r >= 0; --r) {
     q.ahead = r > 0 ? -L : 0;
+    q.gates_ahead = r > 0 ? -p.gl.r : 0;
     for (int64_t bi = 0; bi < nb; ++bi) {
       const int64_t b = b0 + bi;
       for (int64_t d = 0; d < D; ++d) {
         for (int g = 0; g < 4; ++g) {
           const int64_t n = g * D + d;
-          q.act[g] = p.gates + run(s, b, G, n, r);
+          q.act[g] = p.gates + p.gl.at(b, n, r);
           q.dpre[g] = dpre + n * ps + bi * col.lp + shift;
-          q.grad_in[g] = p.grad_gates_in + run(s, b, G, n, r);
+          q.grad_in[g] = p.grad_gates_in + p.gl.at(b, n, r);
         }
         q.c = p.c + run(s, b, D, d, r);
         q.c_prev = r > 0 ? p.c + run(s, b, D, d, r - 1) : p.c0 + (b * D + d) * L;
@@ -86,6 +109,13 @@ void backward_chunk(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
     // Zero outside the pixels, so whole rows can be summed.
     add_to(bias_sum, dpre, G * ps);
     gather(p.weight.data(), D, s.taps * G, G, dpre, ps, p.segs, col.count, dh, col.stride);
+    if (p.grad_x) {
+      gather(p.in_weight.data(), C, s.in_taps * G, G, dpre, ps, p.in_segs, col.count, dx,
+             col.stride);
+      for (int64_t bi = 0; bi < nb; ++bi)
+        for (int64_t ci = 0; ci < C; ++ci)
+          std::copy_n(dx + ci * col.stride + bi * col.lp, L, p.grad_x + run(s, b0 + bi, C, ci, r));
+    }
   }
   // dL/dbias of each batch element: its columns' sums, in column order.
   for (int64_t bi = 0; bi < nb; ++bi)
@@ -106,18 +136,31 @@ void backward_chunk(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
 // faster than 2 (by 12), the gate channels being rows R * L apart.
 constexpr int64_t kGradWeightVectors = 4;
 
-// dL/dweight[n][d][t] = sum over pixels (b, r, l) of dpre[b][n][r][l] * h_{r-1}[b][d][l + t - pad]:
-// h_{r-1} is copied pixel-major with its zero border, hp[b][r][q][d] (q < Lp), and each task owns
-// one (tap, gate-channel tile, hidden-channel block) and walks the pixels in chunks of rows that
-// stay in cache across the thread's tasks.
+// What a weight gradient's convolution read: h_{r-1} (h0 for row 0) for the state-to-state
+// weight, x_r for lstm_rows_conv's in_weight. Both are [B][channels][R][L].
 template <typename acc_t>
-void grad_weight(const Shape& s, const acc_t* dpre, const acc_t* h, const acc_t* h0,
-                 acc_t* grad_w) {
+struct WeightSource {
+  const acc_t* rows;
+  const acc_t* first;  // the state's h0 [B][D][L]; null for x
+  int64_t channels, taps, pad_left;
+};
+
+// dL/dweight[n][d][t] = sum over pixels (b, r, l) of dpre[b][n][r][l] * src[b][d][r'][l + t - pad]
+// (r' = r - 1 for the state, r for x): the source is copied pixel-major with its zero border,
+// hp[b][r][q][d] (q < Lp), and each task owns one (tap, gate-channel tile, channel block) and
+// walks the pixels in chunks of rows that stay in cache across the thread's tasks.
+template <typename acc_t>
+void grad_weight(const Shape& s, const acc_t* dpre, const GateLayout& gl,
+                 const WeightSource<acc_t>& src, acc_t* grad_w) {
   constexpr int64_t lanes = cpu::Vec<acc_t>::kLanes;
-  const int64_t D = s.hidden, G = s.gates, R = s.rows, L = s.length, k = s.taps;
-  const int64_t lp = L + k - 1, dpad = round_up(D, lanes);
-  // The segments are the (b, r) image rows, b-major; those of row 0 are left out when h0 is zero.
-  const bool h0_zero = std::all_of(h0, h0 + s.batch * D * L, [](acc_t v) { return v == acc_t(0); });
+  const int64_t D = src.channels, G = s.gates, R = s.rows, L = s.length, k = src.taps;
+  const int64_t pad_left = src.pad_left;
+  // pad_left may be k (x of a mask-A row kernel: every tap left of the pixel).
+  const int64_t lp = L + std::max(k - 1, pad_left), dpad = round_up(D, lanes);
+  // The segments are the (b, r) image rows, b-major; the state's of row 0 are left out when h0
+  // is zero.
+  const bool h0_zero = src.first && std::all_of(src.first, src.first + s.batch * D * L,
+                                                [](acc_t v) { return v == acc_t(0); });
   std::vector<int64_t> image_rows;
   for (int64_t i = 0; i < s.batch * R; ++i)
     if (i % R > 0 || !h0_zero) image_rows.push_back(i);
@@ -132,12 +175,14 @@ void grad_weight(const Shape& s, const acc_t* dpre, const acc_t* h, const acc_t*
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / R, r = i % R;
       acc_t* seg = hp + i * lp * dpad;
-      std::fill_n(seg, s.pad_left * dpad, acc_t(0));
-      std::fill(seg + (s.pad_left + L) * dpad, seg + lp * dpad, acc_t(0));
+      std::fill_n(seg, pad_left * dpad, acc_t(0));
+      std::fill(seg + (pad_left + L) * dpad, seg + lp * dpad, acc_t(0));
       for (int64_t l = 0; l < L && dpad > D; ++l)
-        std::fill_n(seg + (s.pad_left + l) * dpad + D, dpad - D, acc_t(0));
-      const acc_t* src = r == 0 ? h0 + b * D * L : h + run(s, b, D, 0, r - 1);
-      cpu::copy_2d(src, r == 0 ? L : R * L, int64_t{1}, hp + (i * lp + s.pad_left) * dpad,
+        std::fill_n(seg + (pad_left + l) * dpad + D, dpad - D, acc_t(0));
+      const bool from_h0 = src.first && r == 0;
+      const acc_t* row = from_h0 ? src.first + b * D * L
+                                 : src.rows + ((b * D) * R + r - (src.first ? 1 : 0)) * L;
+      cpu::copy_2d(row, from_h0 ? L : R * L, int64_t{1}, hp + (i * lp + pad_left) * dpad,
                    int64_t{1}, dpad, D, L);
     }
   });
@@ -175,11 +220,11 @@ void grad_weight(const Shape& s, const acc_t* dpre, const acc_t* h, const acc_t*
           const Task& task = tasks[ti];
           for (int64_t i = 0; i < nseg; ++i) {
             const int64_t row = image_rows[c0 + i], b = row / R, r = row % R;
-            segs[i] = {run(s, b, G, 0, r), (row * lp + task.tap) * dpad + task.d0};
+            segs[i] = {gl.at(b, 0, r), (row * lp + task.tap) * dpad + task.d0};
           }
-          const TileArgs args{R * L, 1, dpad, L, dpad, c0 > seg0};
+          const TileArgs args{gl.n, 1, dpad, L, dpad, c0 > seg0};
           cpu::conv_tile<acc_t>(static_cast<int>(task.rows), task.vectors, true)(
-              dpre + task.n0 * R * L, hp, segs.data(), nseg, args,
+              dpre + task.n0 * gl.n, hp, segs.data(), nseg, args,
               out + (task.tap * G + task.n0) * dpad + task.d0);
         }
       }
@@ -191,16 +236,25 @@ void grad_weight(const Shape& s, const acc_t* dpre, const acc_t* h, const acc_t*
       for (int64_t t = 0; t < k; ++t) grad_w[(n * D + d) * k + t] = packed[(t * G + n) * dpad + d];
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_rows_backward_cpu(
-    const Tensor& grad_h, const Tensor& grad_c, const Tensor& weight, const Tensor& h,
-    const Tensor& c, const Tensor& gates, const Tensor& h0, const Tensor& c0, int64_t pad_left) {
-  TORCH_CHECK(gates.dim() == 4, "genfast: gates must be [B, 4D, R, L], got ", gates.sizes());
-  const Shape s = check_shapes(gates, weight, h0, c0, pad_left);
+// The backward of both ops; x and in_weight are undefined for lstm_rows. Returns dL/dgates_in
+// (lstm_rows) or dL/dx (lstm_rows_conv), dL/din_weight (undefined for lstm_rows), dL/dweight,
+// dL/dbias, dL/dh0, dL/dc0.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> run_backward(
+    const Shape& s, const Tensor& grad_h, const Tensor& grad_c, const Tensor& x,
+    const Tensor& in_weight, const Tensor& weight, const Tensor& h, const Tensor& c,
+    const Tensor& gates, const Tensor& h0, const Tensor& c0) {
   for (const Tensor* t : {&grad_h, &grad_c, &h, &c})
     TORCH_CHECK(t->sizes() == at::IntArrayRef({s.batch, s.hidden, s.rows, s.length}) &&
                     t->device().is_cpu(),
                 "genfast: grad_h, grad_c, h and c must be CPU tensors of shape [", s.batch, ", ",
                 s.hidden, ", ", s.rows, ", ", s.length, "], got ", t->sizes());
+  const bool conv = x.defined();
+  // lstm_rows_conv saves its activations row-major (see GateLayout).
+  const auto gate_sizes = conv ? std::vector<int64_t>{s.rows, s.batch, s.gates, s.length}
+                               : std::vector<int64_t>{s.batch, s.gates, s.rows, s.length};
+  TORCH_CHECK(gates.sizes() == at::IntArrayRef(gate_sizes) && gates.device().is_cpu(),
+              "genfast: gates must be a CPU tensor of shape ", at::IntArrayRef(gate_sizes),
+              ", got ", gates.sizes());
   const at::ScalarType acc = compute_type(h.scalar_type());
   const auto opts = h.options().dtype(acc);
   // Every element is written below, unless there is no work: then every gradient is zero.
@@ -208,7 +262,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_rows_backward_cpu(
   const auto make = [&](at::IntArrayRef sizes) {
     return work ? at::empty(sizes, opts) : at::zeros(sizes, opts);
   };
-  Tensor ggi = make({s.batch, s.gates, s.rows, s.length});
+  // dL/dpre of every pixel: lstm_rows' dL/dgates_in, or lstm_rows_conv's input to its weights'
+  // gradients, kept in a reused buffer (fresh pages cost a fault each: 3 ms of 16 for 12.8 MB).
+  Tensor ggi = conv ? Tensor() : make({s.batch, s.gates, s.rows, s.length});
+  Tensor gx = conv ? make(x.sizes()) : Tensor(), gwi = conv ? make(in_weight.sizes()) : Tensor();
   Tensor gw = make(weight.sizes()), gb = make({s.gates});
   Tensor gh0 = make(h0.sizes()), gc0 = make(c0.sizes());
   if (work) {
@@ -224,9 +281,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_rows_backward_cpu(
     const Tensor w = as_compute(weight, acc), hc = as_compute(h, acc), cc = as_compute(c, acc);
     const Tensor gt = as_compute(gates, acc), h0c = as_compute(h0, acc);
     const Tensor c0c = as_compute(c0, acc);
+    const Tensor xc = conv ? as_compute(x, acc) : Tensor();
+    const Tensor wic = conv ? as_compute(in_weight, acc) : Tensor();
     AT_DISPATCH_FLOATING_TYPES(acc, "lstm_rows_backward", [&] {
       using acc_t = scalar_t;
       const int64_t D = s.hidden, G = s.gates, k = s.taps;
+      acc_t* dpre = conv ? cpu::thread_scratch<GateGradients, 1, acc_t>(
+                               0, s.batch * s.gates * s.rows * s.length)
+                         : ggi.mutable_data_ptr<acc_t>();
       BackwardArgs<acc_t> p{s,
                             gh_uniform ? nullptr : gh.const_data_ptr<acc_t>(),
                             gc_uniform ? nullptr : gc.const_data_ptr<acc_t>(),
@@ -235,27 +297,43 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_rows_backward_cpu(
                             c0c.const_data_ptr<acc_t>(),
                             gh.const_data_ptr<acc_t>()[0],
                             gc.const_data_ptr<acc_t>()[0],
-                            ggi.mutable_data_ptr<acc_t>(),
+                            dpre,
                             gh0.mutable_data_ptr<acc_t>(),
                             gc0.mutable_data_ptr<acc_t>(),
                             nullptr,
                             cpu::AlignedVector<acc_t>(D * k * G, acc_t(0)),
-                            {}};
+                            mirrored_segments(s, k, s.pad_left)};
+      p.gl = gate_layout(s, conv);
       std::vector<acc_t> bias_parts(s.batch * G);
       p.grad_bias_parts = bias_parts.data();
-      const acc_t* wp = w.const_data_ptr<acc_t>();
-      for (int64_t n = 0; n < G; ++n)
-        for (int64_t d = 0; d < D; ++d)
-          for (int64_t t = 0; t < k; ++t)
-            p.weight[(d * k + (k - 1 - t)) * G + n] = wp[(n * D + d) * k + t];
-      for (int64_t t = 0; t < k; ++t) p.segs.push_back({t * G, t});
+      // Each tap's weight transposed, tap taps - 1 - t at t: [rows][taps][4D].
+      const auto mirror = [&](const acc_t* wp, int64_t rows, int64_t taps, acc_t* out) {
+        for (int64_t n = 0; n < G; ++n)
+          for (int64_t d = 0; d < rows; ++d)
+            for (int64_t t = 0; t < taps; ++t)
+              out[(d * taps + (taps - 1 - t)) * G + n] = wp[(n * rows + d) * taps + t];
+      };
+      mirror(w.const_data_ptr<acc_t>(), D, k, p.weight.data());
+      if (conv) {
+        p.grad_x = gx.mutable_data_ptr<acc_t>();
+        p.in_weight.resize(s.in_channels * s.in_taps * G);
+        mirror(wic.const_data_ptr<acc_t>(), s.in_channels, s.in_taps, p.in_weight.data());
+        p.in_segs = mirrored_segments(s, s.in_taps, s.in_pad_left);
+      }
       const EvenSplit chunks{s.batch, chunk_count(s)};
       at::parallel_for(0, chunks.count, 1, [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i)
           backward_chunk(p, chunks.start(i), chunks.start(i + 1) - chunks.start(i));
       });
-      grad_weight(s, ggi.const_data_ptr<acc_t>(), hc.const_data_ptr<acc_t>(),
-                  h0c.const_data_ptr<acc_t>(), gw.mutable_data_ptr<acc_t>());
+      grad_weight(s, dpre, p.gl,
+                  WeightSource<acc_t>{hc.const_data_ptr<acc_t>(), h0c.const_data_ptr<acc_t>(), D,
+                                      k, s.pad_left},
+                  gw.mutable_data_ptr<acc_t>());
+      if (conv)
+        grad_weight(s, dpre, p.gl,
+                    WeightSource<acc_t>{xc.const_data_ptr<acc_t>(), nullptr, s.in_channels,
+                                        s.in_taps, s.in_pad_left},
+                    gwi.mutable_data_ptr<acc_t>());
       acc_t* gbp = gb.mutable_data_ptr<acc_t>();
       for (int64_t n = 0; n < G; ++n) {
         acc_t total = 0;
@@ -264,12 +342,38 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_rows_backward_cpu(
       }
     });
   }
-  return {ggi.to(h.scalar_type()), gw.to(weight.scalar_type()), gb.to(weight.scalar_type()),
-          gh0.to(h0.scalar_type()), gc0.to(c0.scalar_type())};
+  const at::ScalarType out_type = h.scalar_type(), w_type = weight.scalar_type();
+  return {conv ? gx.to(x.scalar_type()) : ggi.to(out_type),
+          conv ? gwi.to(in_weight.scalar_type()) : Tensor(),
+          gw.to(w_type),
+          gb.to(w_type),
+          gh0.to(h0.scalar_type()),
+          gc0.to(c0.scalar_type())};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_rows_backward_cpu(
+    const Tensor& grad_h, const Tensor& grad_c, const Tensor& weight, const Tensor& h,
+    const Tensor& c, const Tensor& gates, const Tensor& h0, const Tensor& c0, int64_t pad_left) {
+  TORCH_CHECK(gates.dim() == 4, "genfast: gates must be [B, 4D, R, L], got ", gates.sizes());
+  const Shape s = check_shapes(gates, weight, h0, c0, pad_left);
+  auto [ggi, unused, gw, gb, gh0, gc0] =
+      run_backward(s, grad_h, grad_c, Tensor(), Tensor(), weight, h, c, gates, h0, c0);
+  return {ggi, gw, gb, gh0, gc0};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_rows_conv_backward_cpu(
+    const Tensor& grad_h, const Tensor& grad_c, const Tensor& x, const Tensor& in_weight,
+    const Tensor& weight, const Tensor& h, const Tensor& c, const Tensor& gates, const Tensor& h0,
+    const Tensor& c0, int64_t in_pad_left, int64_t pad_left) {
+  const Shape s = check_conv_shapes(x, in_weight, weight, h0, c0, in_pad_left, pad_left);
+  return run_backward(s, grad_h, grad_c, x, in_weight, weight, h, c, gates, h0, c0);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(genfast, CPU, m) { m.impl("lstm_rows_backward", &lstm_rows_backward_cpu); }
+TORCH_LIBRARY_IMPL(genfast, CPU, m) {
+  m.impl("lstm_rows_backward", &lstm_rows_backward_cpu);
+  m.impl("lstm_rows_conv_backward", &lstm_rows_conv_backward_cpu);
+}
 
 }  // namespace genfast::lstm_row

@@ -39,6 +39,13 @@ inline EvenSplit tiles_of(int64_t n, int64_t most) { return {n, (n + most - 1) /
 
 struct Shape {
   int64_t batch, hidden, gates, rows, length, taps, pad_left;
+  // genfast::lstm_rows_conv's input-to-state convolution along the row (in_taps 0: none, the
+  // pre-activations come in as gates_in): in_channels of x, tap t reads x at l + t - in_pad_left.
+  int64_t in_channels = 0, in_taps = 0, in_pad_left = 0;
+  // The zero columns each side of a row that the widest convolution reads.
+  int64_t border() const {
+    return std::max({pad_left, taps - 1 - pad_left, in_pad_left, in_taps - 1 - in_pad_left});
+  }
 };
 
 // A chunk of nb batch elements in columns (see the file comment).
@@ -48,29 +55,41 @@ struct Columns {
   int64_t lp;          // columns per batch element: L, then the zeros before the next one
   int64_t count;       // nb * lp rounded up to whole vectors: the columns each row computes
   int64_t stride;      // row stride of the convolution's output
-  int64_t pad_stride;  // row stride of the zero-bordered buffers, read up to count + k - 1
+  int64_t pad_stride;  // row stride of the zero-bordered buffers, read up to count + 2 border
 
-  Columns(const Shape& s, int64_t nb)
-      : lp(s.length + std::max(s.pad_left, s.taps - 1 - s.pad_left)) {
+  Columns(const Shape& s, int64_t nb) : lp(s.length + s.border()) {
     count = round_up(nb * lp, kVector);
     stride = count;
-    pad_stride = round_up(count + s.taps - 1, kVector) + kVector;
+    pad_stride = round_up(count + 2 * s.border(), kVector) + kVector;
   }
 };
+
+// Where the L values of gate channel n of (batch element b, row r) start in the saved activations
+// and the gate gradients: lstm_rows' [B][4D][R][L] tensors (image-major, the layout of gates_in)
+// or lstm_rows_conv's internal [R][B][4D][L] ones (row-major: what a batch chunk's row reads and
+// writes is one contiguous block, which the cell maths stream through).
+struct GateLayout {
+  int64_t b, n, r;  // strides
+  int64_t at(int64_t bi, int64_t ni, int64_t ri) const { return bi * b + ni * n + ri * r; }
+};
+inline GateLayout gate_layout(const Shape& s, bool row_major) {
+  return row_major ? GateLayout{s.gates * s.length, s.length, s.batch * s.gates * s.length}
+                   : GateLayout{s.gates * s.rows * s.length, s.rows * s.length, s.length};
+}
 
 // The offset of the L contiguous values of (b, channel, row) in a contiguous [B][C][R][L] tensor.
 inline int64_t run(const Shape& s, int64_t b, int64_t channels, int64_t channel, int64_t row) {
   return ((b * channels + channel) * s.rows + row) * s.length;
 }
 
-// out[n][j] = sum over segments, sum over kk < kdim of A[n][seg.a + kk] * B[seg.b + kk][j] for
-// n < rows and the `cols` columns (a multiple of the SIMD width), tiled by conv_tile.
+// out[n][j] (+)= sum over segments, sum over kk < kdim of A[n][seg.a + kk] * B[seg.b + kk][j]
+// for n < rows and the `cols` columns (a multiple of the SIMD width), tiled by conv_tile.
 template <typename acc_t>
 void gather(const acc_t* a, int64_t rows, int64_t a_stride, int64_t kdim, const acc_t* b,
             int64_t b_stride, const std::vector<Segment>& segs, int64_t cols, acc_t* out,
-            int64_t out_stride) {
+            int64_t out_stride, bool accumulate = false) {
   constexpr int64_t lanes = cpu::Vec<acc_t>::kLanes;
-  const TileArgs args{a_stride, 1, b_stride, kdim, out_stride, false};
+  const TileArgs args{a_stride, 1, b_stride, kdim, out_stride, accumulate};
   for (int64_t c0 = 0; c0 < cols; c0 += cpu::kMaxVectors * lanes) {
     const int vectors = static_cast<int>(std::min<int64_t>(cpu::kMaxVectors, (cols - c0) / lanes));
     const EvenSplit tiles = tiles_of(rows, cpu::max_rows(vectors));
@@ -85,7 +104,7 @@ void gather(const acc_t* a, int64_t rows, int64_t a_stride, int64_t kdim, const 
 }
 
 // Work buffers are kept per thread and reused (cpu/scratch.h). Returns n elements, zeroed if asked.
-enum Slot { kSlot0, kSlot1, kSlot2, kSlot3, kSlot4, kSlots };
+enum Slot { kSlot0, kSlot1, kSlot2, kSlot3, kSlot4, kSlot5, kSlots };
 struct LstmRowsScratch;
 
 template <typename T>
@@ -116,14 +135,9 @@ inline at::ScalarType compute_type(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-inline Shape check_shapes(const Tensor& gates_in, const Tensor& weight, const Tensor& h0,
-                          const Tensor& c0, int64_t pad_left) {
-  TORCH_CHECK(gates_in.dim() == 4, "genfast: gates_in must be [B, 4D, R, L], got shape ",
-              gates_in.sizes());
-  TORCH_CHECK(gates_in.size(1) % 4 == 0, "genfast: gates_in has ", gates_in.size(1),
-              " channels, not a multiple of 4 (the gates i, f, o, g)");
-  const int64_t B = gates_in.size(0), D = gates_in.size(1) / 4, R = gates_in.size(2),
-                L = gates_in.size(3);
+// The checks of weight, h0, c0 and pad_left against the batch B, rows R and length L.
+inline Shape check_state_shapes(int64_t B, int64_t D, int64_t R, int64_t L, const Tensor& weight,
+                                const Tensor& h0, const Tensor& c0, int64_t pad_left) {
   TORCH_CHECK(weight.dim() == 3 && weight.size(0) == 4 * D && weight.size(1) == D &&
                   weight.size(2) >= 1,
               "genfast: weight must be [4D, D, k] = [", 4 * D, ", ", D, ", k >= 1], got ",
@@ -134,9 +148,42 @@ inline Shape check_shapes(const Tensor& gates_in, const Tensor& weight, const Te
   for (const Tensor* t : {&h0, &c0})
     TORCH_CHECK(t->sizes() == at::IntArrayRef({B, D, L}), "genfast: h0 and c0 must be [", B, ", ",
                 D, ", ", L, "], got ", t->sizes());
-  for (const Tensor* t : {&gates_in, &weight, &h0, &c0})
+  for (const Tensor* t : {&weight, &h0, &c0})
     TORCH_CHECK(t->device().is_cpu(), "genfast: the cpu backend of lstm_rows needs CPU tensors");
   return {B, D, 4 * D, R, L, k, pad_left};
+}
+
+inline Shape check_shapes(const Tensor& gates_in, const Tensor& weight, const Tensor& h0,
+                          const Tensor& c0, int64_t pad_left) {
+  TORCH_CHECK(gates_in.dim() == 4, "genfast: gates_in must be [B, 4D, R, L], got shape ",
+              gates_in.sizes());
+  TORCH_CHECK(gates_in.size(1) % 4 == 0, "genfast: gates_in has ", gates_in.size(1),
+              " channels, not a multiple of 4 (the gates i, f, o, g)");
+  TORCH_CHECK(gates_in.device().is_cpu(), "genfast: the cpu backend of lstm_rows needs CPU tensors");
+  return check_state_shapes(gates_in.size(0), gates_in.size(1) / 4, gates_in.size(2),
+                            gates_in.size(3), weight, h0, c0, pad_left);
+}
+
+// lstm_rows_conv: x [B, C, R, L] and in_weight [4D, C, in_taps] as well.
+inline Shape check_conv_shapes(const Tensor& x, const Tensor& in_weight, const Tensor& weight,
+                               const Tensor& h0, const Tensor& c0, int64_t in_pad_left,
+                               int64_t pad_left) {
+  TORCH_CHECK(x.dim() == 4, "genfast: x must be [B, C, R, L], got shape ", x.sizes());
+  TORCH_CHECK(weight.dim() == 3, "genfast: weight must be [4D, D, k], got ", weight.sizes());
+  TORCH_CHECK(x.device().is_cpu() && in_weight.device().is_cpu(),
+              "genfast: the cpu backend of lstm_rows_conv needs CPU tensors");
+  Shape s = check_state_shapes(x.size(0), weight.size(1), x.size(2), x.size(3), weight, h0, c0,
+                               pad_left);
+  TORCH_CHECK(in_weight.dim() == 3 && in_weight.size(0) == s.gates &&
+                  in_weight.size(1) == x.size(1) && in_weight.size(2) >= 1,
+              "genfast: in_weight must be [4D, C, k_in] = [", s.gates, ", ", x.size(1),
+              ", k_in >= 1], got ", in_weight.sizes());
+  TORCH_CHECK(0 <= in_pad_left && in_pad_left <= in_weight.size(2),
+              "genfast: in_pad_left must be in [0, ", in_weight.size(2), "], got ", in_pad_left);
+  s.in_channels = x.size(1);
+  s.in_taps = in_weight.size(2);
+  s.in_pad_left = in_pad_left;
+  return s;
 }
 
 inline Tensor as_compute(const Tensor& t, at::ScalarType type) { return t.to(type).contiguous(); }

@@ -60,6 +60,18 @@ TORCH_LIBRARY(genfast, m) {
       "Tensor gates, Tensor h0, Tensor c0, int pad_left) -> (Tensor grad_gates_in, "
       "Tensor grad_weight, Tensor grad_bias, Tensor grad_h0, Tensor grad_c0)");
 
+  // lstm_rows with the input-to-state part fused in: gates_in = a convolution along the row of
+  // x [B, C, R, L] with in_weight [4D, C, k_in] (tap t of output l reads x at l + t -
+  // in_pad_left, zeros outside; in_pad_left in [0, k_in]), computed row by row inside the recurrence.
+  m.def(
+      "lstm_rows_conv(Tensor x, Tensor in_weight, Tensor weight, Tensor? bias, Tensor h0, "
+      "Tensor c0, int in_pad_left, int pad_left) -> (Tensor h, Tensor c, Tensor gates)");
+  m.def(
+      "lstm_rows_conv_backward(Tensor grad_h, Tensor grad_c, Tensor x, Tensor in_weight, "
+      "Tensor weight, Tensor h, Tensor c, Tensor gates, Tensor h0, Tensor c0, int in_pad_left, "
+      "int pad_left) -> (Tensor grad_x, Tensor grad_in_weight, Tensor grad_weight, "
+      "Tensor grad_bias, Tensor grad_h0, Tensor grad_c0)");
+
   // Categorical draws of the autoregressive samplers, by inverse CDF: for each row of logits
   // [n, levels] the first level whose cumulative softmax probability exceeds uniform[row]
   // (float64 [n], in [0, 1)). Returns int64 [n].

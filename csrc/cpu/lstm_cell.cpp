@@ -149,7 +149,7 @@ void forward_run(const ForwardRun<float>& q, int64_t n) {
   if (q.ahead) {
     for (int g = 0; g < 4; ++g) {
       prefetch<0>(q.in[g] + q.ahead, n);
-      prefetch<1>(q.gates[g] + q.ahead, n);
+      prefetch<1>(q.gates[g] + q.gates_ahead, n);
     }
     prefetch<1>(q.c + q.ahead, n);
     prefetch<1>(q.h + q.ahead, n);
@@ -204,8 +204,8 @@ GENFAST_TARGET_CLONES
 void backward_run(const BackwardRun<float>& q, int64_t n) {
   if (q.ahead) {
     for (int g = 0; g < 4; ++g) {
-      prefetch<0>(q.act[g] + q.ahead, n);
-      prefetch<1>(q.grad_in[g] + q.ahead, n);
+      prefetch<0>(q.act[g] + q.gates_ahead, n);
+      prefetch<1>(q.grad_in[g] + q.gates_ahead, n);
     }
     prefetch<0>(q.c_prev + q.ahead, n);
     if (q.grad_h) prefetch<0>(q.grad_h + q.ahead, n);

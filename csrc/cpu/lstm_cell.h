@@ -21,7 +21,7 @@ struct ForwardRun {
   const T* c_prev;  // c_{r-1}: the previous row of c, or c0
   T *gates[4], *c, *h;
   T* state;  // h again, where the next row's convolution reads it
-  int64_t ahead;
+  int64_t ahead, gates_ahead;  // gates_ahead: the same for `gates`, which may be laid out apart
 };
 
 template <typename T>
@@ -34,7 +34,7 @@ struct BackwardRun {
   const T* dc_in;  // dL/dc_r through row r + 1
   T* dc_out;       // dL/dc_{r-1} through f
   T *dpre[4], *grad_in[4];  // dL/dpre into the zero-bordered buffer, and into grad_gates_in
-  int64_t ahead;
+  int64_t ahead, gates_ahead;  // gates_ahead: the same for act and grad_in
 };
 
 // pre = pre[g] + in[g] + bias[g] -> gates i, f, o, g (sigmoid x 3, tanh), c = f c_prev + i g,

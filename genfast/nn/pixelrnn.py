@@ -53,9 +53,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genfast import _backend
 from genfast.nn.gated_pixelcnn import shift_down
 from genfast.nn.masked_conv import MaskedConv2d
-from genfast.ops.lstm_row import lstm_rows
+from genfast.ops import lstm_rows_conv as fused
+from genfast.ops.lstm_row import IMPLEMENTED, lstm_rows
+from genfast.ops.masked_conv import conv_mask
 
 __all__ = ["RowLSTM", "DiagonalBiLSTM", "skew", "unskew"]
 
@@ -186,6 +189,14 @@ class _LSTMLayer(nn.Module):
         self.bias = nn.Parameter(torch.empty(4 * d, **factory))
         self.register_buffer("state_mask", self._colour_mask(d, data_channels, device),
                              persistent=False)
+        # The input kernel's mask on its visible taps (from the left end to the centre), for
+        # genfast.ops.lstm_rows_conv: found once here, so that forward has no data-dependent
+        # branch for torch.compile.
+        conv = self.input_to_state
+        mask = conv_mask(*conv.weight.shape, mask_type, data_channels)[:, :, 0]
+        self.visible_taps = int(mask.amax(dim=(0, 1)).count_nonzero())
+        self.register_buffer("input_mask", mask[:, :, :self.visible_taps].to(**factory),
+                             persistent=False)
         self.reset_parameters()
 
     @staticmethod
@@ -218,6 +229,21 @@ class _LSTMLayer(nn.Module):
         b, _, *spatial = gates.shape
         return (gates.view(b, n, 4, self.hidden_channels // n, *spatial).transpose(1, 2)
                 .reshape(b, 4 * self.hidden_channels, *spatial))
+
+    def _fused_input(self, x: torch.Tensor):
+        """(in_weight, in_pad_left) for genfast.ops.lstm_rows_conv, or None to run the masked
+        convolution and lstm_rows apart: when lstm_rows would not run on the cpu backend, which
+        alone has the fused kernel, or when the mask hides every tap.
+
+        in_weight is the masked kernel's visible taps, rows in gate-major order; tap 0 reads
+        k // 2 columns left of the output.
+        """
+        if not fused.HAS_CPU_KERNEL or self.visible_taps == 0 or _backend.select(
+                "lstm_rows", self.backend, x.device, x.dtype, IMPLEMENTED) != "cpu":
+            return None
+        conv = self.input_to_state
+        masked = conv.weight[:, :, 0, :self.visible_taps] * self.input_mask.to(conv.weight.dtype)
+        return self._gate_major(masked.unsqueeze(0)).squeeze(0), (conv.kernel_size[1] - 1) // 2
 
     def _weight(self) -> torch.Tensor:
         if self.state_mask is None:
@@ -266,8 +292,14 @@ class RowLSTM(_LSTMLayer):
         """
         _check_input(x, self.in_channels, "RowLSTM")
         h0, c0 = self._check_state(x, state)
-        h, c = lstm_rows(self._gates(x), self._weight(), self.bias, h0, c0,
-                         pad_left=self.kernel_size // 2, backend=self.backend)
+        fused_input = self._fused_input(x)
+        if fused_input is None:
+            h, c = lstm_rows(self._gates(x), self._weight(), self.bias, h0, c0,
+                             pad_left=self.kernel_size // 2, backend=self.backend)
+        else:  # the masked 1 x k convolution inside the recurrence, row by row
+            in_weight, in_pad_left = fused_input
+            h, c = fused.lstm_rows_conv(x, in_weight, self._weight(), self.bias, h0, c0,
+                                        in_pad_left, self.kernel_size // 2, backend="cpu")
         if return_state:  # copies, so that the state does not hold all of c alive
             return h, (h[:, :, -1].contiguous(), c[:, :, -1].contiguous())
         return h
@@ -298,10 +330,18 @@ class _DiagonalLSTM(_LSTMLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         width = x.shape[3]
-        # [B, 4D, steps = H + W - 1, positions = H]: column s of the skewed map is step s.
-        gates = _skew_steps(self._gates(x))
+        fused_input = self._fused_input(x)
         # k = 2, pad_left = 1: position r reads rows r - 1 (above) and r (left) of step s - 1.
-        h, _ = lstm_rows(gates, self._weight(), self.bias, pad_left=1, backend=self.backend)
+        if fused_input is None:
+            # [B, 4D, steps = H + W - 1, positions = H]: column s of the skewed map is step s.
+            gates = _skew_steps(self._gates(x))
+            h, _ = lstm_rows(gates, self._weight(), self.bias, pad_left=1, backend=self.backend)
+        else:
+            # The 1 x 1 convolution inside the recurrence, on the skewed input (C channels where
+            # the skewed gates have 4D; its padding is zeros, as the skewed gates' was).
+            in_weight, in_pad_left = fused_input
+            h, _ = fused.lstm_rows_conv(_skew_steps(x), in_weight, self._weight(), self.bias,
+                                        in_pad_left=in_pad_left, pad_left=1, backend="cpu")
         return _unskew_steps(h, width)
 
 
