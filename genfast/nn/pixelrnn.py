@@ -56,7 +56,7 @@ from torch import nn
 from genfast import _backend
 from genfast.nn.gated_pixelcnn import shift_down
 from genfast.nn.masked_conv import MaskedConv2d
-from genfast.ops import lstm_rows_conv as fused
+from genfast.ops import lstm_row_conv as fused
 from genfast.ops.lstm_row import IMPLEMENTED, lstm_rows
 from genfast.ops.masked_conv import conv_mask
 

@@ -9,6 +9,7 @@ from genfast.ops.reparam import (  # noqa: F401
 )
 from genfast.ops.masked_conv import conv_mask, masked_conv2d, masked_conv2d_ref  # noqa: F401
 from genfast.ops.gated import gated_activation, gated_activation_ref  # noqa: F401
+from genfast.ops.lstm_row_conv import lstm_rows_conv, lstm_rows_conv_ref  # noqa: F401
 from genfast.ops.lstm_row import (  # noqa: F401
     lstm_row_step,
     lstm_row_step_ref,

@@ -1,0 +1,219 @@
+"""lstm_rows_conv, lstm_rows with its input-to-state convolution fused in: the cpu kernel against
+the reference (conv_rows then the Python loop), forward and backward, plus gradcheck, opcheck,
+torch.compile, thread-count independence, the other backends' composition and bad input."""
+import zlib
+
+import pytest
+import torch
+
+from genfast.ops import lstm_row_conv as fused
+from genfast.ops.lstm_row_conv import lstm_rows_conv, lstm_rows_conv_ref
+from conftest import LOW_PRECISION, assert_close
+
+needs_kernel = pytest.mark.skipif(not fused.HAS_CPU_KERNEL,
+                                  reason="the extension has no lstm_rows_conv cpu kernel")
+
+# (batch, in_channels, hidden, rows, length, k_in, in_pad_left, k, pad_left): batch 1, one- and
+# two-pixel rows, a single row, non-square, channel counts off multiples of 8, the Row LSTM's
+# mask-B (2 taps, in_pad_left 1) and mask-A (1 tap left of the pixel, in_pad_left = k_in) input
+# kernels, the Diagonal BiLSTM's 1 x 1 one (with k = 2, pad_left = 1), wide kernels.
+CASES = [
+    (2, 5, 3, 4, 7, 2, 1, 3, 1),
+    (1, 3, 5, 4, 5, 1, 1, 3, 1),
+    (3, 4, 6, 5, 20, 1, 0, 2, 1),
+    (1, 7, 9, 3, 1, 2, 1, 3, 1),
+    (2, 2, 4, 1, 2, 3, 2, 3, 1),
+    (4, 6, 8, 6, 28, 2, 1, 3, 1),
+    (2, 9, 4, 3, 19, 5, 2, 5, 4),
+    (1, 4, 3, 2, 9, 3, 3, 2, 0),
+]
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+
+
+def _seed(*key):
+    torch.manual_seed(zlib.crc32(repr(key).encode()))
+
+
+def _inputs(case, states=True):
+    """float64 x, in_weight, weight, bias, h0, c0 (the states None unless asked for)."""
+    b, cin, d, r, length, kin, _, k, _ = case
+    f64 = dict(dtype=torch.float64)
+    x = torch.randn(b, cin, r, length, **f64)
+    in_weight = torch.randn(4 * d, cin, kin, **f64) / (cin * kin) ** 0.5
+    weight = torch.randn(4 * d, d, k, **f64) / (d * k) ** 0.5
+    bias = 0.5 * torch.randn(4 * d, **f64)
+    h0 = torch.randn(b, d, length, **f64).tanh() if states else None
+    c0 = torch.randn(b, d, length, **f64) if states else None
+    return x, in_weight, weight, bias, h0, c0
+
+
+def _run(fn, inputs, grads, dtype, pads, **kwargs):
+    """(h, c, then the gradient of every input) of fn on the inputs cast to dtype."""
+    leaves = [None if t is None else t.detach().to(dtype).requires_grad_() for t in inputs]
+    h, c = fn(*leaves, *pads, **kwargs)
+    wanted = [t for t in leaves if t is not None]
+    got = torch.autograd.grad((h, c), wanted, (grads[0].to(h.dtype), grads[1].to(c.dtype)))
+    it = iter(got)
+    return [h.detach(), c.detach()] + [None if t is None else next(it) for t in leaves]
+
+
+@needs_kernel
+@pytest.mark.parametrize("states", [True, False], ids=["states", "zero_states"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_matches_reference(case, dtype, states):
+    _seed(case, str(dtype), states)
+    inputs = _inputs(case, states)
+    b, _, d, r, length, _, in_pad_left, _, pad_left = case
+    grads = [torch.randn(b, d, r, length, dtype=torch.float64) for _ in range(2)]
+    pads = (in_pad_left, pad_left)
+    fast = _run(lstm_rows_conv, inputs, grads, dtype, pads, backend="cpu")
+    ref = _run(lstm_rows_conv_ref, inputs, grads, dtype, pads)
+    ref64 = _run(lstm_rows_conv_ref, [None if t is None else t.to(dtype).double() for t in inputs],
+                 grads, torch.float64, pads)
+    for got, want, want64 in zip(fast, ref, ref64):
+        if want is None:
+            assert got is None
+            continue
+        assert got.dtype == want.dtype and got.shape == want.shape
+        if dtype in LOW_PRECISION:
+            assert_close(got.to(dtype), want.to(dtype), want64)
+        else:
+            assert_close(got, want)
+
+
+@needs_kernel
+@pytest.mark.parametrize("bias,states,case", [
+    (True, True, (2, 3, 2, 3, 5, 2, 1, 3, 1)),
+    (False, False, (1, 2, 3, 4, 4, 1, 0, 2, 1)),
+    (True, False, (2, 2, 2, 2, 3, 1, 1, 3, 1)),
+])
+def test_gradcheck(bias, states, case):
+    _seed("gradcheck", bias, states, case)
+    x, in_weight, weight, b, h0, c0 = _inputs(case, states)
+    leaves = [x, in_weight, weight, b if bias else None, h0, c0]
+    leaves = [None if t is None else t.requires_grad_() for t in leaves]
+    inputs = [t for t in leaves if t is not None]
+
+    def fn(*args):
+        it = iter(args)
+        full = [None if t is None else next(it) for t in leaves]
+        return lstm_rows_conv(*full, case[6], case[8], backend="cpu")
+
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+@needs_kernel
+def test_opcheck():
+    _seed("opcheck")
+    x, in_weight, weight, bias, h0, c0 = (t.float() for t in _inputs((2, 3, 4, 3, 5, 2, 1, 3, 1)))
+    args = [t.requires_grad_() for t in (x, in_weight, weight, bias, h0, c0)]
+    op = torch.ops.genfast.lstm_rows_conv
+    torch.library.opcheck(op, (*args, 1, 1))
+    torch.library.opcheck(op, (args[0], args[1], args[2], None, args[4], args[5], 2, 0))
+    detached = [t.detach() for t in args]
+    h, c, gates = op(*detached, 1, 1)
+    assert not gates.requires_grad
+    torch.library.opcheck(torch.ops.genfast.lstm_rows_conv_backward,
+                          (torch.randn_like(h), torch.randn_like(c), detached[0], detached[1],
+                           detached[2], h, c, gates, detached[4], detached[5], 1, 1))
+
+
+@needs_kernel
+@pytest.mark.slow
+def test_compile_fullgraph():
+    _seed("compile")
+    x, in_weight, weight, bias, h0, c0 = (t.float() for t in _inputs((2, 3, 5, 4, 7, 2, 1, 3, 1)))
+
+    def loss(x, wi, w, b, h_init, c_init, fn, **kw):
+        h, c = fn(torch.tanh(x) * 2, wi, w, b, h_init, c_init, 1, 1, **kw)
+        return (h * h).sum() + c.mean()
+
+    leaves = [t.clone().requires_grad_() for t in (x, in_weight, weight, bias, h0, c0)]
+    torch._dynamo.reset()
+    value = torch.compile(loss, fullgraph=True)(*leaves, lstm_rows_conv, backend="cpu")
+    grads = torch.autograd.grad(value, leaves)
+    ref_leaves = [t.clone().requires_grad_() for t in (x, in_weight, weight, bias, h0, c0)]
+    value_ref = loss(*ref_leaves, lstm_rows_conv_ref)
+    grads_ref = torch.autograd.grad(value_ref, ref_leaves)
+    assert_close(value.detach(), value_ref.detach())
+    for got, want in zip(grads, grads_ref):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@needs_kernel
+def test_same_bits_on_any_thread_count():
+    """Batch chunks and the weight-gradient reduction never depend on the thread count."""
+    _seed("threads")
+    inputs = [t.float() for t in _inputs((7, 6, 8, 5, 13, 2, 1, 3, 1))]
+    grads = [torch.randn(7, 8, 5, 13) for _ in range(2)]
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(_run(lstm_rows_conv, inputs, grads, torch.float32, (1, 1),
+                                backend="cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for got, want in zip(other, results[0]):
+            assert torch.equal(got, want)
+
+
+def test_reference_backend_composes_the_two_ops():
+    _seed("reference")
+    inputs = _inputs((2, 3, 4, 3, 6, 2, 1, 3, 1))
+    h, c = lstm_rows_conv(*inputs, 1, 1, backend="reference")
+    h_ref, c_ref = lstm_rows_conv_ref(*inputs, 1, 1)
+    assert torch.equal(h, h_ref) and torch.equal(c, c_ref)
+
+
+@pytest.mark.parametrize("change,error,match", [
+    (lambda a: a.update(x=a["x"][0]), ValueError, "x must be"),
+    (lambda a: a.update(x=a["x"].int()), TypeError, "x must be float"),
+    (lambda a: a.update(in_weight=a["in_weight"][:, :2]), ValueError, "in_weight must be"),
+    (lambda a: a.update(in_weight=a["in_weight"].double()), TypeError, "in_weight must match"),
+    (lambda a: a.update(in_pad_left=3), ValueError, "in_pad_left"),
+    (lambda a: a.update(in_pad_left=-1), ValueError, "in_pad_left"),
+    (lambda a: a.update(weight=a["weight"][0]), ValueError, "weight must be"),
+    (lambda a: a.update(weight=a["weight"][:, :3]), ValueError, "weight must have shape"),
+    (lambda a: a.update(h0=a["h0"][:1]), ValueError, "h0 must have shape"),
+    (lambda a: a.update(pad_left=3), ValueError, "pad_left"),
+])
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_bad_input(change, error, match, backend):
+    if backend == "cpu" and not fused.HAS_CPU_KERNEL:
+        pytest.skip("the extension has no lstm_rows_conv cpu kernel")
+    x, in_weight, weight, bias, h0, c0 = (t.float() for t in _inputs((2, 3, 4, 3, 5, 2, 1, 3, 1)))
+    args = dict(x=x, in_weight=in_weight, weight=weight, bias=bias, h0=h0, c0=c0, in_pad_left=1,
+                pad_left=1)
+    change(args)
+    with pytest.raises(error, match=match):
+        lstm_rows_conv(**args, backend=backend)
+
+
+@needs_kernel
+def test_empty_batch():
+    x, in_weight, weight, bias, _, _ = (t.float() for t in _inputs((2, 3, 4, 3, 5, 2, 1, 3, 1)))
+    x = x[:0].requires_grad_()
+    h, c = lstm_rows_conv(x, in_weight, weight, bias, in_pad_left=1, pad_left=1, backend="cpu")
+    assert h.shape == (0, 4, 3, 5) and c.shape == (0, 4, 3, 5)
+    (grad,) = torch.autograd.grad(h.sum(), x)
+    assert grad.shape == x.shape
+
+
+@needs_kernel
+@pytest.mark.parametrize("layer", ["row", "diagonal"])
+def test_layers_run_the_fused_op_on_the_cpu_backend(layer):
+    """RowLSTM and DiagonalBiLSTM take the fused kernel (their tests hold them to the reference)."""
+    from genfast.nn import DiagonalBiLSTM, RowLSTM
+
+    module = RowLSTM(3, 4, backend="cpu") if layer == "row" else DiagonalBiLSTM(3, 4,
+                                                                                backend="cpu")
+    x = torch.randn(2, 3, 5, 6, requires_grad=True)
+    with torch.profiler.profile() as profile:
+        module(x).sum().backward()
+    names = {event.name for event in profile.events()}
+    assert {"genfast::lstm_rows_conv", "genfast::lstm_rows_conv_backward"} <= names
+    assert "genfast::lstm_rows" not in names
