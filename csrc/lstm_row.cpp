@@ -207,6 +207,73 @@ void forward_chunk(const ForwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
   }
 }
 
+// A skewed map (Shape::skew_width, the Diagonal BiLSTM) computes only positions first(r)..last(r)
+// of each row, about half of a square map, so its column layout changes from row to row: batch
+// element bi's computed positions take columns bi * span + (l - first(r)), span = computed(r) + 1,
+// back to back, and the state the row reads holds position l - 1 one column left of output l
+// (column bi * span + (l - first(r)), the tap-0 one; tap 1 is one column on), so the two taps
+// are the same columns for every batch element. The cell maths write the state straight into
+// the next row's layout. x is copied at its live positions, zero at the padding one.
+template <typename acc_t>
+void forward_chunk_skewed(const ForwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
+  const Shape& s = p.s;
+  const int64_t D = s.hidden, G = s.gates, L = s.length, C = s.in_channels;
+  constexpr int64_t kVector = cpu::Vec<acc_t>::kLanes;
+  const int64_t stride = round_up(nb * (L + 1), kVector), ps = stride + 2 * kVector;
+  acc_t* pre = scratch<acc_t>(kSlot0, G * stride);
+  acc_t* state = scratch<acc_t>(kSlot1, D * ps);  // zero: the state before row 0
+  acc_t* x_cols = scratch<acc_t>(kSlot2, C * ps);
+  acc_t* x_pre = scratch<acc_t>(kSlot3, G * stride, false);
+  const std::vector<Segment> in_segs{{0, 0}}, segs{{0, 0}, {D, 1}};
+  ForwardRun<acc_t> q;
+  for (int64_t r = 0; r < s.rows; ++r) {
+    const int64_t first = s.first(r), n = s.computed(r), span = n + 1;
+    const int64_t live = s.live_last(r) - first + 1, count = round_up(nb * span, kVector);
+    for (int64_t bi = 0; bi < nb; ++bi)
+      for (int64_t ci = 0; ci < C; ++ci) {
+        acc_t* dst = x_cols + ci * ps + bi * span;
+        std::copy_n(p.x + run(s, b0 + bi, C, ci, r) + first, live, dst);
+        std::fill(dst + live, dst + n, acc_t(0));
+      }
+    gather(p.in_weight.data(), G, C, C, x_cols, ps, in_segs, count, x_pre, stride);
+    gather(p.weight.data(), G, 2 * D, D, state, ps, segs, count, pre, stride);
+    // The next row's layout: where this row's positions go in the state it reads.
+    const bool next = r + 1 < s.rows;
+    const int64_t next_first = next ? s.first(r + 1) : first;
+    const int64_t next_span = next ? s.computed(r + 1) + 1 : span;
+    q.ahead = next ? L : 0;
+    q.gates_ahead = 0;  // rows of different lengths: no fixed distance
+    for (int64_t bi = 0; bi < nb; ++bi) {
+      const int64_t b = b0 + bi;
+      for (int64_t d = 0; d < D; ++d) {
+        for (int g = 0; g < 4; ++g) {
+          const int64_t ch = g * D + d;
+          q.pre[g] = pre + ch * stride + bi * span;
+          q.in[g] = x_pre + ch * stride + bi * span;
+          q.bias[g] = p.bias_runs.data() + ch * L + first;
+          q.gates[g] = p.gates + (p.gl.at(b, ch, r) + first);
+        }
+        acc_t* c = p.c + run(s, b, D, d, r);
+        acc_t* h = p.h + run(s, b, D, d, r);
+        acc_t* st = state + d * ps + bi * next_span;  // position next_first - 1
+        q.c_prev = (r > 0 ? p.c + run(s, b, D, d, r - 1) : p.c0 + (b * D + d) * L) + first;
+        q.c = c + first;
+        q.h = h + first;
+        q.state = st + 1 + first - next_first;
+        forward_run(q, n);
+        round_h(p.h_type, q.h, n);
+        round_h(p.h_type, q.state, n);
+        if (s.has_copy(r)) q.state[n] = q.state[n - 1];
+        if (next_first == 0) st[0] = acc_t(0);  // position -1: the zero padding
+        if (s.has_copy(r)) {  // h and c are zeros elsewhere (run_forward)
+          h[first + n] = h[first + n - 1];
+          c[first + n] = c[first + n - 1];
+        }
+      }
+    }
+  }
+}
+
 // w [4D][D][k] as [4D][k][D], for the gather. A one-row call spends a fair part of its time here:
 // with k a constant the compiler turns the strided reads into vector shuffles.
 template <int K, typename acc_t>
@@ -252,7 +319,11 @@ void forward(ForwardArgs<acc_t>& p, const acc_t* w, const acc_t* w_in) {
   at::parallel_for(0, chunks.count, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b0 = chunks.start(i), nb = chunks.start(i + 1) - b0;
-      one_row ? forward_one_row(p, b0, nb) : forward_chunk(p, b0, nb);
+      if (s.skew_width) {
+        forward_chunk_skewed(p, b0, nb);
+      } else {
+        one_row ? forward_one_row(p, b0, nb) : forward_chunk(p, b0, nb);
+      }
     }
   });
 }
@@ -270,11 +341,17 @@ std::tuple<Tensor, Tensor, Tensor> run_forward(const Shape& s, const Tensor& gat
   const Tensor& input = x.defined() ? x : gates_in;
   const at::ScalarType acc = compute_type(input.scalar_type());
   const auto opts = input.options().dtype(acc);
-  Tensor h = at::empty({s.batch, s.hidden, s.rows, s.length}, opts);
-  Tensor c = at::empty({s.batch, s.hidden, s.rows, s.length}, opts);
+  // A skewed map leaves h and c zero where it computes nothing.
+  const auto make = [&](at::IntArrayRef sizes) {
+    return s.skew_width ? at::zeros(sizes, opts) : at::empty(sizes, opts);
+  };
+  Tensor h = make({s.batch, s.hidden, s.rows, s.length});
+  Tensor c = make({s.batch, s.hidden, s.rows, s.length});
   // lstm_rows_conv's activations are only read by its backward: row-major (see GateLayout).
-  Tensor gates = x.defined() ? at::empty({s.rows, s.batch, s.gates, s.length}, opts)
-                             : at::empty({s.batch, s.gates, s.rows, s.length}, opts);
+  // A skewed map's keep the computed positions alone (GateLayout).
+  Tensor gates = s.skew_width  ? at::empty({skewed_gate_count(s)}, opts)
+                 : x.defined() ? at::empty({s.rows, s.batch, s.gates, s.length}, opts)
+                               : at::empty({s.batch, s.gates, s.rows, s.length}, opts);
   if (h.numel() > 0) {
     const Tensor gi = x.defined() ? Tensor() : as_compute(gates_in, acc);
     const Tensor xc = x.defined() ? as_compute(x, acc) : Tensor();
@@ -316,8 +393,10 @@ std::tuple<Tensor, Tensor, Tensor> lstm_rows_conv_cpu(const Tensor& x, const Ten
                                                        const Tensor& weight,
                                                        const std::optional<Tensor>& bias,
                                                        const Tensor& h0, const Tensor& c0,
-                                                       int64_t in_pad_left, int64_t pad_left) {
-  const Shape s = check_conv_shapes(x, in_weight, weight, h0, c0, in_pad_left, pad_left);
+                                                       int64_t in_pad_left, int64_t pad_left,
+                                                       int64_t skew_width) {
+  const Shape s =
+      check_conv_shapes(x, in_weight, weight, h0, c0, in_pad_left, pad_left, skew_width);
   return run_forward(s, Tensor(), x, in_weight, weight, bias, h0, c0);
 }
 

@@ -132,6 +132,94 @@ void backward_chunk(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
     }
 }
 
+// The backward of forward_chunk_skewed (lstm_row.cpp), rows in reverse. Row r's gate gradients
+// go into the layout of the gather that makes dL/dh_{r-1}: batch element bi's positions
+// first(r - 1)..last(r - 1) + 2 at columns bi * span + (l - first(r - 1)), span = computed(r - 1)
+// + 2, so that dL/dh_{r-1} at position l (column bi * span + l - first(r - 1), through the
+// position last(r - 1) + 1 it copied to) reads tap 1 at its own column and tap 0 one column on.
+// The gradient that reached the copy is the original's. The gate gradients of positions not
+// computed are zero; dL/dh0 and dL/dc0 are zero (the op requires zero initial states).
+template <typename acc_t>
+void backward_chunk_skewed(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
+  const Shape& s = p.s;
+  const int64_t D = s.hidden, G = s.gates, L = s.length, C = s.in_channels;
+  constexpr int64_t kVector = cpu::Vec<acc_t>::kLanes;
+  const int64_t stride = round_up(nb * (L + 2), kVector), ps = stride + 2 * kVector;
+  acc_t* dh = scratch<acc_t>(kSlot0, D * stride);  // dL/dh_r, zero after the last row
+  acc_t* dpre = scratch<acc_t>(kSlot1, G * ps);
+  acc_t* bias_sum = scratch<acc_t>(kSlot2, nb * G * L);  // [nb][4D][L]: dpre summed over rows
+  acc_t* dc_in = scratch<acc_t>(kSlot3, nb * D * L);  // [nb][D][L]
+  acc_t* dc_out = scratch<acc_t>(kSlot4, nb * D * L);
+  acc_t* dx = scratch<acc_t>(kSlot5, C * stride, false);
+  const std::vector<Segment> segs{{0, 0}, {G, 1}}, in_segs{{0, 0}};
+  BackwardRun<acc_t> q;
+  q.grad_h_value = p.grad_h_value;
+  q.grad_c_value = p.grad_c_value;
+  int64_t span = s.computed(s.rows - 1) + 2;  // of dh: row r's positions from first(r)
+  for (int64_t r = s.rows - 1; r >= 0; --r) {
+    const int64_t first = s.first(r), last = s.last(r), n = last - first + 1;
+    const int64_t prev_first = r > 0 ? s.first(r - 1) : 0;
+    const int64_t prev_span = r > 0 ? s.computed(r - 1) + 2 : n + 2;
+    q.ahead = r > 0 ? -L : 0;
+    q.gates_ahead = 0;  // rows of different lengths: no fixed distance
+    for (int64_t bi = 0; bi < nb; ++bi) {
+      const int64_t b = b0 + bi;
+      acc_t* dpre_bi = dpre + bi * prev_span;  // position prev_first
+      for (int64_t d = 0; d < D; ++d) {
+        for (int g = 0; g < 4; ++g) {
+          const int64_t ch = g * D + d;
+          q.act[g] = p.gates + (p.gl.at(b, ch, r) + first);
+          q.dpre[g] = dpre_bi + ch * ps + first - prev_first;
+          q.grad_in[g] = p.grad_gates_in + (p.gl.at(b, ch, r) + first);
+        }
+        q.c = p.c + run(s, b, D, d, r) + first;
+        q.c_prev = (r > 0 ? p.c + run(s, b, D, d, r - 1) : p.c0 + (b * D + d) * L) + first;
+        q.grad_h = p.grad_h ? p.grad_h + run(s, b, D, d, r) + first : nullptr;
+        q.grad_c = p.grad_c ? p.grad_c + run(s, b, D, d, r) + first : nullptr;
+        acc_t* dh_row = dh + d * stride + bi * span;  // position first
+        acc_t* dc_row = dc_in + (bi * D + d) * L;
+        if (s.has_copy(r)) {
+          const int64_t copy = run(s, b, D, d, r) + last + 1;
+          dh_row[n - 1] += dh_row[n] + (p.grad_h ? p.grad_h[copy] : p.grad_h_value);
+          dc_row[last] += dc_row[last + 1] + (p.grad_c ? p.grad_c[copy] : p.grad_c_value);
+        }
+        q.dh = dh_row;
+        q.dc_in = dc_row + first;
+        q.dc_out = dc_out + (bi * D + d) * L + first;
+        backward_run(q, n);
+        // grad_gates_in holds the computed positions alone: grad_weight reads no others.
+        for (int g = 0; g < 4; ++g) {
+          // The other positions of the gather's layout: not computed in this row.
+          acc_t* row = dpre_bi + (g * D + d) * ps;
+          std::fill(row, row + first - prev_first, acc_t(0));
+          std::fill(row + last + 1 - prev_first, row + prev_span, acc_t(0));
+          add_to(bias_sum + (bi * G + g * D + d) * L + first, q.dpre[g], n);
+        }
+      }
+    }
+    std::swap(dc_in, dc_out);
+    const int64_t count = round_up(nb * prev_span, kVector);
+    if (r > 0) gather(p.weight.data(), D, 2 * G, G, dpre, ps, segs, count, dh, stride);
+    gather(p.in_weight.data(), C, G, G, dpre, ps, in_segs, count, dx, stride);
+    const int64_t live = s.live_last(r) - first + 1;
+    for (int64_t bi = 0; bi < nb; ++bi)
+      for (int64_t ci = 0; ci < C; ++ci)  // grad_x is zero at the padding (run_backward)
+        std::copy_n(dx + ci * stride + bi * prev_span + first - prev_first, live,
+                    p.grad_x + run(s, b0 + bi, C, ci, r) + first);
+    span = prev_span;
+  }
+  for (int64_t bi = 0; bi < nb; ++bi) {
+    for (int64_t ch = 0; ch < G; ++ch) {
+      const acc_t* sums = bias_sum + (bi * G + ch) * L;
+      acc_t total = 0;
+      for (int64_t l = 0; l < L; ++l) total += sums[l];
+      p.grad_bias_parts[(b0 + bi) * G + ch] = total;
+    }
+    std::fill_n(p.grad_h0 + (b0 + bi) * D * L, D * L, acc_t(0));
+    std::fill_n(p.grad_c0 + (b0 + bi) * D * L, D * L, acc_t(0));
+  }
+}
+
 // Hidden-channel vectors per dL/dweight tile (by up to 6 gate channels): 4 measured a little
 // faster than 2 (by 12), the gate channels being rows R * L apart.
 constexpr int64_t kGradWeightVectors = 4;
@@ -143,6 +231,7 @@ struct WeightSource {
   const acc_t* rows;
   const acc_t* first;  // the state's h0 [B][D][L]; null for x
   int64_t channels, taps, pad_left;
+  bool live_only = false;  // read as zero outside a skewed map's live positions (x's padding)
 };
 
 // dL/dweight[n][d][t] = sum over pixels (b, r, l) of dpre[b][n][r][l] * src[b][d][r'][l + t - pad]
@@ -161,9 +250,13 @@ void grad_weight(const Shape& s, const acc_t* dpre, const GateLayout& gl,
   // is zero.
   const bool h0_zero = src.first && std::all_of(src.first, src.first + s.batch * D * L,
                                                 [](acc_t v) { return v == acc_t(0); });
+  // A skewed map's are row-major instead, so that runs of them share the row's computed
+  // positions, the only ones with gate gradients: each run sums over those alone.
   std::vector<int64_t> image_rows;
-  for (int64_t i = 0; i < s.batch * R; ++i)
-    if (i % R > 0 || !h0_zero) image_rows.push_back(i);
+  for (int64_t i = 0; i < s.batch * R; ++i) {
+    const int64_t row = s.skew_width ? i % s.batch * R + i / s.batch : i;
+    if (row % R > 0 || !h0_zero) image_rows.push_back(row);
+  }
   const int64_t segments = static_cast<int64_t>(image_rows.size());
   if (segments == 0) {
     std::fill_n(grad_w, G * D * k, acc_t(0));
@@ -184,6 +277,11 @@ void grad_weight(const Shape& s, const acc_t* dpre, const GateLayout& gl,
                                  : src.rows + ((b * D) * R + r - (src.first ? 1 : 0)) * L;
       cpu::copy_2d(row, from_h0 ? L : R * L, int64_t{1}, hp + (i * lp + pad_left) * dpad,
                    int64_t{1}, dpad, D, L);
+      if (src.live_only) {
+        acc_t* at = hp + (i * lp + pad_left) * dpad;
+        std::fill(at, at + s.first(r) * dpad, acc_t(0));
+        std::fill(at + (s.live_last(r) + 1) * dpad, at + L * dpad, acc_t(0));
+      }
     }
   });
   struct Task {
@@ -218,14 +316,25 @@ void grad_weight(const Shape& s, const acc_t* dpre, const GateLayout& gl,
         const int64_t nseg = std::min(chunk, seg1 - c0);
         for (int64_t ti = first; ti < last; ++ti) {
           const Task& task = tasks[ti];
-          for (int64_t i = 0; i < nseg; ++i) {
-            const int64_t row = image_rows[c0 + i], b = row / R, r = row % R;
-            segs[i] = {gl.at(b, 0, r), (row * lp + task.tap) * dpad + task.d0};
+          // Runs of segments with the same positions first..first + length - 1 (all of them
+          // unless the map is skewed), one tile call each.
+          for (int64_t i0 = 0; i0 < nseg || i0 == 0; ) {
+            const int64_t r0 = nseg ? image_rows[c0 + i0] % R : 0;
+            const int64_t first = s.first(r0), length = nseg ? s.computed(r0) : L;
+            int64_t i1 = i0;
+            for (; i1 < nseg && (!s.skew_width || image_rows[c0 + i1] % R == r0); ++i1) {
+              const int64_t row = image_rows[c0 + i1], b = row / R, r = row % R;
+              segs[i1 - i0] = {gl.at(b, 0, r) + first,
+                               (row * lp + task.tap + first) * dpad + task.d0};
+            }
+            const int64_t rs = gl.stride(r0);
+            const TileArgs args{rs, 1, dpad, length, dpad, c0 > seg0 || i0 > 0};
+            cpu::conv_tile<acc_t>(static_cast<int>(task.rows), task.vectors, true)(
+                dpre + task.n0 * rs, hp, segs.data(), i1 - i0, args,
+                out + (task.tap * G + task.n0) * dpad + task.d0);
+            if (i1 == i0) break;  // an empty part: its zeros are stored
+            i0 = i1;
           }
-          const TileArgs args{gl.n, 1, dpad, L, dpad, c0 > seg0};
-          cpu::conv_tile<acc_t>(static_cast<int>(task.rows), task.vectors, true)(
-              dpre + task.n0 * gl.n, hp, segs.data(), nseg, args,
-              out + (task.tap * G + task.n0) * dpad + task.d0);
         }
       }
     });
@@ -250,8 +359,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> run_backward(
                 s.hidden, ", ", s.rows, ", ", s.length, "], got ", t->sizes());
   const bool conv = x.defined();
   // lstm_rows_conv saves its activations row-major (see GateLayout).
-  const auto gate_sizes = conv ? std::vector<int64_t>{s.rows, s.batch, s.gates, s.length}
-                               : std::vector<int64_t>{s.batch, s.gates, s.rows, s.length};
+  const auto gate_sizes = s.skew_width ? std::vector<int64_t>{skewed_gate_count(s)}
+                          : conv       ? std::vector<int64_t>{s.rows, s.batch, s.gates, s.length}
+                                       : std::vector<int64_t>{s.batch, s.gates, s.rows, s.length};
   TORCH_CHECK(gates.sizes() == at::IntArrayRef(gate_sizes) && gates.device().is_cpu(),
               "genfast: gates must be a CPU tensor of shape ", at::IntArrayRef(gate_sizes),
               ", got ", gates.sizes());
@@ -265,7 +375,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> run_backward(
   // dL/dpre of every pixel: lstm_rows' dL/dgates_in, or lstm_rows_conv's input to its weights'
   // gradients, kept in a reused buffer (fresh pages cost a fault each: 3 ms of 16 for 12.8 MB).
   Tensor ggi = conv ? Tensor() : make({s.batch, s.gates, s.rows, s.length});
-  Tensor gx = conv ? make(x.sizes()) : Tensor(), gwi = conv ? make(in_weight.sizes()) : Tensor();
+  // A skewed map's dL/dx is zero at the padding, where the kernel writes nothing.
+  Tensor gx = !conv ? Tensor() : s.skew_width ? at::zeros(x.sizes(), opts) : make(x.sizes());
+  Tensor gwi = conv ? make(in_weight.sizes()) : Tensor();
   Tensor gw = make(weight.sizes()), gb = make({s.gates});
   Tensor gh0 = make(h0.sizes()), gc0 = make(c0.sizes());
   if (work) {
@@ -323,7 +435,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> run_backward(
       const EvenSplit chunks{s.batch, chunk_count(s)};
       at::parallel_for(0, chunks.count, 1, [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i)
-          backward_chunk(p, chunks.start(i), chunks.start(i + 1) - chunks.start(i));
+          s.skew_width
+              ? backward_chunk_skewed(p, chunks.start(i), chunks.start(i + 1) - chunks.start(i))
+              : backward_chunk(p, chunks.start(i), chunks.start(i + 1) - chunks.start(i));
       });
       grad_weight(s, dpre, p.gl,
                   WeightSource<acc_t>{hc.const_data_ptr<acc_t>(), h0c.const_data_ptr<acc_t>(), D,
@@ -332,7 +446,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> run_backward(
       if (conv)
         grad_weight(s, dpre, p.gl,
                     WeightSource<acc_t>{xc.const_data_ptr<acc_t>(), nullptr, s.in_channels,
-                                        s.in_taps, s.in_pad_left},
+                                        s.in_taps, s.in_pad_left, s.skew_width > 0},
                     gwi.mutable_data_ptr<acc_t>());
       acc_t* gbp = gb.mutable_data_ptr<acc_t>();
       for (int64_t n = 0; n < G; ++n) {
@@ -364,8 +478,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_rows_backward_cpu(
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_rows_conv_backward_cpu(
     const Tensor& grad_h, const Tensor& grad_c, const Tensor& x, const Tensor& in_weight,
     const Tensor& weight, const Tensor& h, const Tensor& c, const Tensor& gates, const Tensor& h0,
-    const Tensor& c0, int64_t in_pad_left, int64_t pad_left) {
-  const Shape s = check_conv_shapes(x, in_weight, weight, h0, c0, in_pad_left, pad_left);
+    const Tensor& c0, int64_t in_pad_left, int64_t pad_left, int64_t skew_width) {
+  const Shape s =
+      check_conv_shapes(x, in_weight, weight, h0, c0, in_pad_left, pad_left, skew_width);
   return run_backward(s, grad_h, grad_c, x, in_weight, weight, h, c, gates, h0, c0);
 }
 

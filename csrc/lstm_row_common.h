@@ -42,6 +42,20 @@ struct Shape {
   // genfast::lstm_rows_conv's input-to-state convolution along the row (in_taps 0: none, the
   // pre-activations come in as gates_in): in_channels of x, tap t reads x at l + t - in_pad_left.
   int64_t in_channels = 0, in_taps = 0, in_pad_left = 0;
+  // lstm_rows_conv on a skewed map (the Diagonal BiLSTM), skew_width W > 0: row r holds the
+  // pixels (l, r - l) of an L x W image, live for first(r) <= l <= live_last(r). The positions
+  // after them are padding whose states are all equal (zero input and initial state, a 2-tap
+  // kernel reading l - 1 and l), so a row computes its live positions and the first padding one,
+  // first(r)..last(r), and copies that one's state to the next position when there is one
+  // (has_copy): all the next row reads of the padding. Nothing reads positions before first(r).
+  int64_t skew_width = 0;
+  int64_t first(int64_t r) const {
+    return skew_width ? std::max<int64_t>(0, r - skew_width + 1) : 0;
+  }
+  int64_t last(int64_t r) const { return skew_width ? std::min(r + 1, length - 1) : length - 1; }
+  int64_t live_last(int64_t r) const { return skew_width ? std::min(r, length - 1) : length - 1; }
+  int64_t computed(int64_t r) const { return last(r) - first(r) + 1; }
+  bool has_copy(int64_t r) const { return skew_width && r + 2 <= length - 1; }
   // The zero columns each side of a row that the widest convolution reads.
   int64_t border() const {
     return std::max({pad_left, taps - 1 - pad_left, in_pad_left, in_taps - 1 - in_pad_left});
@@ -68,13 +82,37 @@ struct Columns {
 // and the gate gradients: lstm_rows' [B][4D][R][L] tensors (image-major, the layout of gates_in)
 // or lstm_rows_conv's internal [R][B][4D][L] ones (row-major: what a batch chunk's row reads and
 // writes is one contiguous block, which the cell maths stream through).
+// A skewed map's (Shape::skew_width) keep row r's computed positions alone, [B][4D][computed(r)]
+// from offset row_start[r]; `at` then gives the offset of position 0 (first(r) before the first
+// one kept), so that every caller adds the position.
 struct GateLayout {
-  int64_t b, n, r;  // strides
-  int64_t at(int64_t bi, int64_t ni, int64_t ri) const { return bi * b + ni * n + ri * r; }
+  int64_t b, n, r;  // strides (n: of the rows' gate channels; `stride` for skewed maps)
+  std::vector<int64_t> row_start;  // skewed maps: [R + 1] offsets of the rows
+  const Shape* skew = nullptr;
+  int64_t at(int64_t bi, int64_t ni, int64_t ri) const {
+    if (!skew) return bi * b + ni * n + ri * r;
+    return row_start[ri] + (bi * skew->gates + ni) * skew->computed(ri) - skew->first(ri);
+  }
+  int64_t stride(int64_t ri) const { return skew ? skew->computed(ri) : n; }  // of gate channels
 };
 inline GateLayout gate_layout(const Shape& s, bool row_major) {
-  return row_major ? GateLayout{s.gates * s.length, s.length, s.batch * s.gates * s.length}
-                   : GateLayout{s.gates * s.rows * s.length, s.rows * s.length, s.length};
+  GateLayout gl = row_major
+                      ? GateLayout{s.gates * s.length, s.length, s.batch * s.gates * s.length}
+                      : GateLayout{s.gates * s.rows * s.length, s.rows * s.length, s.length};
+  if (s.skew_width) {
+    gl.skew = &s;
+    gl.row_start.assign(1, 0);
+    for (int64_t r = 0; r < s.rows; ++r)
+      gl.row_start.push_back(gl.row_start.back() + s.batch * s.gates * s.computed(r));
+  }
+  return gl;
+}
+
+// The number of values a skewed map's gate tensors keep: [B][4D] at each computed position.
+inline int64_t skewed_gate_count(const Shape& s) {
+  int64_t total = 0;
+  for (int64_t r = 0; r < s.rows; ++r) total += s.batch * s.gates * s.computed(r);
+  return total;
 }
 
 // The offset of the L contiguous values of (b, channel, row) in a contiguous [B][C][R][L] tensor.
@@ -167,7 +205,7 @@ inline Shape check_shapes(const Tensor& gates_in, const Tensor& weight, const Te
 // lstm_rows_conv: x [B, C, R, L] and in_weight [4D, C, in_taps] as well.
 inline Shape check_conv_shapes(const Tensor& x, const Tensor& in_weight, const Tensor& weight,
                                const Tensor& h0, const Tensor& c0, int64_t in_pad_left,
-                               int64_t pad_left) {
+                               int64_t pad_left, int64_t skew_width) {
   TORCH_CHECK(x.dim() == 4, "genfast: x must be [B, C, R, L], got shape ", x.sizes());
   TORCH_CHECK(weight.dim() == 3, "genfast: weight must be [4D, D, k], got ", weight.sizes());
   TORCH_CHECK(x.device().is_cpu() && in_weight.device().is_cpu(),
@@ -183,6 +221,17 @@ inline Shape check_conv_shapes(const Tensor& x, const Tensor& in_weight, const T
   s.in_channels = x.size(1);
   s.in_taps = in_weight.size(2);
   s.in_pad_left = in_pad_left;
+  TORCH_CHECK(skew_width >= 0, "genfast: skew_width must be >= 0, got ", skew_width);
+  if (skew_width > 0) {
+    TORCH_CHECK(s.taps == 2 && pad_left == 1 && s.in_taps == 1 && in_pad_left == 0,
+                "genfast: a skewed map (skew_width > 0) needs k = 2, pad_left = 1, k_in = 1 and "
+                "in_pad_left = 0 (the Diagonal BiLSTM's kernels)");
+    TORCH_CHECK(s.rows == s.length + skew_width - 1, "genfast: a skewed map of ", s.length,
+                " x ", skew_width, " has ", s.length + skew_width - 1, " rows, x has ", s.rows);
+    TORCH_CHECK(h0.eq(0).all().item<bool>() && c0.eq(0).all().item<bool>(),
+                "genfast: a skewed map needs zero h0 and c0");
+    s.skew_width = skew_width;
+  }
   return s;
 }
 

@@ -63,14 +63,20 @@ TORCH_LIBRARY(genfast, m) {
   // lstm_rows with the input-to-state part fused in: gates_in = a convolution along the row of
   // x [B, C, R, L] with in_weight [4D, C, k_in] (tap t of output l reads x at l + t -
   // in_pad_left, zeros outside; in_pad_left in [0, k_in]), computed row by row inside the recurrence.
+  // skew_width W > 0: the rows are the R = L + W - 1 diagonals of a skewed L x W map (the
+  // Diagonal BiLSTM; k = 2, pad_left = 1, k_in = 1, zero h0 and c0): each row computes its live
+  // positions and one padding position, x is read as zero at padding, h and c are zero where
+  // nothing is computed or copied, and h0 and c0 get zero gradients (see
+  // csrc/lstm_row_common.h, Shape::skew_width).
   m.def(
       "lstm_rows_conv(Tensor x, Tensor in_weight, Tensor weight, Tensor? bias, Tensor h0, "
-      "Tensor c0, int in_pad_left, int pad_left) -> (Tensor h, Tensor c, Tensor gates)");
+      "Tensor c0, int in_pad_left, int pad_left, int skew_width=0) -> (Tensor h, Tensor c, "
+      "Tensor gates)");
   m.def(
       "lstm_rows_conv_backward(Tensor grad_h, Tensor grad_c, Tensor x, Tensor in_weight, "
       "Tensor weight, Tensor h, Tensor c, Tensor gates, Tensor h0, Tensor c0, int in_pad_left, "
-      "int pad_left) -> (Tensor grad_x, Tensor grad_in_weight, Tensor grad_weight, "
-      "Tensor grad_bias, Tensor grad_h0, Tensor grad_c0)");
+      "int pad_left, int skew_width=0) -> (Tensor grad_x, Tensor grad_in_weight, "
+      "Tensor grad_weight, Tensor grad_bias, Tensor grad_h0, Tensor grad_c0)");
 
   // Categorical draws of the autoregressive samplers, by inverse CDF: for each row of logits
   // [n, levels] the first level whose cumulative softmax probability exceeds uniform[row]

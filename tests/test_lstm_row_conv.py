@@ -217,3 +217,89 @@ def test_layers_run_the_fused_op_on_the_cpu_backend(layer):
     names = {event.name for event in profile.events()}
     assert {"genfast::lstm_rows_conv", "genfast::lstm_rows_conv_backward"} <= names
     assert "genfast::lstm_rows" not in names
+
+
+# (batch, in_channels, hidden, height, width) of skewed maps: square, wide, tall, one-row and
+# one-column images, channel counts off multiples of 8.
+SKEWED = [(2, 3, 4, 5, 5), (1, 2, 3, 4, 7), (3, 5, 6, 7, 3), (2, 3, 5, 1, 4), (2, 3, 5, 6, 1),
+          (4, 9, 8, 12, 12), (1, 4, 3, 20, 9)]
+
+
+def _skewed_inputs(case):
+    b, cin, d, height, width = case
+    rows = height + width - 1
+    x = torch.randn(b, cin, rows, height, dtype=torch.float64)  # random at the padding too
+    in_weight = torch.randn(4 * d, cin, 1, dtype=torch.float64) / cin ** 0.5
+    weight = torch.randn(4 * d, d, 2, dtype=torch.float64) / (2 * d) ** 0.5
+    bias = 0.5 * torch.randn(4 * d, dtype=torch.float64)
+    return x, in_weight, weight, bias
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", SKEWED, ids=str)
+def test_skewed_map_matches_reference(case, dtype):
+    """skew_width: the kernel computes a row's pixels and one padding position; the reference
+    computes the whole skewed map (x zeroed at the padding) and masks h and c the same way."""
+    _seed("skewed", case, str(dtype))
+    x, in_weight, weight, bias = _skewed_inputs(case)
+    b, _, d, height, width = case
+    grads = [torch.randn(b, d, height + width - 1, height, dtype=torch.float64)
+             for _ in range(2)]
+    inputs = (x, in_weight, weight, bias, None, None)
+    geometry = (0, 1, width)
+    fast = _run(lstm_rows_conv, inputs, grads, dtype, geometry, backend="cpu")
+    ref = _run(lstm_rows_conv_ref, inputs, grads, dtype, geometry)
+    ref64 = _run(lstm_rows_conv_ref, [None if t is None else t.to(dtype).double() for t in inputs],
+                 grads, torch.float64, geometry)
+    for got, want, want64 in zip(fast, ref, ref64):
+        if want is None:
+            assert got is None
+        elif dtype in LOW_PRECISION:
+            assert_close(got.to(dtype), want.to(dtype), want64)
+        else:
+            assert_close(got, want)
+
+
+@needs_kernel
+def test_skewed_map_gradcheck_and_opcheck():
+    _seed("skewed gradcheck")
+    x, in_weight, weight, bias = (t.requires_grad_() for t in _skewed_inputs((2, 3, 2, 4, 3)))
+    assert torch.autograd.gradcheck(
+        lambda *args: lstm_rows_conv(*args, None, None, 0, 1, 3, backend="cpu"),
+        (x, in_weight, weight, bias))
+    args = [t.detach().float().requires_grad_() for t in (x, in_weight, weight, bias)]
+    zeros = torch.zeros(2, 2, 4)
+    torch.library.opcheck(torch.ops.genfast.lstm_rows_conv, (*args, zeros, zeros, 0, 1, 3))
+
+
+@needs_kernel
+def test_skewed_map_is_the_diagonal_lstm_of_the_full_map():
+    """Every pixel of the skewed map (what the Diagonal BiLSTM reads) is what lstm_rows gives on
+    the whole map, and the masked positions are zero."""
+    _seed("skewed full")
+    x, in_weight, weight, bias = (t.float() for t in _skewed_inputs((3, 4, 5, 6, 8)))
+    live, kept = fused.skewed_extent(x.shape[2], x.shape[3], 8)
+    x = x * live
+    h, c = lstm_rows_conv(x, in_weight, weight, bias, None, None, 0, 1, 8, backend="cpu")
+    h_full, c_full = lstm_rows_conv(x, in_weight, weight, bias, None, None, 0, 1, backend="cpu")
+    torch.testing.assert_close(h[..., live], h_full[..., live], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c[..., kept], c_full[..., kept], rtol=1e-5, atol=1e-6)
+    assert not h[..., ~kept].any() and not c[..., ~kept].any()
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(skew_width=-1), "skew_width"),
+    (dict(skew_width=4), "rows"),
+    (dict(pad_left=0), "Diagonal"),
+    (dict(h0=True), "zero states"),
+])
+def test_skewed_map_bad_input(change, match):
+    x, in_weight, weight, bias = (t.float() for t in _skewed_inputs((2, 3, 4, 5, 5)))
+    args = dict(x=x, in_weight=in_weight, weight=weight, bias=bias, h0=None, c0=None,
+                in_pad_left=0, pad_left=1, skew_width=5)
+    args.update(change)
+    if args["h0"] is True:
+        args["h0"] = torch.zeros(2, 4, 5)
+    with pytest.raises(ValueError, match=match):
+        lstm_rows_conv(**args, backend="cpu")

@@ -338,10 +338,12 @@ class _DiagonalLSTM(_LSTMLayer):
             h, _ = lstm_rows(gates, self._weight(), self.bias, pad_left=1, backend=self.backend)
         else:
             # The 1 x 1 convolution inside the recurrence, on the skewed input (C channels where
-            # the skewed gates have 4D; its padding is zeros, as the skewed gates' was).
+            # the skewed gates have 4D), each step computing its pixels and one padding position
+            # only (skew_width): about half the skewed map.
             in_weight, in_pad_left = fused_input
             h, _ = fused.lstm_rows_conv(_skew_steps(x), in_weight, self._weight(), self.bias,
-                                        in_pad_left=in_pad_left, pad_left=1, backend="cpu")
+                                        in_pad_left=in_pad_left, pad_left=1, skew_width=width,
+                                        backend="cpu")
         return _unskew_steps(h, width)
 
 

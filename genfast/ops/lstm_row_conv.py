@@ -19,7 +19,7 @@ from genfast import _backend, _ext
 from genfast.ops import lstm_row
 from genfast.ops._library import register_fake_and_autograd
 
-__all__ = ["lstm_rows_conv", "lstm_rows_conv_ref", "conv_rows"]
+__all__ = ["lstm_rows_conv", "lstm_rows_conv_ref", "conv_rows", "skewed_extent"]
 
 
 def conv_rows(x: torch.Tensor, in_weight: torch.Tensor, in_pad_left: int) -> torch.Tensor:
@@ -28,27 +28,55 @@ def conv_rows(x: torch.Tensor, in_weight: torch.Tensor, in_pad_left: int) -> tor
     return F.conv2d(F.pad(x, (in_pad_left, k - 1 - in_pad_left)), in_weight.unsqueeze(2))
 
 
+def skewed_extent(rows: int, length: int, skew_width: int, device=None):
+    """For a skewed map (see lstm_rows_conv): [R, L] 0/1 masks of the live positions (pixels)
+    and of the positions the cpu kernel computes or copies (the live ones and the two after)."""
+    step = torch.arange(rows, device=device)[:, None]
+    position = torch.arange(length, device=device)[None, :]
+    live = (position <= step) & (position >= step - skew_width + 1)
+    kept = (position <= step + 2) & (position >= step - skew_width + 1)
+    return live, kept
+
+
+def _skewed_rows(x, in_weight, weight, bias, h0, c0, in_pad_left, pad_left, skew_width, rows):
+    """``rows`` (an lstm_rows) on a skewed map: x zero at the padding, h and c kept where the
+    cpu kernel keeps them."""
+    live, kept = skewed_extent(x.shape[2], x.shape[3], skew_width, x.device)
+    h, c = rows(conv_rows(x * live.to(x.dtype), in_weight, in_pad_left), weight, bias, h0, c0,
+                pad_left)
+    return h * kept.to(h.dtype), c * kept.to(c.dtype)
+
+
 def lstm_rows_conv_ref(x, in_weight, weight, bias=None, h0=None, c0=None, in_pad_left=0,
-                       pad_left=None):
-    """The reference: conv_rows, then lstm_rows_ref's Python loop over the rows."""
+                       pad_left=None, skew_width=0):
+    """The reference: conv_rows, then lstm_rows_ref's Python loop over the rows (for a skewed
+    map, x read as zero at the padding and h and c masked as the fast kernel keeps them)."""
+    if skew_width:
+        return _skewed_rows(x, in_weight, weight, bias, h0, c0, in_pad_left, pad_left,
+                            skew_width, lstm_row.lstm_rows_ref)
     return lstm_row.lstm_rows_ref(conv_rows(x, in_weight, in_pad_left), weight, bias, h0, c0,
                                   pad_left)
 
 
 # ----------------------------------------------------------------------------- the CPU op
 
-def _fake_forward(x, in_weight, weight, bias, h0, c0, in_pad_left, pad_left):
+def _fake_forward(x, in_weight, weight, bias, h0, c0, in_pad_left, pad_left, skew_width=0):
     batch, _, rows, length = x.shape
     gates = in_weight.shape[0]
     cell = lstm_row.cell_dtype(x.dtype)
     h = x.new_empty(batch, gates // 4, rows, length)
     c = x.new_empty(batch, gates // 4, rows, length, dtype=cell)
-    # The activations saved for the backward, row-major [R, B, 4D, L] (see csrc/lstm_row_common.h).
+    # The activations saved for the backward, row-major [R, B, 4D, L], or for a skewed map only
+    # at the positions computed, flat (GateLayout in csrc/lstm_row_common.h).
+    if skew_width:
+        computed = sum(min(r + 1, length - 1) - max(0, r - skew_width + 1) + 1
+                       for r in range(rows))
+        return h, c, x.new_empty(batch * gates * computed, dtype=cell)
     return h, c, x.new_empty(rows, batch, gates, length, dtype=cell)
 
 
 def _fake_backward(grad_h, grad_c, x, in_weight, weight, h, c, gates, h0, c0, in_pad_left,
-                   pad_left):
+                   pad_left, skew_width=0):
     def like(t):
         return torch.empty_like(t, memory_format=torch.contiguous_format)
 
@@ -57,12 +85,12 @@ def _fake_backward(grad_h, grad_c, x, in_weight, weight, h, c, gates, h0, c0, in
 
 
 def _setup_context(ctx, inputs, output):
-    x, in_weight, weight, bias, h0, c0, in_pad_left, pad_left = inputs
+    x, in_weight, weight, bias, h0, c0, *geometry = inputs  # in_pad_left, pad_left[, skew_width]
     h, c, gates = output
     ctx.mark_non_differentiable(gates)
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, in_weight, weight, h, c, gates, h0, c0)
-    ctx.pads = (in_pad_left, pad_left)
+    ctx.geometry = tuple(geometry)
     ctx.has_bias = bias is not None
 
 
@@ -73,10 +101,12 @@ def _make_backward(backward_op):
             grad_h = h.new_zeros(()).expand(h.shape)
         if grad_c is None:
             grad_c = c.new_zeros(()).expand(c.shape)
-        grads = backward_op(grad_h, grad_c, x, in_weight, weight, h, c, gates, h0, c0, *ctx.pads)
+        grads = backward_op(grad_h, grad_c, x, in_weight, weight, h, c, gates, h0, c0,
+                            *ctx.geometry)
         needs = ctx.needs_input_grad
         wants = (needs[0], needs[1], needs[2], ctx.has_bias and needs[3], needs[4], needs[5])
-        return (*(g if want else None for g, want in zip(grads, wants)), None, None)
+        return (*(g if want else None for g, want in zip(grads, wants)),
+                *(None for _ in ctx.geometry))
 
     return backward
 
@@ -109,8 +139,24 @@ def _check_conv_args(x, in_weight, in_pad_left, hidden4: int) -> None:
         raise ValueError(f"genfast: in_pad_left must be an int in [0, {k}], got {in_pad_left!r}")
 
 
+def _check_skew(x, in_weight, weight, h0, c0, in_pad_left, pad_left, skew_width) -> None:
+    if isinstance(skew_width, bool) or not isinstance(skew_width, int) or skew_width < 0:
+        raise ValueError(f"genfast: skew_width must be an int >= 0, got {skew_width!r}")
+    if not skew_width:
+        return
+    if weight.shape[2] != 2 or pad_left != 1 or in_weight.shape[2] != 1 or in_pad_left != 0:
+        raise ValueError("genfast: a skewed map (skew_width > 0) needs the Diagonal BiLSTM's "
+                         "kernels: k = 2, pad_left = 1, k_in = 1, in_pad_left = 0")
+    if h0 is not None or c0 is not None:
+        raise ValueError("genfast: a skewed map starts from zero states: pass h0 = c0 = None")
+    rows, length = x.shape[2], x.shape[3]
+    if rows != length + skew_width - 1:
+        raise ValueError(f"genfast: a skewed map of {length} x {skew_width} has "
+                         f"{length + skew_width - 1} rows, x has {rows}")
+
+
 def lstm_rows_conv(x, in_weight, weight, bias=None, h0=None, c0=None, in_pad_left=0,
-                   pad_left=None, *, backend=None):
+                   pad_left=None, skew_width=0, *, backend=None):
     """lstm_rows(conv_rows(x, in_weight, in_pad_left), weight, bias, h0, c0, pad_left).
 
     Args:
@@ -119,6 +165,14 @@ def lstm_rows_conv(x, in_weight, weight, bias=None, h0=None, c0=None, in_pad_lef
         in_pad_left: zero columns left of x's row, in [0, k_in]: tap t of output l reads x at
             l + t - in_pad_left (k_in: every tap left of the output, as a mask-A row kernel).
         weight, bias, h0, c0, pad_left, backend: as for genfast.ops.lstm_rows.
+        skew_width: 0, or W > 0 when x is a skewed L x W map of R = L + W - 1 diagonals, row r
+            holding the pixels (l, r - l) (the Diagonal BiLSTM: k = 2, pad_left = 1, k_in = 1,
+            in_pad_left = 0, h0 = c0 = None). Row r then depends only on its live positions
+            r - W + 1 <= l <= r and on the padding after them, whose states are all equal: the
+            cpu kernel computes the live positions and one padding position (about half of a
+            square map) and copies that one to the next. x is read as zero at the padding, and
+            h and c are zero outside the positions computed or copied (lstm_rows_conv_ref
+            masks the same way).
     Returns:
         (h, c), each [B, D, R, L], dtypes as for lstm_rows.
 
@@ -130,10 +184,16 @@ def lstm_rows_conv(x, in_weight, weight, bias=None, h0=None, c0=None, in_pad_lef
                          f"{tuple(weight.shape) if isinstance(weight, torch.Tensor) else weight!r}")
     hidden4 = weight.shape[0]
     _check_conv_args(x, in_weight, in_pad_left, hidden4)
+    _check_skew(x, in_weight, weight, h0, c0, in_pad_left, pad_left, skew_width)
     name = _backend.select("lstm_rows", backend, x.device, x.dtype, lstm_row.IMPLEMENTED)
     if name != "cpu" or not HAS_CPU_KERNEL:
-        return lstm_row.lstm_rows(conv_rows(x, in_weight, in_pad_left), weight, bias, h0, c0,
-                                  pad_left, backend=name)
+        def rows(*args):
+            return lstm_row.lstm_rows(*args, backend=name)
+
+        if skew_width:
+            return _skewed_rows(x, in_weight, weight, bias, h0, c0, in_pad_left, pad_left,
+                                skew_width, rows)
+        return rows(conv_rows(x, in_weight, in_pad_left), weight, bias, h0, c0, pad_left)
     gates_like = x.new_empty(()).expand(x.shape[0], hidden4, x.shape[2], x.shape[3])
     pad_left = lstm_row._check_args(gates_like, weight, bias, h0, c0, pad_left)
     batch, _, _, length = x.shape
@@ -142,5 +202,5 @@ def lstm_rows_conv(x, in_weight, weight, bias=None, h0=None, c0=None, in_pad_lef
         h0 = x.new_zeros(batch, hidden4 // 4, length)
     c0 = x.new_zeros(batch, hidden4 // 4, length, dtype=cell) if c0 is None else c0.to(cell)
     h, c, _ = torch.ops.genfast.lstm_rows_conv(x, in_weight, weight, bias, h0, c0, in_pad_left,
-                                               pad_left)
+                                               pad_left, skew_width)
     return h, c
