@@ -253,21 +253,19 @@ void forward_chunk_skewed(const ForwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
           q.bias[g] = p.bias_runs.data() + ch * L + first;
           q.gates[g] = p.gates + (p.gl.at(b, ch, r) + first);
         }
-        acc_t* c = p.c + run(s, b, D, d, r);
-        acc_t* h = p.h + run(s, b, D, d, r);
         acc_t* st = state + d * ps + bi * next_span;  // position next_first - 1
         q.c_prev = (r > 0 ? p.c + run(s, b, D, d, r - 1) : p.c0 + (b * D + d) * L) + first;
-        q.c = c + first;
-        q.h = h + first;
+        q.c = p.c + run(s, b, D, d, r) + first;
+        q.h = p.h + run(s, b, D, d, r) + first;
         q.state = st + 1 + first - next_first;
         forward_run(q, n);
         round_h(p.h_type, q.h, n);
         round_h(p.h_type, q.state, n);
-        if (s.has_copy(r)) q.state[n] = q.state[n - 1];
         if (next_first == 0) st[0] = acc_t(0);  // position -1: the zero padding
-        if (s.has_copy(r)) {  // h and c are zeros elsewhere (run_forward)
-          h[first + n] = h[first + n - 1];
-          c[first + n] = c[first + n - 1];
+        if (s.has_copy(r)) {  // (h and c are zero at the other positions: run_forward)
+          q.state[n] = q.state[n - 1];
+          q.h[n] = q.h[n - 1];
+          q.c[n] = q.c[n - 1];
         }
       }
     }
@@ -347,8 +345,8 @@ std::tuple<Tensor, Tensor, Tensor> run_forward(const Shape& s, const Tensor& gat
   };
   Tensor h = make({s.batch, s.hidden, s.rows, s.length});
   Tensor c = make({s.batch, s.hidden, s.rows, s.length});
-  // lstm_rows_conv's activations are only read by its backward: row-major (see GateLayout).
-  // A skewed map's keep the computed positions alone (GateLayout).
+  // lstm_rows_conv's activations are only read by its backward: row-major, a skewed map's at
+  // the computed positions alone (see GateLayout).
   Tensor gates = s.skew_width  ? at::empty({skewed_gate_count(s)}, opts)
                  : x.defined() ? at::empty({s.rows, s.batch, s.gates, s.length}, opts)
                                : at::empty({s.batch, s.gates, s.rows, s.length}, opts);
