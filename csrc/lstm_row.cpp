@@ -32,7 +32,16 @@
 // in float32: c and the gates stay float32, h is rounded to the input dtype, and the next row
 // reads that rounded h.
 //
-// This file holds the forward; lstm_row_backward.cpp the backward, lstm_row_common.h what both use.
+// genfast::lstm_rows_conv is the same recurrence with the input-to-state convolution along the row
+// done inside it: each row's part is a second gather (from x in the same column layout) into a
+// buffer the cell maths read in place of gates_in, and its backward gathers dL/dx from the gate
+// gradients in the row loop. Its saved activations and gate gradients are row-major (GateLayout),
+// and on a skewed map (the Diagonal BiLSTM, Shape::skew_width) it computes each row's pixels and
+// one padding position only, in a column layout that changes from row to row
+// (forward_chunk_skewed).
+//
+// This file holds the forward; lstm_row_backward.cpp the backward, lstm_row_weight_grad.cpp the
+// weights' gradients, lstm_row_common.h what they share.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
