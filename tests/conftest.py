@@ -61,6 +61,21 @@ def assert_close(actual, expected, reference64=None):
         torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
 
 
+def assert_all_close(fast, ref, ref64, dtype):
+    """assert_close on matching lists of results (None where an input had no gradient), each
+    with its dtype and shape; the low-precision rule for float16/bfloat16 runs, including for
+    their float32 results (a cell state and its gradient)."""
+    for got, want, want64 in zip(fast, ref, ref64):
+        if want is None:
+            assert got is None
+            continue
+        assert got.dtype == want.dtype and got.shape == want.shape
+        if dtype in LOW_PRECISION:
+            assert_close(got.to(dtype), want.to(dtype), want64)
+        else:
+            assert_close(got, want)
+
+
 @pytest.fixture(params=FAST_BACKENDS)
 def backend(request):
     """(backend name, device) for each fast backend, skipped where it cannot run."""

@@ -8,7 +8,7 @@ import torch
 import genfast
 from genfast.ops import lstm_row_step, lstm_row_step_ref, lstm_rows, lstm_rows_ref
 from genfast.ops.lstm_row import _FORWARD_OPS, IMPLEMENTED
-from conftest import LOW_PRECISION, assert_close
+from conftest import LOW_PRECISION, assert_all_close, assert_close
 
 # (batch, hidden, rows, length, k, pad_left): batch 1, one- and two-pixel rows, a single row,
 # non-square, hidden sizes off multiples of 8 (and of a SIMD vector), kernels 1, 2, 3, 5 with
@@ -59,19 +59,6 @@ def _run(fn, inputs, grads, dtype, pad_left, **kwargs):
     return [h.detach(), c.detach()] + [None if t is None else next(it) for t in leaves]
 
 
-def _check_all(fast, ref, ref64, dtype):
-    for got, want, want64 in zip(fast, ref, ref64):
-        if want is None:
-            assert got is None
-            continue
-        assert got.dtype == want.dtype and got.shape == want.shape
-        if dtype in LOW_PRECISION:
-            # c and the gradient of c0 may be float32: hold them to the low-precision rule too.
-            assert_close(got.to(dtype), want.to(dtype), want64)
-        else:
-            assert_close(got, want)
-
-
 @pytest.mark.parametrize("case", CASES, ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("states", [True, False], ids=["states", "zero_states"])
@@ -90,7 +77,7 @@ def test_matches_reference(backend, case, dtype, states):
     ref64 = _run(lstm_rows_ref, rounded, grads64, torch.float64, pad_left)
     assert fast[0].dtype == dtype
     assert fast[1].dtype == (torch.float32 if dtype in LOW_PRECISION else dtype)
-    _check_all(fast, ref, ref64, dtype)
+    assert_all_close(fast, ref, ref64, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)

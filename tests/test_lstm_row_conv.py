@@ -8,7 +8,7 @@ import torch
 
 from genfast.ops import lstm_row_conv as fused
 from genfast.ops.lstm_row_conv import lstm_rows_conv, lstm_rows_conv_ref
-from conftest import LOW_PRECISION, assert_close
+from conftest import assert_all_close, assert_close
 
 needs_kernel = pytest.mark.skipif(not fused.HAS_CPU_KERNEL,
                                   reason="the extension has no lstm_rows_conv cpu kernel")
@@ -71,15 +71,7 @@ def test_matches_reference(case, dtype, states):
     ref = _run(lstm_rows_conv_ref, inputs, grads, dtype, pads)
     ref64 = _run(lstm_rows_conv_ref, [None if t is None else t.to(dtype).double() for t in inputs],
                  grads, torch.float64, pads)
-    for got, want, want64 in zip(fast, ref, ref64):
-        if want is None:
-            assert got is None
-            continue
-        assert got.dtype == want.dtype and got.shape == want.shape
-        if dtype in LOW_PRECISION:
-            assert_close(got.to(dtype), want.to(dtype), want64)
-        else:
-            assert_close(got, want)
+    assert_all_close(fast, ref, ref64, dtype)
 
 
 @needs_kernel
@@ -258,13 +250,7 @@ def test_skewed_map_matches_reference(case, dtype):
     ref = _run(lstm_rows_conv_ref, inputs, grads, dtype, geometry)
     ref64 = _run(lstm_rows_conv_ref, [None if t is None else t.to(dtype).double() for t in inputs],
                  grads, torch.float64, geometry)
-    for got, want, want64 in zip(fast, ref, ref64):
-        if want is None:
-            assert got is None
-        elif dtype in LOW_PRECISION:
-            assert_close(got.to(dtype), want.to(dtype), want64)
-        else:
-            assert_close(got, want)
+    assert_all_close(fast, ref, ref64, dtype)
 
 
 @needs_kernel
