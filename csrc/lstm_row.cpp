@@ -233,7 +233,6 @@ void forward_chunk_skewed(const ForwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
   acc_t* state = scratch<acc_t>(kSlot1, D * ps);  // zero: the state before row 0
   acc_t* x_cols = scratch<acc_t>(kSlot2, C * ps);
   acc_t* x_pre = scratch<acc_t>(kSlot3, G * stride, false);
-  const std::vector<Segment> in_segs{{0, 0}}, segs{{0, 0}, {D, 1}};
   ForwardRun<acc_t> q;
   for (int64_t r = 0; r < s.rows; ++r) {
     const int64_t first = s.first(r), n = s.computed(r), span = n + 1;
@@ -244,8 +243,9 @@ void forward_chunk_skewed(const ForwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
         std::copy_n(p.x + run(s, b0 + bi, C, ci, r) + first, live, dst);
         std::fill(dst + live, dst + n, acc_t(0));
       }
-    gather(p.in_weight.data(), G, C, C, x_cols, ps, in_segs, count, x_pre, stride);
-    gather(p.weight.data(), G, 2 * D, D, state, ps, segs, count, pre, stride);
+    // The taps at columns j and j + 1 (p.segs, p.in_segs as for the other rows).
+    gather(p.in_weight.data(), G, C, C, x_cols, ps, p.in_segs, count, x_pre, stride);
+    gather(p.weight.data(), G, 2 * D, D, state, ps, p.segs, count, pre, stride);
     // The next row's layout: where this row's positions go in the state it reads.
     const bool next = r + 1 < s.rows;
     const int64_t next_first = next ? s.first(r + 1) : first;
@@ -356,7 +356,8 @@ std::tuple<Tensor, Tensor, Tensor> run_forward(const Shape& s, const Tensor& gat
   Tensor c = make({s.batch, s.hidden, s.rows, s.length});
   // lstm_rows_conv's activations are only read by its backward: row-major, a skewed map's at
   // the computed positions alone (see GateLayout).
-  Tensor gates = s.skew_width  ? at::empty({skewed_gate_count(s)}, opts)
+  const GateLayout gl = gate_layout(s, x.defined());
+  Tensor gates = s.skew_width  ? at::empty({gl.row_start.back()}, opts)
                  : x.defined() ? at::empty({s.rows, s.batch, s.gates, s.length}, opts)
                                : at::empty({s.batch, s.gates, s.rows, s.length}, opts);
   if (h.numel() > 0) {
@@ -380,7 +381,7 @@ std::tuple<Tensor, Tensor, Tensor> run_forward(const Shape& s, const Tensor& gat
                               {},
                               {}};
       p.x = x.defined() ? xc.const_data_ptr<scalar_t>() : nullptr;
-      p.gl = gate_layout(s, x.defined());
+      p.gl = gl;
       forward(p, w.const_data_ptr<scalar_t>(),
               x.defined() ? wi.const_data_ptr<scalar_t>() : nullptr);
     });

@@ -149,7 +149,6 @@ void backward_chunk_skewed(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb)
   acc_t* dc_in = scratch<acc_t>(kSlot3, nb * D * L);  // [nb][D][L]
   acc_t* dc_out = scratch<acc_t>(kSlot4, nb * D * L);
   acc_t* dx = scratch<acc_t>(kSlot5, C * stride, false);
-  const std::vector<Segment> segs{{0, 0}, {G, 1}}, in_segs{{0, 0}};
   BackwardRun<acc_t> q;
   q.grad_h_value = p.grad_h_value;
   q.grad_c_value = p.grad_c_value;
@@ -197,8 +196,9 @@ void backward_chunk_skewed(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb)
     }
     std::swap(dc_in, dc_out);
     const int64_t count = round_up(nb * prev_span, kVector);
-    if (r > 0) gather(p.weight.data(), D, 2 * G, G, dpre, ps, segs, count, dh, stride);
-    gather(p.in_weight.data(), C, G, G, dpre, ps, in_segs, count, dx, stride);
+    // Mirrored taps at columns j and j + 1 (p.segs and p.in_segs have offset 0 here).
+    if (r > 0) gather(p.weight.data(), D, 2 * G, G, dpre, ps, p.segs, count, dh, stride);
+    gather(p.in_weight.data(), C, G, G, dpre, ps, p.in_segs, count, dx, stride);
     const int64_t live = s.live_last(r) - first + 1;
     for (int64_t bi = 0; bi < nb; ++bi)
       for (int64_t ci = 0; ci < C; ++ci)  // grad_x is zero at the padding (run_backward)
@@ -232,7 +232,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> run_backward(
                 s.hidden, ", ", s.rows, ", ", s.length, "], got ", t->sizes());
   const bool conv = x.defined();
   // lstm_rows_conv saves its activations row-major (see GateLayout).
-  const auto gate_sizes = s.skew_width ? std::vector<int64_t>{skewed_gate_count(s)}
+  const GateLayout gl = gate_layout(s, conv);
+  const auto gate_sizes = s.skew_width ? std::vector<int64_t>{gl.row_start.back()}
                           : conv       ? std::vector<int64_t>{s.rows, s.batch, s.gates, s.length}
                                        : std::vector<int64_t>{s.batch, s.gates, s.rows, s.length};
   TORCH_CHECK(gates.sizes() == at::IntArrayRef(gate_sizes) && gates.device().is_cpu(),
@@ -288,7 +289,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> run_backward(
                             nullptr,
                             cpu::AlignedVector<acc_t>(D * k * G, acc_t(0)),
                             mirrored_segments(s, k, s.pad_left)};
-      p.gl = gate_layout(s, conv);
+      p.gl = gl;
       std::vector<acc_t> bias_parts(s.batch * G);
       p.grad_bias_parts = bias_parts.data();
       // Each tap's weight transposed, tap taps - 1 - t at t: [rows][taps][4D].

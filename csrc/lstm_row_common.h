@@ -87,7 +87,7 @@ struct Columns {
 // one kept), so that every caller adds the position.
 struct GateLayout {
   int64_t b, n, r;  // strides (n: of the rows' gate channels; `stride` for skewed maps)
-  std::vector<int64_t> row_start;  // skewed maps: [R + 1] offsets of the rows
+  std::vector<int64_t> row_start;  // skewed maps: [R + 1] offsets of the rows, back() the size
   const Shape* skew = nullptr;
   int64_t at(int64_t bi, int64_t ni, int64_t ri) const {
     if (!skew) return bi * b + ni * n + ri * r;
@@ -106,13 +106,6 @@ inline GateLayout gate_layout(const Shape& s, bool row_major) {
       gl.row_start.push_back(gl.row_start.back() + s.batch * s.gates * s.computed(r));
   }
   return gl;
-}
-
-// The number of values a skewed map's gate tensors keep: [B][4D] at each computed position.
-inline int64_t skewed_gate_count(const Shape& s) {
-  int64_t total = 0;
-  for (int64_t r = 0; r < s.rows; ++r) total += s.batch * s.gates * s.computed(r);
-  return total;
 }
 
 // The offset of the L contiguous values of (b, channel, row) in a contiguous [B][C][R][L] tensor.

@@ -57,6 +57,16 @@ def _run(fn, inputs, grads, dtype, pads, **kwargs):
     return [h.detach(), c.detach()] + [None if t is None else next(it) for t in leaves]
 
 
+def _check_against_reference(inputs, grads, dtype, geometry):
+    """The cpu kernel and the reference in dtype (and the reference in float64, for the
+    low-precision rule) on the same inputs and output gradients."""
+    fast = _run(lstm_rows_conv, inputs, grads, dtype, geometry, backend="cpu")
+    ref = _run(lstm_rows_conv_ref, inputs, grads, dtype, geometry)
+    ref64 = _run(lstm_rows_conv_ref, [None if t is None else t.to(dtype).double() for t in inputs],
+                 grads, torch.float64, geometry)
+    assert_all_close(fast, ref, ref64, dtype)
+
+
 @needs_kernel
 @pytest.mark.parametrize("states", [True, False], ids=["states", "zero_states"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -66,12 +76,7 @@ def test_matches_reference(case, dtype, states):
     inputs = _inputs(case, states)
     b, _, d, r, length, _, in_pad_left, _, pad_left = case
     grads = [torch.randn(b, d, r, length, dtype=torch.float64) for _ in range(2)]
-    pads = (in_pad_left, pad_left)
-    fast = _run(lstm_rows_conv, inputs, grads, dtype, pads, backend="cpu")
-    ref = _run(lstm_rows_conv_ref, inputs, grads, dtype, pads)
-    ref64 = _run(lstm_rows_conv_ref, [None if t is None else t.to(dtype).double() for t in inputs],
-                 grads, torch.float64, pads)
-    assert_all_close(fast, ref, ref64, dtype)
+    _check_against_reference(inputs, grads, dtype, (in_pad_left, pad_left))
 
 
 @needs_kernel
@@ -245,12 +250,7 @@ def test_skewed_map_matches_reference(case, dtype):
     grads = [torch.randn(b, d, height + width - 1, height, dtype=torch.float64)
              for _ in range(2)]
     inputs = (x, in_weight, weight, bias, None, None)
-    geometry = (0, 1, width)
-    fast = _run(lstm_rows_conv, inputs, grads, dtype, geometry, backend="cpu")
-    ref = _run(lstm_rows_conv_ref, inputs, grads, dtype, geometry)
-    ref64 = _run(lstm_rows_conv_ref, [None if t is None else t.to(dtype).double() for t in inputs],
-                 grads, torch.float64, geometry)
-    assert_all_close(fast, ref, ref64, dtype)
+    _check_against_reference(inputs, grads, dtype, (0, 1, width))
 
 
 @needs_kernel
