@@ -113,6 +113,36 @@ def test_two_process_ddp_follows_the_one_process_run(tmp_path):
     assert load_checkpoint(str(tmp_path / "two"))["epoch"] == 1
 
 
+TEARDOWN_SCRIPT = """
+import os
+import torch
+from genfast.train import distributed
+
+info = distributed.launched_info()
+distributed.setup(info, torch.device("cpu"))
+model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 3))
+model(torch.randn(2, 4)).sum().backward()
+del model
+distributed.teardown(info)
+names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+print("gloo threads after teardown:", sorted(n for n in names if "gloo" in n))
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="lists threads through /proc")
+def test_teardown_joins_the_process_groups_threads(tmp_path):
+    """After a DDP step, teardown frees the gloo process group, so its threads do not run into
+    interpreter exit (where one aborted a worker in CI)."""
+    script = tmp_path / "teardown.py"
+    script.write_text(TEARDOWN_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", str(script)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("gloo threads after teardown: []") == 2, done.stdout
+
+
 def test_sample_writes_a_grid_of_the_right_size(tmp_path, capsys):
     train(tmp_path, limit=1)
     grid = tmp_path / "grid.png"

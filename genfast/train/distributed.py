@@ -51,12 +51,19 @@ def choose_device(requested: str, info: ProcessInfo) -> torch.device:
 def setup(info: ProcessInfo, device: torch.device) -> None:
     """Starts the process group when distributed (gloo on CPU, nccl on CUDA)."""
     if info.distributed and not dist.is_initialized():
+        # torch._dynamo, imported later (DistributedDataParallel's constructor does), keeps
+        # references to a process group that exists when it loads (torch 2.14). Such a group
+        # outlives destroy_process_group, and its gloo threads run into interpreter exit, where
+        # one of them aborted a worker ("terminate called without an active exception").
+        # Loaded first, it holds none, and teardown joins the threads.
+        import torch._dynamo  # noqa: F401
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
 def teardown(info: ProcessInfo) -> None:
+    """Destroys the process group, which joins its threads (see setup)."""
     if info.distributed and dist.is_initialized():
         dist.destroy_process_group()
 
