@@ -30,6 +30,16 @@ def train(out, *extra, model="pixelcnn", epochs=1, limit=3):
         return json.load(f)
 
 
+def run_two_processes(*args):
+    """torchrun --standalone with 2 processes on the CPU; returns the finished run (exit 0)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", *args]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def test_train_writes_checkpoint_and_test_metrics(tmp_path, capsys):
     metrics = train(tmp_path, epochs=2)
     printed = capsys.readouterr().out
@@ -93,13 +103,9 @@ def test_two_process_ddp_follows_the_one_process_run(tmp_path):
     after an epoch of real updates they log the same loss and reach the same test NLL as one
     process (up to the order of floating-point sums)."""
     one = train(tmp_path / "one", "--lr", "0.01", limit=None)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node=2", "-m", "genfast", "train", "pixelcnn", "--out",
-               str(tmp_path / "two"), "--epochs", "1", "--batch-size", "32", "--lr", "0.01",
-               "--no-progress", "--device", "cpu", *TINY_PIXELCNN]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_two_processes("-m", "genfast", "train", "pixelcnn", "--out", str(tmp_path / "two"),
+                             "--epochs", "1", "--batch-size", "32", "--lr", "0.01",
+                             "--no-progress", "--device", "cpu", *TINY_PIXELCNN)
     assert "2 process(es)" in done.stdout
     with open(tmp_path / "two" / "metrics.json") as f:
         two = json.load(f)
@@ -137,11 +143,7 @@ def test_teardown_joins_the_process_groups_threads(tmp_path):
     interpreter exit (where one aborted a worker in CI)."""
     script = tmp_path / "teardown.py"
     script.write_text(TEARDOWN_SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node=2", str(script), str(tmp_path)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_two_processes(str(script), str(tmp_path))
     # Each rank lists the gloo threads it still has: none.
     assert [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)] == ["", ""]
 
