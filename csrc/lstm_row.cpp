@@ -35,10 +35,11 @@
 // genfast::lstm_rows_conv is the same recurrence with the input-to-state convolution along the row
 // done inside it: each row's part is a second gather (from x in the same column layout) into a
 // buffer the cell maths read in place of gates_in, and its backward gathers dL/dx from the gate
-// gradients in the row loop. Its saved activations and gate gradients are row-major (GateLayout),
-// and on a skewed map (the Diagonal BiLSTM, Shape::skew_width) it computes each row's pixels and
-// one padding position only, in a column layout that changes from row to row
-// (forward_chunk_skewed).
+// gradients in the row loop. Its saved activations and gate gradients are row-major (GateLayout).
+// Its columns are batch-minor (Interleaved, forward_chunk_interleaved), which wastes no columns
+// between batch elements, and on a skewed map (the Diagonal BiLSTM, Shape::skew_width) it
+// computes each row's pixels and one padding position only, in a column layout that changes
+// from row to row (forward_chunk_skewed).
 //
 // This file holds the forward; lstm_row_backward.cpp the backward, lstm_row_weight_grad.cpp the
 // weights' gradients, lstm_row_common.h what they share.
@@ -53,6 +54,7 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu/interleave.h"
 #include "cpu/lstm_cell.h"
 #include "cpu/simd_math.h"
 #include "cpu/strided_copy.h"
@@ -172,22 +174,8 @@ void forward_chunk(const ForwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
     for (int64_t d = 0; d < D; ++d)
       std::copy_n(p.h0 + ((b0 + bi) * D + d) * L, L,
                   state + d * col.pad_stride + bi * col.lp + s.pad_left);
-  const int64_t C = s.in_channels;
-  acc_t* x_cols = p.x ? scratch<acc_t>(kSlot2, C * col.pad_stride) : nullptr;
-  acc_t* x_pre = p.x ? scratch<acc_t>(kSlot3, G * col.stride, false) : nullptr;
   ForwardRun<acc_t> q;
   for (int64_t r = 0; r < s.rows; ++r) {
-    // lstm_rows_conv: the input's convolution, in the state's column layout. It goes to a buffer
-    // of its own that the cell maths read in place of gates_in, so that every pre-activation is
-    // summed as lstm_rows sums it after a separate convolution (the samplers rely on that).
-    if (p.x) {
-      for (int64_t bi = 0; bi < nb; ++bi)
-        for (int64_t ci = 0; ci < C; ++ci)
-          std::copy_n(p.x + run(s, b0 + bi, C, ci, r), L,
-                      x_cols + ci * col.pad_stride + bi * col.lp + s.in_pad_left);
-      gather(p.in_weight.data(), G, s.in_taps * C, C, x_cols, col.pad_stride, p.in_segs,
-             col.count, x_pre, col.stride);
-    }
     // A zero initial state (the default) adds nothing to the first row: pre stays zero.
     if (r > 0 || !h0_zero)
       gather(p.weight.data(), G, s.taps * D, D, state, col.pad_stride, p.segs, col.count, pre,
@@ -200,7 +188,7 @@ void forward_chunk(const ForwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
         for (int g = 0; g < 4; ++g) {
           const int64_t n = g * D + d;
           q.pre[g] = pre + n * col.stride + bi * col.lp;
-          q.in[g] = p.x ? x_pre + n * col.stride + bi * col.lp : p.gates_in + run(s, b, G, n, r);
+          q.in[g] = p.gates_in + run(s, b, G, n, r);
           q.bias[g] = p.bias_runs.data() + n * L;
           q.gates[g] = p.gates + p.gl.at(b, n, r);
         }
@@ -213,6 +201,85 @@ void forward_chunk(const ForwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
         round_h(p.h_type, q.state, L);
       }
     }
+  }
+}
+
+// Asks for hidden channel d's share of what forward_chunk_interleaved moves between row r's
+// interleaved buffers and the tensors, which are far larger than the caches: x, and the gates,
+// h and c it writes. Spread over the cell maths of the row before, they arrive in time.
+template <typename acc_t>
+void prefetch_next_row(const ForwardArgs<acc_t>& p, int64_t b0, int64_t nb, int64_t r,
+                       int64_t d) {
+  const Shape& s = p.s;
+  const int64_t D = s.hidden, G = s.gates, L = s.length, C = s.in_channels;
+  const int64_t gates = nb * G * L, slice = (gates + D - 1) / D;  // the row's gates: contiguous
+  prefetch_run<1>(p.gates + p.gl.at(b0, 0, r) + std::min(d * slice, gates),
+                  std::min(slice, gates - std::min(d * slice, gates)));
+  for (int64_t bi = 0; bi < nb; ++bi) {
+    prefetch_run<1>(p.h + run(s, b0 + bi, D, d, r), L);
+    prefetch_run<1>(p.c + run(s, b0 + bi, D, d, r), L);
+    for (int64_t ci = d * C / D; ci < (d + 1) * C / D; ++ci)
+      prefetch_run<0>(p.x + run(s, b0 + bi, C, ci, r), L);
+  }
+}
+
+// lstm_rows_conv on an unskewed map: the chunk in batch-minor columns (Interleaved), which fill
+// whole vectors where forward_chunk's pad each element's row. Every output sums the same terms
+// in the same order as there, so the bits are the same. The input's convolution goes to a
+// buffer of its own that the cell maths read in place of gates_in, so that every pre-activation
+// is summed as lstm_rows sums it after a separate convolution (the samplers rely on that). The
+// cell maths take a hidden channel's nb * L values in one run, with c_{r-1} from the chunk's
+// own interleaved copy; h, c and the gates are then de-interleaved into their tensors.
+template <typename acc_t>
+void forward_chunk_interleaved(const ForwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
+  const Shape& s = p.s;
+  const int64_t D = s.hidden, G = s.gates, L = s.length, R = s.rows, C = s.in_channels;
+  const Interleaved<acc_t> col(s, nb);
+  const int64_t n = nb * L, count = col.count, ps = col.pad_stride, first = col.padded(0);
+  acc_t* pre = scratch<acc_t>(kSlot0, G * count);
+  acc_t* state = scratch<acc_t>(kSlot1, D * ps);
+  acc_t* x_cols = scratch<acc_t>(kSlot2, C * ps);
+  acc_t* x_pre = scratch<acc_t>(kSlot3, G * count, false);
+  acc_t* c_prev = scratch<acc_t>(kSlot4, 2 * D * count, false);
+  acc_t* c_next = c_prev + D * count;
+  acc_t* gates = scratch<acc_t>(kSlot5, G * count, false);
+  acc_t* bias = scratch<acc_t>(kSlot6, G * count, false);  // bias[i] along row i
+  for (int64_t i = 0; i < G; ++i) std::fill_n(bias + i * count, count, p.bias_runs[i * L]);
+  std::vector<Segment> segs, in_segs;
+  for (int64_t t = 0; t < s.taps; ++t) segs.push_back({t * D, col.padded(t - s.pad_left)});
+  for (int64_t t = 0; t < s.in_taps; ++t)
+    in_segs.push_back({t * C, col.padded(t - s.in_pad_left)});
+  const acc_t* h0 = p.h0 + b0 * D * L;
+  const bool h0_zero = std::all_of(h0, h0 + nb * D * L, [](acc_t v) { return v == acc_t(0); });
+  cpu::interleave(h0, D * L, L, D, nb, L, state + first, ps);
+  cpu::interleave(p.c0 + b0 * D * L, D * L, L, D, nb, L, c_prev, count);
+  ForwardRun<acc_t> q;
+  q.ahead = q.gates_ahead = 0;  // all in the chunk's buffers
+  for (int64_t r = 0; r < R; ++r) {
+    cpu::interleave(p.x + run(s, b0, C, 0, r), C * R * L, R * L, C, nb, L, x_cols + first, ps);
+    gather(p.in_weight.data(), G, s.in_taps * C, C, x_cols, ps, in_segs, count, x_pre, count);
+    // A zero initial state (the default) adds nothing to the first row: pre stays zero.
+    if (r > 0 || !h0_zero)
+      gather(p.weight.data(), G, s.taps * D, D, state, ps, segs, count, pre, count);
+    for (int64_t d = 0; d < D; ++d) {
+      for (int g = 0; g < 4; ++g) {
+        const int64_t i = g * D + d;
+        q.pre[g] = pre + i * count;
+        q.in[g] = x_pre + i * count;
+        q.bias[g] = bias + i * count;
+        q.gates[g] = gates + i * count;
+      }
+      q.c_prev = c_prev + d * count;
+      q.c = c_next + d * count;
+      q.h = q.state = state + d * ps + first;
+      forward_run(q, n);
+      round_h(p.h_type, q.h, n);
+      if (r + 1 < R) prefetch_next_row(p, b0, nb, r + 1, d);
+    }
+    cpu::deinterleave(gates, count, G, nb, L, p.gates + p.gl.at(b0, 0, r), p.gl.b, p.gl.n);
+    cpu::deinterleave(state + first, ps, D, nb, L, p.h + run(s, b0, D, 0, r), D * R * L, R * L);
+    cpu::deinterleave(c_next, count, D, nb, L, p.c + run(s, b0, D, 0, r), D * R * L, R * L);
+    std::swap(c_prev, c_next);
   }
 }
 
@@ -321,13 +388,16 @@ void forward(ForwardArgs<acc_t>& p, const acc_t* w, const acc_t* w_in) {
   if (p.bias)
     for (int64_t n = 0; n < G; ++n)
       std::fill_n(p.bias_runs.data() + n * s.length, s.length, p.bias[n]);
-  const EvenSplit chunks{s.batch, chunk_count(s)};
+  const bool interleaved = p.x && !s.skew_width;
   const bool one_row = s.rows == 1 && s.length < kLanes && !p.x;
+  const EvenSplit chunks{s.batch, chunk_count(s, interleaved ? cpu::Vec<acc_t>::kLanes : 0)};
   at::parallel_for(0, chunks.count, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b0 = chunks.start(i), nb = chunks.start(i + 1) - b0;
       if (s.skew_width) {
         forward_chunk_skewed(p, b0, nb);
+      } else if (interleaved) {
+        forward_chunk_interleaved(p, b0, nb);
       } else {
         one_row ? forward_one_row(p, b0, nb) : forward_chunk(p, b0, nb);
       }

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "cpu/interleave.h"
 #include "cpu/lstm_cell.h"
 #include "cpu/simd_math.h"
 #include "lstm_row_common.h"
@@ -71,13 +72,12 @@ void backward_chunk(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
   const Shape& s = p.s;
   const int64_t D = s.hidden, G = s.gates, L = s.length;
   const Columns<acc_t> col(s, nb);
-  const int64_t shift = dpre_shift(s), ps = col.pad_stride, C = s.in_channels;
+  const int64_t shift = dpre_shift(s), ps = col.pad_stride;
   acc_t* dh = scratch<acc_t>(kSlot0, D * col.stride);
   acc_t* dpre = scratch<acc_t>(kSlot1, G * ps);
   acc_t* bias_sum = scratch<acc_t>(kSlot2, G * ps);  // dpre summed over the rows, per column
   acc_t* dc_in = scratch<acc_t>(kSlot3, nb * D * L);  // [nb][D][L]
   acc_t* dc_out = scratch<acc_t>(kSlot4, nb * D * L);
-  acc_t* dx = p.grad_x ? scratch<acc_t>(kSlot5, C * col.stride) : nullptr;
   BackwardRun<acc_t> q;
   q.grad_h_value = p.grad_h_value;
   q.grad_c_value = p.grad_c_value;
@@ -107,13 +107,6 @@ void backward_chunk(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
     // Zero outside the pixels, so whole rows can be summed.
     add_to(bias_sum, dpre, G * ps);
     gather(p.weight.data(), D, s.taps * G, G, dpre, ps, p.segs, col.count, dh, col.stride);
-    if (p.grad_x) {
-      gather(p.in_weight.data(), C, s.in_taps * G, G, dpre, ps, p.in_segs, col.count, dx,
-             col.stride);
-      for (int64_t bi = 0; bi < nb; ++bi)
-        for (int64_t ci = 0; ci < C; ++ci)
-          std::copy_n(dx + ci * col.stride + bi * col.lp, L, p.grad_x + run(s, b0 + bi, C, ci, r));
-    }
   }
   // dL/dbias of each batch element: its columns' sums, in column order.
   for (int64_t bi = 0; bi < nb; ++bi)
@@ -128,6 +121,78 @@ void backward_chunk(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
       std::copy_n(dh + d * col.stride + bi * col.lp, L, p.grad_h0 + dst);
       std::copy_n(dc_in + (bi * D + d) * L, L, p.grad_c0 + dst);
     }
+}
+
+// The backward of forward_chunk_interleaved (lstm_row.cpp). The cell maths run per element as in
+// backward_chunk, writing the gate gradients to grad_gates_in alone; each row's are then
+// interleaved into the zero-bordered buffer the gathers of dL/dh_{r-1} and dL/dx read, whose
+// interleaved results go back to [nb][D][L] for the next row's cell maths and to grad_x. Every
+// value sums the same terms in the same order as backward_chunk's would.
+template <typename acc_t>
+void backward_chunk_interleaved(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
+  const Shape& s = p.s;
+  const int64_t D = s.hidden, G = s.gates, L = s.length, R = s.rows, C = s.in_channels;
+  const Interleaved<acc_t> col(s, nb);
+  // dL/dpre of position l at column (shift + l) * nb + b, as backward_chunk's (dpre_shift).
+  const int64_t count = col.count, ps = col.pad_stride, first = dpre_shift(s) * nb;
+  acc_t* dh_cols = scratch<acc_t>(kSlot0, D * count, false);
+  acc_t* dpre = scratch<acc_t>(kSlot1, G * ps);
+  acc_t* bias_sum = scratch<acc_t>(kSlot2, G * ps);  // dpre summed over the rows, per column
+  acc_t* dc_in = scratch<acc_t>(kSlot3, nb * D * L);  // [nb][D][L]
+  acc_t* dc_out = scratch<acc_t>(kSlot4, nb * D * L);
+  acc_t* dx = scratch<acc_t>(kSlot5, C * count, false);
+  acc_t* dh = scratch<acc_t>(kSlot6, nb * D * L);  // [nb][D][L]: zero after the last row
+  // Output column j reads tap t's gradients at j + (offset + t) * nb (as mirrored_segments).
+  const auto segments = [&](int64_t taps, int64_t pad_left) {
+    std::vector<Segment> segs;
+    const int64_t offset = dpre_shift(s) - (taps - 1 - pad_left);
+    for (int64_t t = 0; t < taps; ++t) segs.push_back({t * G, (offset + t) * nb});
+    return segs;
+  };
+  const std::vector<Segment> segs = segments(s.taps, s.pad_left);
+  const std::vector<Segment> in_segs = segments(s.in_taps, s.in_pad_left);
+  BackwardRun<acc_t> q;
+  q.grad_h_value = p.grad_h_value;
+  q.grad_c_value = p.grad_c_value;
+  for (int64_t r = R - 1; r >= 0; --r) {
+    q.ahead = r > 0 ? -L : 0;
+    q.gates_ahead = r > 0 ? -p.gl.r : 0;
+    for (int64_t bi = 0; bi < nb; ++bi) {
+      const int64_t b = b0 + bi;
+      for (int64_t d = 0; d < D; ++d) {
+        for (int g = 0; g < 4; ++g) {
+          const int64_t n = g * D + d;
+          q.act[g] = p.gates + p.gl.at(b, n, r);
+          q.dpre[g] = q.grad_in[g] = p.grad_gates_in + p.gl.at(b, n, r);
+        }
+        q.c = p.c + run(s, b, D, d, r);
+        q.c_prev = r > 0 ? p.c + run(s, b, D, d, r - 1) : p.c0 + (b * D + d) * L;
+        q.grad_h = p.grad_h ? p.grad_h + run(s, b, D, d, r) : nullptr;
+        q.grad_c = p.grad_c ? p.grad_c + run(s, b, D, d, r) : nullptr;
+        q.dh = dh + (bi * D + d) * L;
+        q.dc_in = dc_in + (bi * D + d) * L;
+        q.dc_out = dc_out + (bi * D + d) * L;
+        backward_run(q, L);
+      }
+    }
+    std::swap(dc_in, dc_out);
+    cpu::interleave(p.grad_gates_in + p.gl.at(b0, 0, r), p.gl.b, p.gl.n, G, nb, L, dpre + first,
+                    ps);
+    add_to(bias_sum, dpre, G * ps);  // zero outside the pixels, so whole rows can be summed
+    gather(p.weight.data(), D, s.taps * G, G, dpre, ps, segs, count, dh_cols, count);
+    cpu::deinterleave(dh_cols, count, D, nb, L, dh, D * L, L);
+    gather(p.in_weight.data(), C, s.in_taps * G, G, dpre, ps, in_segs, count, dx, count);
+    cpu::deinterleave(dx, count, C, nb, L, p.grad_x + run(s, b0, C, 0, r), C * R * L, R * L);
+  }
+  // dL/dbias of each batch element: its columns' sums, in column order.
+  for (int64_t bi = 0; bi < nb; ++bi)
+    for (int64_t n = 0; n < G; ++n) {
+      acc_t total = 0;
+      for (int64_t l = 0; l < L; ++l) total += bias_sum[n * ps + first + l * nb + bi];
+      p.grad_bias_parts[(b0 + bi) * G + n] = total;
+    }
+  std::copy_n(dh, nb * D * L, p.grad_h0 + b0 * D * L);
+  std::copy_n(dc_in, nb * D * L, p.grad_c0 + b0 * D * L);
 }
 
 // The backward of forward_chunk_skewed (lstm_row.cpp), rows in reverse. Row r's gate gradients
@@ -306,12 +371,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> run_backward(
         mirror(wic.const_data_ptr<acc_t>(), s.in_channels, s.in_taps, p.in_weight.data());
         p.in_segs = mirrored_segments(s, s.in_taps, s.in_pad_left);
       }
-      const EvenSplit chunks{s.batch, chunk_count(s)};
+      const bool interleaved = conv && !s.skew_width;
+      const EvenSplit chunks{s.batch,
+                             chunk_count(s, interleaved ? cpu::Vec<acc_t>::kLanes : 0)};
       at::parallel_for(0, chunks.count, 1, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i)
-          s.skew_width
-              ? backward_chunk_skewed(p, chunks.start(i), chunks.start(i + 1) - chunks.start(i))
-              : backward_chunk(p, chunks.start(i), chunks.start(i + 1) - chunks.start(i));
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t b0 = chunks.start(i), nb = chunks.start(i + 1) - b0;
+          if (s.skew_width) {
+            backward_chunk_skewed(p, b0, nb);
+          } else if (interleaved) {
+            backward_chunk_interleaved(p, b0, nb);
+          } else {
+            backward_chunk(p, b0, nb);
+          }
+        }
       });
       grad_weight(s, dpre, p.gl,
                   WeightSource<acc_t>{hc.const_data_ptr<acc_t>(), h0c.const_data_ptr<acc_t>(), D,

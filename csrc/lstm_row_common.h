@@ -78,6 +78,36 @@ struct Columns {
   }
 };
 
+// A chunk of nb batch elements in batch-minor columns (cpu/interleave.h), lstm_rows_conv's layout
+// on an unskewed map: the outputs put position l of element b at column l * nb + b, and the
+// zero-bordered buffers the convolutions read hold it at (border + l) * nb + b, so that tap t is
+// t * nb columns on. Only the row's end pads to a whole vector: 4 elements of a 28-wide row are
+// 7 vectors, where Columns needs 8 (a zero column after each element, then the rounding).
+template <typename acc_t>
+struct Interleaved {
+  static constexpr int64_t kVector = cpu::Vec<acc_t>::kLanes;
+  int64_t nb;
+  int64_t border;      // the zero positions each side
+  int64_t count;       // nb * L rounded up to whole vectors: the columns each row computes
+  int64_t pad_stride;  // row stride of the zero-bordered buffers, read up to count + 2 borders
+
+  Interleaved(const Shape& s, int64_t nb) : nb(nb), border(s.border()) {
+    count = round_up(nb * s.length, kVector);
+    pad_stride = round_up(count + 2 * border * nb, kVector);
+  }
+  // The column of element 0 at position l of a zero-bordered buffer.
+  int64_t padded(int64_t l) const { return (border + l) * nb; }
+};
+
+// Asks for the cache lines of p[0, n) ahead of use (for writing: kWrite 1).
+template <int kWrite, typename T>
+inline void prefetch_run(const T* p, int64_t n) {
+  const char* c = reinterpret_cast<const char*>(p);
+  const int64_t bytes = n * static_cast<int64_t>(sizeof(T));
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, kWrite, 2);
+  if (bytes > 0) __builtin_prefetch(c + bytes - 1, kWrite, 2);
+}
+
 // Where the L values of gate channel n of (batch element b, row r) start in the saved activations
 // and the gate gradients: lstm_rows' [B][4D][R][L] tensors (image-major, the layout of gates_in)
 // or lstm_rows_conv's internal [R][B][4D][L] ones (row-major: what a batch chunk's row reads and
@@ -135,7 +165,7 @@ void gather(const acc_t* a, int64_t rows, int64_t a_stride, int64_t kdim, const 
 }
 
 // Work buffers are kept per thread and reused (cpu/scratch.h). Returns n elements, zeroed if asked.
-enum Slot { kSlot0, kSlot1, kSlot2, kSlot3, kSlot4, kSlot5, kSlots };
+enum Slot { kSlot0, kSlot1, kSlot2, kSlot3, kSlot4, kSlot5, kSlot6, kSlots };
 struct LstmRowsScratch;
 
 template <typename T>
@@ -147,7 +177,11 @@ T* scratch(Slot slot, int64_t n, bool zero = true) {
 // parallel launch (a sampler's one-row call), and small enough that the rows of a chunk the
 // next step reads (about 11 values per hidden channel and position, prefetched a step ahead)
 // stay in a core's L2 cache; a 16-image chunk of a 28-wide, 64-channel layer did not.
-inline int64_t chunk_count(const Shape& s) {
+// Interleaved chunks (interleaved_lanes: the SIMD width) pad only to whole vectors, so their
+// size matters as well: among the counts with a whole number of chunks per thread and chunks at
+// most half as large again as that bound, the one that computes the fewest columns (16 images
+// of a 28-wide row on 2 threads: 4 chunks of 4, 448 columns a row; 6 chunks of 2 or 3, 512).
+inline int64_t chunk_count(const Shape& s, int64_t interleaved_lanes = 0) {
   constexpr int64_t kChunkBytes = int64_t{256} << 10;  // measured: 600 KB 5%, 300 KB 10% faster
   const int64_t per_image = 11 * s.hidden * s.length * static_cast<int64_t>(sizeof(float));
   const int64_t by_cache = (s.batch * per_image + kChunkBytes - 1) / kChunkBytes;
@@ -156,8 +190,24 @@ inline int64_t chunk_count(const Shape& s) {
       1, std::min<int64_t>(at::get_num_threads(), macs / kParallelMacs));
   // A whole number of chunks per thread: a thread with one chunk more would finish last (16
   // images in 5 chunks on 2 threads ran 25% slower than in 6).
-  const int64_t count = (std::max(by_cache, threads) + threads - 1) / threads * threads;
-  return std::max<int64_t>(1, std::min<int64_t>(s.batch, count));
+  int64_t count = (std::max(by_cache, threads) + threads - 1) / threads * threads;
+  count = std::max<int64_t>(1, std::min<int64_t>(s.batch, count));
+  if (interleaved_lanes > 0) {
+    const auto columns = [&](int64_t n) {  // computed per row by n interleaved chunks
+      const EvenSplit chunks{s.batch, n};
+      int64_t total = 0;
+      for (int64_t i = 0; i < n; ++i)
+        total += round_up((chunks.start(i + 1) - chunks.start(i)) * s.length, interleaved_lanes);
+      return total;
+    };
+    int64_t fewest = columns(count);
+    for (int64_t n = threads; n <= s.batch; n += threads) {
+      const int64_t largest = (s.batch + n - 1) / n;
+      if (2 * largest * per_image > 3 * kChunkBytes && n < count) continue;
+      if (const int64_t cols = columns(n); cols < fewest) fewest = cols, count = n;
+    }
+  }
+  return count;
 }
 
 // ----------------------------------------------------------------------------- the ops' arguments

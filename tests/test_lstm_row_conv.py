@@ -164,6 +164,31 @@ def test_same_bits_on_any_thread_count(skewed):
             assert (got is None and want is None) or torch.equal(got, want)
 
 
+@needs_kernel
+@pytest.mark.parametrize("batch,hidden,length", [(16, 64, 28), (16, 64, 27), (7, 5, 9)])
+def test_each_image_gets_the_bits_it_gets_alone(batch, hidden, length):
+    """The kernel interleaves the images of a batch chunk (chunk sizes set by the shape: 4 images
+    of a 28-wide row fill whole SIMD vectors), yet every value of an image sums the same terms in
+    the same order as when the image runs alone: h, c and dL/dx match bit for bit."""
+    case = (batch, 8, hidden, 2, length, 2, 1, 3, 1)
+    _seed("alone", case)
+    inputs = [t.float() for t in _inputs(case)]
+    grads = [torch.randn(batch, hidden, 2, length) for _ in range(2)]
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            whole = _run(lstm_rows_conv, inputs, grads, torch.float32, (1, 1), backend="cpu")
+            for b in (0, batch // 2, batch - 1):
+                pick = [t[b:b + 1] if t.shape[0] == batch else t for t in inputs]
+                alone = _run(lstm_rows_conv, pick, [g[b:b + 1] for g in grads], torch.float32,
+                             (1, 1), backend="cpu")
+                for got, want in zip(alone[:3], whole[:3]):  # h, c, dL/dx
+                    assert torch.equal(got, want[b:b + 1])
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_reference_backend_composes_the_two_ops():
     _seed("reference")
     inputs = _inputs((2, 3, 4, 3, 6, 2, 1, 3, 1))
