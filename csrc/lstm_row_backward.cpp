@@ -67,6 +67,23 @@ inline std::vector<Segment> mirrored_segments(const Shape& s, int64_t taps, int6
   return segs;
 }
 
+// Points the cell maths' run of (batch element b, hidden channel d, row r) at what it reads and
+// writes in the tensors: the activations, c, c_{r-1}, the output gradients and grad_gates_in.
+template <typename acc_t>
+void point_at_tensors(const BackwardArgs<acc_t>& p, int64_t b, int64_t d, int64_t r,
+                      BackwardRun<acc_t>& q) {
+  const Shape& s = p.s;
+  const int64_t D = s.hidden, L = s.length;
+  for (int g = 0; g < 4; ++g) {
+    q.act[g] = p.gates + p.gl.at(b, g * D + d, r);
+    q.grad_in[g] = p.grad_gates_in + p.gl.at(b, g * D + d, r);
+  }
+  q.c = p.c + run(s, b, D, d, r);
+  q.c_prev = r > 0 ? p.c + run(s, b, D, d, r - 1) : p.c0 + (b * D + d) * L;
+  q.grad_h = p.grad_h ? p.grad_h + run(s, b, D, d, r) : nullptr;
+  q.grad_c = p.grad_c ? p.grad_c + run(s, b, D, d, r) : nullptr;
+}
+
 template <typename acc_t>
 void backward_chunk(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
   const Shape& s = p.s;
@@ -87,16 +104,8 @@ void backward_chunk(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
     for (int64_t bi = 0; bi < nb; ++bi) {
       const int64_t b = b0 + bi;
       for (int64_t d = 0; d < D; ++d) {
-        for (int g = 0; g < 4; ++g) {
-          const int64_t n = g * D + d;
-          q.act[g] = p.gates + p.gl.at(b, n, r);
-          q.dpre[g] = dpre + n * ps + bi * col.lp + shift;
-          q.grad_in[g] = p.grad_gates_in + p.gl.at(b, n, r);
-        }
-        q.c = p.c + run(s, b, D, d, r);
-        q.c_prev = r > 0 ? p.c + run(s, b, D, d, r - 1) : p.c0 + (b * D + d) * L;
-        q.grad_h = p.grad_h ? p.grad_h + run(s, b, D, d, r) : nullptr;
-        q.grad_c = p.grad_c ? p.grad_c + run(s, b, D, d, r) : nullptr;
+        point_at_tensors(p, b, d, r, q);
+        for (int g = 0; g < 4; ++g) q.dpre[g] = dpre + (g * D + d) * ps + bi * col.lp + shift;
         q.dh = dh + d * col.stride + bi * col.lp;
         q.dc_in = dc_in + (bi * D + d) * L;
         q.dc_out = dc_out + (bi * D + d) * L;
@@ -160,15 +169,8 @@ void backward_chunk_interleaved(const BackwardArgs<acc_t>& p, int64_t b0, int64_
     for (int64_t bi = 0; bi < nb; ++bi) {
       const int64_t b = b0 + bi;
       for (int64_t d = 0; d < D; ++d) {
-        for (int g = 0; g < 4; ++g) {
-          const int64_t n = g * D + d;
-          q.act[g] = p.gates + p.gl.at(b, n, r);
-          q.dpre[g] = q.grad_in[g] = p.grad_gates_in + p.gl.at(b, n, r);
-        }
-        q.c = p.c + run(s, b, D, d, r);
-        q.c_prev = r > 0 ? p.c + run(s, b, D, d, r - 1) : p.c0 + (b * D + d) * L;
-        q.grad_h = p.grad_h ? p.grad_h + run(s, b, D, d, r) : nullptr;
-        q.grad_c = p.grad_c ? p.grad_c + run(s, b, D, d, r) : nullptr;
+        point_at_tensors(p, b, d, r, q);
+        for (int g = 0; g < 4; ++g) q.dpre[g] = q.grad_in[g];  // interleaved from there below
         q.dh = dh + (bi * D + d) * L;
         q.dc_in = dc_in + (bi * D + d) * L;
         q.dc_out = dc_out + (bi * D + d) * L;
