@@ -204,25 +204,6 @@ void forward_chunk(const ForwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
   }
 }
 
-// Asks for hidden channel d's share of what forward_chunk_interleaved moves between row r's
-// interleaved buffers and the tensors, which are far larger than the caches: x, and the gates,
-// h and c it writes. Spread over the cell maths of the row before, they arrive in time.
-template <typename acc_t>
-void prefetch_next_row(const ForwardArgs<acc_t>& p, int64_t b0, int64_t nb, int64_t r,
-                       int64_t d) {
-  const Shape& s = p.s;
-  const int64_t D = s.hidden, G = s.gates, L = s.length, C = s.in_channels;
-  const int64_t gates = nb * G * L, slice = (gates + D - 1) / D;  // the row's gates: contiguous
-  prefetch_run<1>(p.gates + p.gl.at(b0, 0, r) + std::min(d * slice, gates),
-                  std::min(slice, gates - std::min(d * slice, gates)));
-  for (int64_t bi = 0; bi < nb; ++bi) {
-    prefetch_run<1>(p.h + run(s, b0 + bi, D, d, r), L);
-    prefetch_run<1>(p.c + run(s, b0 + bi, D, d, r), L);
-    for (int64_t ci = d * C / D; ci < (d + 1) * C / D; ++ci)
-      prefetch_run<0>(p.x + run(s, b0 + bi, C, ci, r), L);
-  }
-}
-
 // lstm_rows_conv on an unskewed map: the chunk in batch-minor columns (Interleaved), which fill
 // whole vectors where forward_chunk's pad each element's row. Every output sums the same terms
 // in the same order as there, so the bits are the same. The input's convolution goes to a
@@ -274,7 +255,6 @@ void forward_chunk_interleaved(const ForwardArgs<acc_t>& p, int64_t b0, int64_t 
       q.h = q.state = state + d * ps + first;
       forward_run(q, n);
       round_h(p.h_type, q.h, n);
-      if (r + 1 < R) prefetch_next_row(p, b0, nb, r + 1, d);
     }
     cpu::deinterleave(gates, count, G, nb, L, p.gates + p.gl.at(b0, 0, r), p.gl.b, p.gl.n);
     cpu::deinterleave(state + first, ps, D, nb, L, p.h + run(s, b0, D, 0, r), D * R * L, R * L);

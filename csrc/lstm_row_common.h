@@ -99,15 +99,6 @@ struct Interleaved {
   int64_t padded(int64_t l) const { return (border + l) * nb; }
 };
 
-// Asks for the cache lines of p[0, n) ahead of use (for writing: kWrite 1).
-template <int kWrite, typename T>
-inline void prefetch_run(const T* p, int64_t n) {
-  const char* c = reinterpret_cast<const char*>(p);
-  const int64_t bytes = n * static_cast<int64_t>(sizeof(T));
-  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, kWrite, 2);
-  if (bytes > 0) __builtin_prefetch(c + bytes - 1, kWrite, 2);
-}
-
 // Where the L values of gate channel n of (batch element b, row r) start in the saved activations
 // and the gate gradients: lstm_rows' [B][4D][R][L] tensors (image-major, the layout of gates_in)
 // or lstm_rows_conv's internal [R][B][4D][L] ones (row-major: what a batch chunk's row reads and
