@@ -370,17 +370,13 @@ void forward(ForwardArgs<acc_t>& p, const acc_t* w, const acc_t* w_in) {
       std::fill_n(p.bias_runs.data() + n * s.length, s.length, p.bias[n]);
   const bool interleaved = p.x && !s.skew_width;
   const bool one_row = s.rows == 1 && s.length < kLanes && !p.x;
-  const EvenSplit chunks{s.batch, chunk_count(s, interleaved ? cpu::Vec<acc_t>::kLanes : 0)};
-  at::parallel_for(0, chunks.count, 1, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t b0 = chunks.start(i), nb = chunks.start(i + 1) - b0;
-      if (s.skew_width) {
-        forward_chunk_skewed(p, b0, nb);
-      } else if (interleaved) {
-        forward_chunk_interleaved(p, b0, nb);
-      } else {
-        one_row ? forward_one_row(p, b0, nb) : forward_chunk(p, b0, nb);
-      }
+  for_each_chunk(s, interleaved ? cpu::Vec<acc_t>::kLanes : 0, [&](int64_t b0, int64_t nb) {
+    if (s.skew_width) {
+      forward_chunk_skewed(p, b0, nb);
+    } else if (interleaved) {
+      forward_chunk_interleaved(p, b0, nb);
+    } else {
+      one_row ? forward_one_row(p, b0, nb) : forward_chunk(p, b0, nb);
     }
   });
 }

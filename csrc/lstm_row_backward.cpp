@@ -67,21 +67,38 @@ inline std::vector<Segment> mirrored_segments(const Shape& s, int64_t taps, int6
   return segs;
 }
 
-// Points the cell maths' run of (batch element b, hidden channel d, row r) at what it reads and
-// writes in the tensors: the activations, c, c_{r-1}, the output gradients and grad_gates_in.
-template <typename acc_t>
-void point_at_tensors(const BackwardArgs<acc_t>& p, int64_t b, int64_t d, int64_t r,
-                      BackwardRun<acc_t>& q) {
+// The cell maths of row r for a chunk's nb batch elements, one run per (element, hidden
+// channel), reading the activations, c and the output gradients from the tensors and writing
+// grad_gates_in there; point_at(bi, d, q) points q.dpre and q.dh at the chunk's own buffers. The
+// gradient through c goes from dc_in to dc_out ([nb][D][L]), which are then swapped.
+template <typename acc_t, typename PointAt>
+void backward_cells(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb, int64_t r,
+                    acc_t*& dc_in, acc_t*& dc_out, PointAt&& point_at) {
   const Shape& s = p.s;
   const int64_t D = s.hidden, L = s.length;
-  for (int g = 0; g < 4; ++g) {
-    q.act[g] = p.gates + p.gl.at(b, g * D + d, r);
-    q.grad_in[g] = p.grad_gates_in + p.gl.at(b, g * D + d, r);
+  BackwardRun<acc_t> q;
+  q.grad_h_value = p.grad_h_value;
+  q.grad_c_value = p.grad_c_value;
+  q.ahead = r > 0 ? -L : 0;
+  q.gates_ahead = r > 0 ? -p.gl.r : 0;
+  for (int64_t bi = 0; bi < nb; ++bi) {
+    const int64_t b = b0 + bi;
+    for (int64_t d = 0; d < D; ++d) {
+      for (int g = 0; g < 4; ++g) {
+        q.act[g] = p.gates + p.gl.at(b, g * D + d, r);
+        q.grad_in[g] = p.grad_gates_in + p.gl.at(b, g * D + d, r);
+      }
+      q.c = p.c + run(s, b, D, d, r);
+      q.c_prev = r > 0 ? p.c + run(s, b, D, d, r - 1) : p.c0 + (b * D + d) * L;
+      q.grad_h = p.grad_h ? p.grad_h + run(s, b, D, d, r) : nullptr;
+      q.grad_c = p.grad_c ? p.grad_c + run(s, b, D, d, r) : nullptr;
+      q.dc_in = dc_in + (bi * D + d) * L;
+      q.dc_out = dc_out + (bi * D + d) * L;
+      point_at(bi, d, q);
+      backward_run(q, L);
+    }
   }
-  q.c = p.c + run(s, b, D, d, r);
-  q.c_prev = r > 0 ? p.c + run(s, b, D, d, r - 1) : p.c0 + (b * D + d) * L;
-  q.grad_h = p.grad_h ? p.grad_h + run(s, b, D, d, r) : nullptr;
-  q.grad_c = p.grad_c ? p.grad_c + run(s, b, D, d, r) : nullptr;
+  std::swap(dc_in, dc_out);
 }
 
 template <typename acc_t>
@@ -95,24 +112,11 @@ void backward_chunk(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
   acc_t* bias_sum = scratch<acc_t>(kSlot2, G * ps);  // dpre summed over the rows, per column
   acc_t* dc_in = scratch<acc_t>(kSlot3, nb * D * L);  // [nb][D][L]
   acc_t* dc_out = scratch<acc_t>(kSlot4, nb * D * L);
-  BackwardRun<acc_t> q;
-  q.grad_h_value = p.grad_h_value;
-  q.grad_c_value = p.grad_c_value;
   for (int64_t r = s.rows - 1; r >= 0; --r) {
-    q.ahead = r > 0 ? -L : 0;
-    q.gates_ahead = r > 0 ? -p.gl.r : 0;
-    for (int64_t bi = 0; bi < nb; ++bi) {
-      const int64_t b = b0 + bi;
-      for (int64_t d = 0; d < D; ++d) {
-        point_at_tensors(p, b, d, r, q);
-        for (int g = 0; g < 4; ++g) q.dpre[g] = dpre + (g * D + d) * ps + bi * col.lp + shift;
-        q.dh = dh + d * col.stride + bi * col.lp;
-        q.dc_in = dc_in + (bi * D + d) * L;
-        q.dc_out = dc_out + (bi * D + d) * L;
-        backward_run(q, L);
-      }
-    }
-    std::swap(dc_in, dc_out);
+    backward_cells(p, b0, nb, r, dc_in, dc_out, [&](int64_t bi, int64_t d, BackwardRun<acc_t>& q) {
+      for (int g = 0; g < 4; ++g) q.dpre[g] = dpre + (g * D + d) * ps + bi * col.lp + shift;
+      q.dh = dh + d * col.stride + bi * col.lp;
+    });
     // Zero outside the pixels, so whole rows can be summed.
     add_to(bias_sum, dpre, G * ps);
     gather(p.weight.data(), D, s.taps * G, G, dpre, ps, p.segs, col.count, dh, col.stride);
@@ -160,24 +164,11 @@ void backward_chunk_interleaved(const BackwardArgs<acc_t>& p, int64_t b0, int64_
   };
   const std::vector<Segment> segs = segments(s.taps, s.pad_left);
   const std::vector<Segment> in_segs = segments(s.in_taps, s.in_pad_left);
-  BackwardRun<acc_t> q;
-  q.grad_h_value = p.grad_h_value;
-  q.grad_c_value = p.grad_c_value;
   for (int64_t r = R - 1; r >= 0; --r) {
-    q.ahead = r > 0 ? -L : 0;
-    q.gates_ahead = r > 0 ? -p.gl.r : 0;
-    for (int64_t bi = 0; bi < nb; ++bi) {
-      const int64_t b = b0 + bi;
-      for (int64_t d = 0; d < D; ++d) {
-        point_at_tensors(p, b, d, r, q);
-        for (int g = 0; g < 4; ++g) q.dpre[g] = q.grad_in[g];  // interleaved from there below
-        q.dh = dh + (bi * D + d) * L;
-        q.dc_in = dc_in + (bi * D + d) * L;
-        q.dc_out = dc_out + (bi * D + d) * L;
-        backward_run(q, L);
-      }
-    }
-    std::swap(dc_in, dc_out);
+    backward_cells(p, b0, nb, r, dc_in, dc_out, [&](int64_t bi, int64_t d, BackwardRun<acc_t>& q) {
+      for (int g = 0; g < 4; ++g) q.dpre[g] = q.grad_in[g];  // interleaved from there below
+      q.dh = dh + (bi * D + d) * L;
+    });
     cpu::interleave(p.grad_gates_in + p.gl.at(b0, 0, r), p.gl.b, p.gl.n, G, nb, L, dpre + first,
                     ps);
     add_to(bias_sum, dpre, G * ps);  // zero outside the pixels, so whole rows can be summed
@@ -375,18 +366,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> run_backward(
         p.in_segs = mirrored_segments(s, s.in_taps, s.in_pad_left);
       }
       const bool interleaved = conv && !s.skew_width;
-      const EvenSplit chunks{s.batch,
-                             chunk_count(s, interleaved ? cpu::Vec<acc_t>::kLanes : 0)};
-      at::parallel_for(0, chunks.count, 1, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i) {
-          const int64_t b0 = chunks.start(i), nb = chunks.start(i + 1) - b0;
-          if (s.skew_width) {
-            backward_chunk_skewed(p, b0, nb);
-          } else if (interleaved) {
-            backward_chunk_interleaved(p, b0, nb);
-          } else {
-            backward_chunk(p, b0, nb);
-          }
+      for_each_chunk(s, interleaved ? cpu::Vec<acc_t>::kLanes : 0, [&](int64_t b0, int64_t nb) {
+        if (s.skew_width) {
+          backward_chunk_skewed(p, b0, nb);
+        } else if (interleaved) {
+          backward_chunk_interleaved(p, b0, nb);
+        } else {
+          backward_chunk(p, b0, nb);
         }
       });
       grad_weight(s, dpre, p.gl,

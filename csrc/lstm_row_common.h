@@ -201,6 +201,15 @@ inline int64_t chunk_count(const Shape& s, int64_t interleaved_lanes = 0) {
   return count;
 }
 
+// Calls fn(b0, nb) for each chunk [b0, b0 + nb) of the batch (chunk_count's), in parallel.
+template <typename Fn>
+void for_each_chunk(const Shape& s, int64_t interleaved_lanes, Fn&& fn) {
+  const EvenSplit chunks{s.batch, chunk_count(s, interleaved_lanes)};
+  at::parallel_for(0, chunks.count, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) fn(chunks.start(i), chunks.start(i + 1) - chunks.start(i));
+  });
+}
+
 // ----------------------------------------------------------------------------- the ops' arguments
 
 inline at::ScalarType compute_type(at::ScalarType t) {
