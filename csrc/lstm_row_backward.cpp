@@ -242,7 +242,7 @@ void backward_chunk_skewed(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb)
         q.dc_in = dc_row + first;
         q.dc_out = dc_out + (bi * D + d) * L + first;
         backward_run(q, n);
-        // grad_gates_in holds the computed positions alone: grad_weight reads no others.
+        // grad_gates_in holds the computed positions alone: grad_weights reads no others.
         for (int g = 0; g < 4; ++g) {
           // The other positions of the gather's layout: not computed in this row.
           acc_t* row = dpre_bi + (g * D + d) * ps;
@@ -375,15 +375,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> run_backward(
           backward_chunk(p, b0, nb);
         }
       });
-      grad_weight(s, dpre, p.gl,
-                  WeightSource<acc_t>{hc.const_data_ptr<acc_t>(), h0c.const_data_ptr<acc_t>(), D,
-                                      k, s.pad_left},
-                  gw.mutable_data_ptr<acc_t>());
+      std::vector<WeightSource<acc_t>> sources{
+          {hc.const_data_ptr<acc_t>(), h0c.const_data_ptr<acc_t>(), D, k, s.pad_left, false,
+           gw.mutable_data_ptr<acc_t>()}};
       if (conv)
-        grad_weight(s, dpre, p.gl,
-                    WeightSource<acc_t>{xc.const_data_ptr<acc_t>(), nullptr, s.in_channels,
-                                        s.in_taps, s.in_pad_left, s.skew_width > 0},
-                    gwi.mutable_data_ptr<acc_t>());
+        sources.push_back({xc.const_data_ptr<acc_t>(), nullptr, s.in_channels, s.in_taps,
+                           s.in_pad_left, s.skew_width > 0, gwi.mutable_data_ptr<acc_t>()});
+      grad_weights(s, dpre, p.gl, sources);
       acc_t* gbp = gb.mutable_data_ptr<acc_t>();
       for (int64_t n = 0; n < G; ++n) {
         acc_t total = 0;

@@ -1,4 +1,14 @@
 // dL/dweight of the row recurrence's convolutions: see lstm_row_weight_grad.h.
+//
+// dL/dweight[n][d][t] = sum over pixels (b, r, l) of dpre[b][n][r][l] * src[b][d][r'][l + t - pad]
+// (r' = r - 1 for the state, r for x). The image rows (b, r) are the segments the register tiles
+// (cpu/conv_tile.h) sum over, in chunks that stay in cache across the thread's tasks; each task
+// owns one (source, tap, gate-channel tile, channel block). A chunk's source rows are copied
+// position-major with their zero border, hp[q][d] (q < lp), and tap t reads them t positions on.
+// Kernels of 2 or 3 taps on an unskewed map sum over pairs of positions instead, Winograd's way
+// (cpu/winograd_pairs.h): a task's "tap" is then one of the k + 1 products, and the chunk holds
+// the products of its gate gradients (one set for every source: a 2-tap kernel's are a subset of
+// a 3-tap one's) and of its source rows.
 #include "lstm_row_weight_grad.h"
 
 #include <ATen/Parallel.h>
@@ -7,132 +17,255 @@
 #include <vector>
 
 #include "cpu/reduction_parts.h"
+#include "cpu/spread_prefetch.h"
 #include "cpu/strided_copy.h"
+#include "cpu/winograd_pairs.h"
 
 namespace genfast::lstm_row {
 namespace {
+
+namespace winograd = cpu::winograd;
 
 // Hidden-channel vectors per dL/dweight tile (by up to 6 gate channels): 4 measured a little
 // faster than 2 (by 12), the gate channels being rows R * L apart.
 constexpr int64_t kGradWeightVectors = 4;
 
+// How the reduction reads one source.
+template <typename acc_t>
+struct Plan {
+  WeightSource<acc_t> src;
+  int64_t dpad;          // its channels rounded up to whole vectors
+  int64_t lp;            // positions of a copied row, zero border included
+  bool pairs;            // summed over pairs of positions (Winograd)
+  int64_t taps;          // the reduction's: the kernel's taps, or its products per pair
+  int64_t size;          // per image row of a chunk: lp * dpad, or taps * pairs * dpad
+  bool skip_first_row;   // the state's h0 is zero: row 0 adds nothing
+  int64_t out;           // where its [taps][4D][dpad] sums start in a part
+};
+
+struct Task {
+  int64_t source, tap, n0, rows, d0;
+  int vectors;
+};
+
+// Image row (b, r) of the source, position-major with its zero border: position l of channel d
+// at seg[(pad_left + l) * dpad + d], every other value of the lp x dpad block zero.
+template <typename acc_t>
+void copy_row(const Shape& s, const Plan<acc_t>& p, int64_t b, int64_t r, acc_t* seg) {
+  const WeightSource<acc_t>& src = p.src;
+  const int64_t D = src.channels, L = s.length, R = s.rows, dpad = p.dpad;
+  const int64_t pad_left = src.pad_left;
+  std::fill_n(seg, pad_left * dpad, acc_t(0));
+  std::fill(seg + (pad_left + L) * dpad, seg + p.lp * dpad, acc_t(0));
+  for (int64_t l = 0; l < L && dpad > D; ++l)
+    std::fill_n(seg + (pad_left + l) * dpad + D, dpad - D, acc_t(0));
+  const bool from_h0 = src.first && r == 0;
+  const acc_t* row = from_h0 ? src.first + b * D * L
+                             : src.rows + ((b * D) * R + r - (src.first ? 1 : 0)) * L;
+  cpu::copy_2d(row, from_h0 ? L : R * L, int64_t{1}, seg + pad_left * dpad, int64_t{1}, dpad, D,
+               L);
+  if (src.live_only) {
+    acc_t* at = seg + pad_left * dpad;
+    std::fill(at, at + s.first(r) * dpad, acc_t(0));
+    std::fill(at + (s.live_last(r) + 1) * dpad, at + L * dpad, acc_t(0));
+  }
+}
+
+// Asks `pf` for what the chunk of segments [c0, c1) reads from memory: the gate gradients and
+// the rows of the sources still `needed`.
+template <typename acc_t>
+void prefetch_chunk(const Shape& s, const acc_t* dpre, const GateLayout& gl,
+                    const std::vector<Plan<acc_t>>& plans, const std::vector<char>& needed,
+                    const std::vector<int64_t>& image_rows, int64_t c0, int64_t c1,
+                    cpu::SpreadPrefetch& pf) {
+  const int64_t R = s.rows, L = s.length, bytes = static_cast<int64_t>(sizeof(acc_t));
+  pf.clear();
+  for (int64_t i = c0; i < c1; ++i) {
+    const int64_t b = image_rows[i] / R, r = image_rows[i] % R;
+    const int64_t positions = s.computed(r), first = s.first(r);
+    if (gl.stride(r) == positions) {  // the row's gate channels one after the other
+      pf.add(dpre + gl.at(b, 0, r) + first, s.gates * positions * bytes);
+    } else {
+      for (int64_t n = 0; n < s.gates; ++n) pf.add(dpre + gl.at(b, n, r) + first, positions * bytes);
+    }
+    for (size_t si = 0; si < plans.size(); ++si) {
+      const WeightSource<acc_t>& src = plans[si].src;
+      if (!needed[si] || (plans[si].skip_first_row && r == 0)) continue;
+      for (int64_t d = 0; d < src.channels; ++d)
+        pf.add(src.first && r == 0 ? src.first + (b * src.channels + d) * L
+                                   : src.rows + ((b * src.channels + d) * R + r -
+                                                 (src.first ? 1 : 0)) * L,
+               L * bytes);
+    }
+  }
+}
+
 }  // namespace
 
-// dL/dweight[n][d][t] = sum over pixels (b, r, l) of dpre[b][n][r][l] * src[b][d][r'][l + t - pad]
-// (r' = r - 1 for the state, r for x): the source is copied pixel-major with its zero border,
-// hp[b][r][q][d] (q < Lp), and each task owns one (tap, gate-channel tile, channel block) and
-// walks the pixels in chunks of rows that stay in cache across the thread's tasks.
 template <typename acc_t>
-void grad_weight(const Shape& s, const acc_t* dpre, const GateLayout& gl,
-                 const WeightSource<acc_t>& src, acc_t* grad_w) {
+void grad_weights(const Shape& s, const acc_t* dpre, const GateLayout& gl,
+                  const std::vector<WeightSource<acc_t>>& sources) {
   constexpr int64_t lanes = cpu::Vec<acc_t>::kLanes;
-  const int64_t D = src.channels, G = s.gates, R = s.rows, L = s.length, k = src.taps;
-  const int64_t pad_left = src.pad_left;
-  // pad_left may be k (x of a mask-A row kernel: every tap left of the pixel).
-  const int64_t lp = L + std::max(k - 1, pad_left), dpad = round_up(D, lanes);
-  // The segments are the (b, r) image rows, b-major; the state's of row 0 are left out when h0
-  // is zero.
-  const bool h0_zero = src.first && std::all_of(src.first, src.first + s.batch * D * L,
-                                                [](acc_t v) { return v == acc_t(0); });
-  // A skewed map's are row-major instead, so that runs of them share the row's computed
-  // positions, the only ones with gate gradients: each run sums over those alone.
-  std::vector<int64_t> image_rows;
-  for (int64_t i = 0; i < s.batch * R; ++i) {
-    const int64_t row = s.skew_width ? i % s.batch * R + i / s.batch : i;
-    if (row % R > 0 || !h0_zero) image_rows.push_back(row);
+  constexpr int kSourceSlot = kSlot4;  // chunk buffers: one slot per source from here
+  TORCH_CHECK(sources.size() <= static_cast<size_t>(kSlots - kSourceSlot),
+              "genfast: too many weight sources");
+  const int64_t G = s.gates, R = s.rows, L = s.length;
+  const int64_t pairs = winograd::pairs(L), pairs_padded = round_up(pairs, lanes);
+  std::vector<Plan<acc_t>> plans;
+  int64_t part_size = 0;
+  int64_t gp_taps = 0;  // the kernel taps whose gate-gradient products the chunks hold, or 0
+  for (const WeightSource<acc_t>& src : sources) {
+    Plan<acc_t> p{src};
+    const int64_t k = src.taps;
+    p.dpad = round_up(src.channels, lanes);
+    // A skewed map's rows sum over runs of their own positions, which pairs would not fit.
+    p.pairs = !s.skew_width && winograd::products(k) > 0;
+    p.taps = p.pairs ? winograd::products(k) : k;
+    // pad_left may be k (x of a mask-A row kernel: every tap left of the pixel); the pairs read
+    // one position past an odd row.
+    p.lp = std::max(L + std::max(k - 1, src.pad_left), 2 * pairs + k - 1);
+    p.size = p.pairs ? p.taps * pairs * p.dpad : p.lp * p.dpad;
+    p.skip_first_row = src.first && std::all_of(src.first, src.first + s.batch * src.channels * L,
+                                                 [](acc_t v) { return v == acc_t(0); });
+    p.out = part_size;
+    part_size += p.taps * G * p.dpad;
+    if (p.pairs) gp_taps = std::max(gp_taps, k);
+    plans.push_back(p);
   }
-  const int64_t segments = static_cast<int64_t>(image_rows.size());
-  if (segments == 0) {
-    std::fill_n(grad_w, G * D * k, acc_t(0));
-    return;
-  }
-  acc_t* hp = scratch<acc_t>(kSlot0, s.batch * R * lp * dpad, false);
-  const int64_t copy_grain = std::max<int64_t>(8, kParallelCopies / (lp * dpad));
-  at::parallel_for(0, s.batch * R, copy_grain, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t b = i / R, r = i % R;
-      acc_t* seg = hp + i * lp * dpad;
-      std::fill_n(seg, pad_left * dpad, acc_t(0));
-      std::fill(seg + (pad_left + L) * dpad, seg + lp * dpad, acc_t(0));
-      for (int64_t l = 0; l < L && dpad > D; ++l)
-        std::fill_n(seg + (pad_left + l) * dpad + D, dpad - D, acc_t(0));
-      const bool from_h0 = src.first && r == 0;
-      const acc_t* row = from_h0 ? src.first + b * D * L
-                                 : src.rows + ((b * D) * R + r - (src.first ? 1 : 0)) * L;
-      cpu::copy_2d(row, from_h0 ? L : R * L, int64_t{1}, hp + (i * lp + pad_left) * dpad,
-                   int64_t{1}, dpad, D, L);
-      if (src.live_only) {
-        acc_t* at = hp + (i * lp + pad_left) * dpad;
-        std::fill(at, at + s.first(r) * dpad, acc_t(0));
-        std::fill(at + (s.live_last(r) + 1) * dpad, at + L * dpad, acc_t(0));
-      }
-    }
-  });
-  struct Task {
-    int64_t tap, n0, rows, d0;
-    int vectors;
+  // The gate-gradient products of gp_taps, in cpu/winograd_pairs.h's order: where product j of
+  // a plan's kernel is (a 2-tap kernel's g0, g0 + g1, g1 among a 3-tap one's four).
+  const auto product = [&](const Plan<acc_t>& p, int64_t j) {
+    return gp_taps == 3 && p.src.taps == 2 && j == 2 ? int64_t{3} : j;
   };
+  // The segments: the (b, r) image rows, b-major; a skewed map's row-major instead, so that runs
+  // of them share the row's computed positions, the only ones with gate gradients: each run sums
+  // over those alone.
+  const int64_t segments = s.batch * R;
+  std::vector<int64_t> image_rows(segments);
+  for (int64_t i = 0; i < segments; ++i)
+    image_rows[i] = s.skew_width ? i % s.batch * R + i / s.batch : i;
   std::vector<Task> tasks;
+  int64_t macs = 0;
   const int64_t block = kGradWeightVectors * lanes;
-  for (int64_t t = 0; t < k; ++t)
-    for (int64_t d0 = 0; d0 < dpad; d0 += block) {
-      const int vectors = static_cast<int>(std::min<int64_t>(kGradWeightVectors, (dpad - d0) / lanes));
-      const EvenSplit tiles = tiles_of(G, cpu::max_rows(vectors));
-      for (int64_t i = 0; i < tiles.count; ++i)
-        tasks.push_back({t, tiles.start(i), tiles.start(i + 1) - tiles.start(i), d0, vectors});
-    }
+  for (int64_t si = 0; si < static_cast<int64_t>(plans.size()); ++si) {
+    const Plan<acc_t>& p = plans[si];
+    macs += segments * (p.pairs ? pairs : L) * G * p.dpad * p.taps;
+    for (int64_t t = 0; t < p.taps; ++t)
+      for (int64_t d0 = 0; d0 < p.dpad; d0 += block) {
+        const int vectors =
+            static_cast<int>(std::min<int64_t>(kGradWeightVectors, (p.dpad - d0) / lanes));
+        const EvenSplit tiles = tiles_of(G, cpu::max_rows(vectors));
+        for (int64_t i = 0; i < tiles.count; ++i)
+          tasks.push_back({si, t, tiles.start(i), tiles.start(i + 1) - tiles.start(i), d0, vectors});
+      }
+  }
   // The image rows in fixed parts (cpu/reduction_parts.h), each thread reading what it wrote.
-  const int64_t part_size = k * G * dpad;
-  acc_t* packed = scratch<acc_t>(kSlot1, cpu::kReductionParts * part_size, false);  // all written
-  const int64_t seg_bytes = static_cast<int64_t>(sizeof(acc_t)) * (G * L + lp * dpad);
-  const int64_t chunk = std::max<int64_t>(1, (int64_t{192} << 10) / seg_bytes);
+  acc_t* packed = scratch<acc_t>(kSlot1, cpu::kReductionParts * part_size, false);
+  const int64_t gp_size = gp_taps ? winograd::products(gp_taps) * G * pairs_padded : 0;
+  const acc_t* dpre_end = dpre + s.batch * G * R * L;  // how far gradient_pairs may read
+  int64_t seg_bytes = gp_taps ? gp_size : G * L, row_buffer = 0;
+  for (const Plan<acc_t>& p : plans) {
+    seg_bytes += p.size;
+    row_buffer = std::max(row_buffer, p.lp * p.dpad);
+  }
+  seg_bytes *= static_cast<int64_t>(sizeof(acc_t));
+  const int64_t chunk = std::max<int64_t>(1, (int64_t{gp_taps ? 384 : 192} << 10) / seg_bytes);
   const int64_t per_part = static_cast<int64_t>(tasks.size());
   const int64_t ntasks = cpu::kReductionParts * per_part;
-  const int64_t task_grain =
-      std::max<int64_t>(1, kParallelMacs / (segments * L * G * dpad * k / ntasks + 1));
+  const int64_t task_grain = std::max<int64_t>(1, kParallelMacs / (macs / ntasks + 1));
   at::parallel_for(0, ntasks, task_grain, [&](int64_t t0, int64_t t1) {
     std::vector<Segment> segs(chunk);
+    std::vector<int64_t> batch_of(chunk), row_of(chunk);  // of the chunk's segments
+    acc_t* gp = gp_taps ? scratch<acc_t>(kSlot2, chunk * gp_size, false) : nullptr;
+    acc_t* row = scratch<acc_t>(kSlot3, row_buffer, false);
+    std::vector<acc_t*> rows_of(plans.size());
+    for (size_t si = 0; si < plans.size(); ++si)
+      rows_of[si] = scratch<acc_t>(static_cast<Slot>(kSourceSlot + si), chunk * plans[si].size,
+                                   false);
     cpu::for_each_part(t0, t1, per_part, segments, [&](int64_t part, int64_t first, int64_t last,
                                                       int64_t seg0, int64_t seg1) {
       acc_t* out = packed + part * part_size;
-      // An empty part still writes its zeros: the tile stores what it summed, nothing.
-      for (int64_t c0 = seg0; c0 < seg1 || c0 == seg0; c0 += chunk) {
+      std::vector<char> needed(plans.size(), 0);
+      for (int64_t ti = first; ti < last; ++ti) {  // every tile adds to its sums from zero
+        const Task& task = tasks[ti];
+        const Plan<acc_t>& p = plans[task.source];
+        needed[task.source] = 1;
+        for (int64_t n = task.n0; n < task.n0 + task.rows; ++n)
+          std::fill_n(out + p.out + (task.tap * G + n) * p.dpad + task.d0, task.vectors * lanes,
+                      acc_t(0));
+      }
+      cpu::SpreadPrefetch next_chunk;
+      for (int64_t c0 = seg0; c0 < seg1; c0 += chunk) {
         const int64_t nseg = std::min(chunk, seg1 - c0);
+        // The next chunk's inputs come in while the tiles work on this one.
+        prefetch_chunk(s, dpre, gl, plans, needed, image_rows, c0 + nseg,
+                       std::min(seg1, c0 + nseg + chunk), next_chunk);
+        const int64_t per_task = (next_chunk.lines() + last - first - 1) / (last - first);
+        for (int64_t i = 0; i < nseg; ++i)  // once here: a division costs tens of cycles
+          batch_of[i] = image_rows[c0 + i] / R, row_of[i] = image_rows[c0 + i] % R;
+        for (int64_t i = 0; gp_taps && i < nseg; ++i)
+          winograd::gradient_pairs(dpre + gl.at(batch_of[i], 0, row_of[i]), gl.n, G, L, gp_taps,
+                                   dpre_end, gp + i * gp_size, pairs_padded);
+        for (size_t si = 0; si < plans.size(); ++si) {
+          const Plan<acc_t>& p = plans[si];
+          for (int64_t i = 0; needed[si] && i < nseg; ++i) {
+            const int64_t b = batch_of[i], r = row_of[i];
+            if (p.skip_first_row && r == 0) continue;
+            acc_t* at = rows_of[si] + i * p.size;
+            copy_row(s, p, b, r, p.pairs ? row : at);
+            if (p.pairs) winograd::source_pairs(row, pairs, p.dpad, p.src.taps, at);
+          }
+        }
         for (int64_t ti = first; ti < last; ++ti) {
           const Task& task = tasks[ti];
-          // Runs of segments with the same positions first..first + length - 1 (all of them
-          // unless the map is skewed), one tile call each.
-          for (int64_t i0 = 0; i0 < nseg || i0 == 0; ) {
-            const int64_t r0 = nseg ? image_rows[c0 + i0] % R : 0;
-            const int64_t first = s.first(r0), length = nseg ? s.computed(r0) : L;
-            int64_t i1 = i0;
-            for (; i1 < nseg && (!s.skew_width || image_rows[c0 + i1] % R == r0); ++i1) {
-              const int64_t row = image_rows[c0 + i1], b = row / R, r = row % R;
-              segs[i1 - i0] = {gl.at(b, 0, r) + first,
-                               (row * lp + task.tap + first) * dpad + task.d0};
-            }
-            const int64_t rs = gl.stride(r0);
-            const TileArgs args{rs, 1, dpad, length, dpad, c0 > seg0 || i0 > 0};
+          const Plan<acc_t>& p = plans[task.source];
+          next_chunk.next(per_task);
+          // One tile call per run of segments with the same positions first..first + length - 1
+          // (all of the chunk's unless the map is skewed).
+          int64_t n = 0, run_row = 0;
+          const auto flush = [&] {
+            if (n == 0) return;
+            const int64_t rs = p.pairs ? pairs_padded : gl.stride(run_row);
+            const TileArgs args{rs, 1, p.dpad, p.pairs ? pairs : s.computed(run_row), p.dpad,
+                                true};
             cpu::conv_tile<acc_t>(static_cast<int>(task.rows), task.vectors, true)(
-                dpre + task.n0 * rs, hp, segs.data(), i1 - i0, args,
-                out + (task.tap * G + task.n0) * dpad + task.d0);
-            if (i1 == i0) break;  // an empty part: its zeros are stored
-            i0 = i1;
+                (p.pairs ? gp : dpre) + task.n0 * rs, rows_of[task.source], segs.data(), n,
+                args, out + p.out + (task.tap * G + task.n0) * p.dpad + task.d0);
+            n = 0;
+          };
+          for (int64_t i = 0; i < nseg; ++i) {
+            const int64_t b = batch_of[i], r = row_of[i];
+            if (p.skip_first_row && r == 0) continue;
+            if (r != run_row && s.skew_width) flush();
+            run_row = r;
+            const int64_t at = s.first(r);
+            segs[n++] = p.pairs ? Segment{(i * winograd::products(gp_taps) + product(p, task.tap)) *
+                                              G * pairs_padded,
+                                          (i * p.taps + task.tap) * pairs * p.dpad + task.d0}
+                                : Segment{gl.at(b, 0, r) + at,
+                                          (i * p.lp + task.tap + at) * p.dpad + task.d0};
           }
+          flush();
         }
       }
     });
   });
   cpu::sum_parts(packed, part_size);
-  for (int64_t n = 0; n < G; ++n)
-    for (int64_t d = 0; d < D; ++d)
-      for (int64_t t = 0; t < k; ++t) grad_w[(n * D + d) * k + t] = packed[(t * G + n) * dpad + d];
+  for (const Plan<acc_t>& p : plans) {
+    const int64_t D = p.src.channels, k = p.src.taps;
+    const acc_t* sums = packed + p.out;
+    for (int64_t n = 0; n < G; ++n)
+      for (int64_t d = 0; d < D; ++d)
+        for (int64_t t = 0; t < k; ++t)
+          p.src.grad_w[(n * D + d) * k + t] =
+              p.pairs ? winograd::tap_from_products(k, t, sums + n * p.dpad + d, G * p.dpad)
+                      : sums[(t * G + n) * p.dpad + d];
+  }
 }
 
-
-template void grad_weight<float>(const Shape&, const float*, const GateLayout&,
-                                 const WeightSource<float>&, float*);
-template void grad_weight<double>(const Shape&, const double*, const GateLayout&,
-                                  const WeightSource<double>&, double*);
+template void grad_weights<float>(const Shape&, const float*, const GateLayout&,
+                                  const std::vector<WeightSource<float>>&);
+template void grad_weights<double>(const Shape&, const double*, const GateLayout&,
+                                   const std::vector<WeightSource<double>>&);
 
 }  // namespace genfast::lstm_row

@@ -3,6 +3,7 @@
 // result does not depend on the thread count. Used by lstm_row_backward.cpp.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "lstm_row_common.h"
 
@@ -15,13 +16,14 @@ struct WeightSource {
   const acc_t* rows;
   const acc_t* first;  // the state's h0 [B][D][L]; null for x
   int64_t channels, taps, pad_left;
-  bool live_only = false;  // read as zero outside a skewed map's live positions (x's padding)
+  bool live_only;  // read as zero outside a skewed map's live positions (x's padding)
+  acc_t* grad_w;   // the result: dL/dweight [4D][channels][taps]
 };
 
-// dL/dweight [4D][channels][taps] of the convolution that read `src`, from the gate gradients
-// dpre (laid out as `gl` says).
+// Every source's dL/dweight from the gate gradients dpre (laid out as `gl` says), in one pass
+// over the pixels: the gate gradients are read once for all of them.
 template <typename acc_t>
-void grad_weight(const Shape& s, const acc_t* dpre, const GateLayout& gl,
-                 const WeightSource<acc_t>& src, acc_t* grad_w);
+void grad_weights(const Shape& s, const acc_t* dpre, const GateLayout& gl,
+                  const std::vector<WeightSource<acc_t>>& sources);
 
 }  // namespace genfast::lstm_row

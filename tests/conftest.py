@@ -48,7 +48,8 @@ def assert_close(actual, expected, reference64=None):
     """Kernel against reference: the dtype's tolerance, or for float16/bfloat16 the
     flash-attention rule: the kernel's error against a float64 reference is at most twice the
     error of the reference itself run in that low precision, plus one rounding at the output's
-    magnitude (with a handful of elements the reference can be exact by luck)."""
+    magnitude (with a handful of elements the reference can be exact by luck). A float32 result
+    given a float64 reference passes either test."""
     if actual.dtype in LOW_PRECISION:
         assert reference64 is not None, "low-precision checks need a float64 reference"
         kernel_err = (actual.double() - reference64).abs().max().item()
@@ -58,13 +59,25 @@ def assert_close(actual, expected, reference64=None):
             f"error {kernel_err} > 2 x reference error {ref_err} + {one_rounding}")
     else:
         rtol, atol = TOLERANCES[actual.dtype]
-        torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
+        if reference64 is not None and not torch.allclose(actual, expected, rtol=rtol, atol=atol):
+            # A long float32 sum (a weight's gradient over every pixel) rounds differently in
+            # the kernel and in the reference, each off the exact result by more than the
+            # tolerance: the kernel must then be as near the float64 result as the reference is.
+            kernel_err = (actual.double() - reference64).abs().max().item()
+            ref_err = (expected.double() - reference64).abs().max().item()
+            one_rounding = torch.finfo(actual.dtype).eps * reference64.abs().max().item()
+            assert kernel_err <= 2 * ref_err + one_rounding, (
+                f"not within rtol {rtol}, atol {atol} of the reference, and its error {kernel_err}"
+                f" against float64 > 2 x the reference's {ref_err} + {one_rounding}")
+        else:
+            torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
 
 
 def assert_all_close(fast, ref, ref64, dtype):
     """assert_close on matching lists of results (None where an input had no gradient), each
     with its dtype and shape; the low-precision rule for float16/bfloat16 runs, including for
-    their float32 results (a cell state and its gradient)."""
+    their float32 results (a cell state and its gradient), and float32 runs may fall back on it
+    (see assert_close)."""
     for got, want, want64 in zip(fast, ref, ref64):
         if want is None:
             assert got is None
@@ -73,7 +86,7 @@ def assert_all_close(fast, ref, ref64, dtype):
         if dtype in LOW_PRECISION:
             assert_close(got.to(dtype), want.to(dtype), want64)
         else:
-            assert_close(got, want)
+            assert_close(got, want, want64 if dtype == torch.float32 else None)
 
 
 @pytest.fixture(params=FAST_BACKENDS)

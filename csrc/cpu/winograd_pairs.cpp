@@ -1,0 +1,130 @@
+// Winograd transforms of a row convolution's weight gradient: see winograd_pairs.h.
+#include "winograd_pairs.h"
+
+#include <cstring>
+
+#include "simd_math.h"
+
+namespace genfast::cpu::winograd {
+namespace {
+
+typedef float vf __attribute__((vector_size(64)));
+typedef int32_t vfi __attribute__((vector_size(64)));
+typedef double vd __attribute__((vector_size(64)));
+typedef int64_t vdi __attribute__((vector_size(64)));
+
+// The even and the odd elements of the 2N values a, b (one vector each).
+GENFAST_SIMD_INLINE void split(vf a, vf b, vf& even, vf& odd) {
+  even = __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  odd = __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+}
+GENFAST_SIMD_INLINE void split(vd a, vd b, vd& even, vd& odd) {
+  even = __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14);
+  odd = __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15);
+}
+
+// Lane numbers 0..N-1 of the vector types.
+GENFAST_SIMD_INLINE vfi lane_numbers(vf) {
+  return vfi{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+}
+GENFAST_SIMD_INLINE vdi lane_numbers(vd) { return vdi{0, 1, 2, 3, 4, 5, 6, 7}; }
+
+template <typename T, typename V>
+GENFAST_SIMD_INLINE void gradient_pairs_body(const T* g, int64_t g_stride, int64_t rows,
+                                             int64_t length, int64_t taps, const T* readable,
+                                             T* out, int64_t out_stride) {
+  constexpr int64_t N = sizeof(V) / sizeof(T);
+  using lane_t = decltype(lane_numbers(V{})[0]);
+  const int64_t block = rows * out_stride;  // between the products j
+  for (int64_t n = 0; n < rows; ++n) {
+    const T* row = g + n * g_stride;
+    T* o = out + n * out_stride;
+    for (int64_t p0 = 0; p0 < length; p0 += 2 * N) {
+      const int64_t left = length - p0;
+      V a, b;
+      if (row + p0 + 2 * N <= readable) {
+        std::memcpy(&a, row + p0, sizeof(V));
+        std::memcpy(&b, row + p0 + N, sizeof(V));
+        if (left < 2 * N) {  // the next row's values: zero, as g[length] of an odd length is
+          const auto lanes = lane_numbers(V{});
+          const lane_t live = static_cast<lane_t>(left);
+          a = lanes < live ? a : V{};
+          b = lanes + static_cast<lane_t>(N) < live ? b : V{};
+        }
+      } else {
+        T values[2 * N] = {};
+        for (int64_t i = 0; i < left && i < 2 * N; ++i) values[i] = row[p0 + i];
+        std::memcpy(&a, values, sizeof(V));
+        std::memcpy(&b, values + N, sizeof(V));
+      }
+      V even, odd;
+      split(a, b, even, odd);
+      T* at = o + p0 / 2;
+      const V sum = even + odd;
+      std::memcpy(at, &even, sizeof(V));
+      std::memcpy(at + block, &sum, sizeof(V));
+      if (taps == 3) {
+        const V difference = even - odd;
+        std::memcpy(at + 2 * block, &difference, sizeof(V));
+        std::memcpy(at + 3 * block, &odd, sizeof(V));
+      } else {
+        std::memcpy(at + 2 * block, &odd, sizeof(V));
+      }
+    }
+  }
+}
+
+// Whole vectors (width is a multiple of the SIMD width), spelled out: the plain loop's stores to
+// one buffer at run-time offsets apart stayed scalar.
+template <typename T, typename V>
+GENFAST_SIMD_INLINE void source_pairs_body(const T* s, int64_t pairs, int64_t width,
+                                           int64_t taps, T* out) {
+  constexpr int64_t N = sizeof(V) / sizeof(T);
+  const int64_t block = pairs * width;  // between the products j
+  const auto load = [](const T* p) {
+    V v;
+    std::memcpy(&v, p, sizeof(V));
+    return v;
+  };
+  const auto store = [](T* p, V v) { std::memcpy(p, &v, sizeof(V)); };
+  for (int64_t m = 0; m < pairs; ++m) {
+    const T* s0 = s + 2 * m * width;
+    T* o = out + m * width;
+    for (int64_t c = 0; c < width; c += N) {
+      const V x0 = load(s0 + c), x1 = load(s0 + width + c), x2 = load(s0 + 2 * width + c);
+      if (taps == 3) {
+        const V x3 = load(s0 + 3 * width + c);
+        store(o + c, x0 - x2);
+        store(o + block + c, x1 + x2);
+        store(o + 2 * block + c, x2 - x1);
+        store(o + 3 * block + c, x3 - x1);
+      } else {
+        store(o + c, x0 - x1);
+        store(o + block + c, x1);
+        store(o + 2 * block + c, x2 - x1);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+GENFAST_TARGET_CLONES
+void gradient_pairs(const float* g, int64_t g_stride, int64_t rows, int64_t length,
+                    int64_t taps, const float* readable, float* out, int64_t out_stride) {
+  gradient_pairs_body<float, vf>(g, g_stride, rows, length, taps, readable, out, out_stride);
+}
+void gradient_pairs(const double* g, int64_t g_stride, int64_t rows, int64_t length,
+                    int64_t taps, const double* readable, double* out, int64_t out_stride) {
+  gradient_pairs_body<double, vd>(g, g_stride, rows, length, taps, readable, out, out_stride);
+}
+
+GENFAST_TARGET_CLONES
+void source_pairs(const float* s, int64_t pairs, int64_t width, int64_t taps, float* out) {
+  source_pairs_body<float, vf>(s, pairs, width, taps, out);
+}
+void source_pairs(const double* s, int64_t pairs, int64_t width, int64_t taps, double* out) {
+  source_pairs_body<double, vd>(s, pairs, width, taps, out);
+}
+
+}  // namespace genfast::cpu::winograd
