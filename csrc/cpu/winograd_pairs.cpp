@@ -9,9 +9,9 @@ namespace genfast::cpu::winograd {
 namespace {
 
 typedef float vf __attribute__((vector_size(64)));
-typedef int32_t vfi __attribute__((vector_size(64)));
+typedef uint32_t vfu __attribute__((vector_size(64)));
 typedef double vd __attribute__((vector_size(64)));
-typedef int64_t vdi __attribute__((vector_size(64)));
+typedef uint64_t vdu __attribute__((vector_size(64)));
 
 // The even and the odd elements of the 2N values a, b (one vector each).
 GENFAST_SIMD_INLINE void split(vf a, vf b, vf& even, vf& odd) {
@@ -23,11 +23,33 @@ GENFAST_SIMD_INLINE void split(vd a, vd b, vd& even, vd& odd) {
   odd = __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15);
 }
 
-// Lane numbers 0..N-1 of the vector types.
-GENFAST_SIMD_INLINE vfi lane_numbers(vf) {
-  return vfi{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+// Lane numbers 0..N-1 of the vector types, unsigned: a lane is inside [0, n) when its number
+// plus an offset is below n, one comparison (GCC split `x >= 0` of a 512-bit vector lane by lane).
+GENFAST_SIMD_INLINE vfu lane_numbers(vf) {
+  return vfu{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 }
-GENFAST_SIMD_INLINE vdi lane_numbers(vd) { return vdi{0, 1, 2, 3, 4, 5, 6, 7}; }
+GENFAST_SIMD_INLINE vdu lane_numbers(vd) { return vdu{0, 1, 2, 3, 4, 5, 6, 7}; }
+
+// Unaligned whole-vector loads and stores. Plain functions forced inline rather than lambdas:
+// a lambda is a function of its own, compiled for the baseline ISA rather than the caller's
+// target_clones level, and its 512-bit vectors then went lane by lane.
+template <typename V, typename T>
+GENFAST_SIMD_INLINE V load(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <typename V, typename T>
+GENFAST_SIMD_INLINE void store(T* p, V v) {
+  std::memcpy(p, &v, sizeof(V));
+}
+
+// v where mask (a comparison's all-ones lanes), zero elsewhere: a bitwise and, which compiles to
+// one instruction where `mask ? v : 0` came out lane by lane.
+template <typename V, typename M>
+GENFAST_SIMD_INLINE V keep(V v, M mask) {
+  return reinterpret_cast<V>(reinterpret_cast<M>(v) & mask);
+}
 
 template <typename T, typename V>
 GENFAST_SIMD_INLINE void gradient_pairs_body(const T* g, int64_t g_stride, int64_t rows,
@@ -48,8 +70,8 @@ GENFAST_SIMD_INLINE void gradient_pairs_body(const T* g, int64_t g_stride, int64
         if (left < 2 * N) {  // the next row's values: zero, as g[length] of an odd length is
           const auto lanes = lane_numbers(V{});
           const lane_t live = static_cast<lane_t>(left);
-          a = lanes < live ? a : V{};
-          b = lanes + static_cast<lane_t>(N) < live ? b : V{};
+          a = keep(a, lanes < live);
+          b = keep(b, lanes + static_cast<lane_t>(N) < live);
         }
       } else {
         T values[2 * N] = {};
@@ -81,19 +103,14 @@ GENFAST_SIMD_INLINE void source_pairs_body(const T* s, int64_t pairs, int64_t wi
                                            int64_t taps, T* out) {
   constexpr int64_t N = sizeof(V) / sizeof(T);
   const int64_t block = pairs * width;  // between the products j
-  const auto load = [](const T* p) {
-    V v;
-    std::memcpy(&v, p, sizeof(V));
-    return v;
-  };
-  const auto store = [](T* p, V v) { std::memcpy(p, &v, sizeof(V)); };
   for (int64_t m = 0; m < pairs; ++m) {
     const T* s0 = s + 2 * m * width;
     T* o = out + m * width;
     for (int64_t c = 0; c < width; c += N) {
-      const V x0 = load(s0 + c), x1 = load(s0 + width + c), x2 = load(s0 + 2 * width + c);
+      const V x0 = load<V>(s0 + c), x1 = load<V>(s0 + width + c);
+      const V x2 = load<V>(s0 + 2 * width + c);
       if (taps == 3) {
-        const V x3 = load(s0 + 3 * width + c);
+        const V x3 = load<V>(s0 + 3 * width + c);
         store(o + c, x0 - x2);
         store(o + block + c, x1 + x2);
         store(o + 2 * block + c, x2 - x1);
