@@ -16,7 +16,8 @@ needs_kernel = pytest.mark.skipif(not fused.HAS_CPU_KERNEL,
 # (batch, in_channels, hidden, rows, length, k_in, in_pad_left, k, pad_left): batch 1, one- and
 # two-pixel rows, a single row, non-square, channel counts off multiples of 8, the Row LSTM's
 # mask-B (2 taps, in_pad_left 1) and mask-A (1 tap left of the pixel, in_pad_left = k_in) input
-# kernels, the Diagonal BiLSTM's 1 x 1 one (with k = 2, pad_left = 1), wide kernels.
+# kernels, the Diagonal BiLSTM's 1 x 1 one (with k = 2, pad_left = 1), wide kernels, and an odd row
+# longer than two SIMD vectors (the weight gradients' pairs of positions span two blocks).
 CASES = [
     (2, 5, 3, 4, 7, 2, 1, 3, 1),
     (1, 3, 5, 4, 5, 1, 1, 3, 1),
@@ -26,6 +27,7 @@ CASES = [
     (4, 6, 8, 6, 28, 2, 1, 3, 1),
     (2, 9, 4, 3, 19, 5, 2, 5, 4),
     (1, 4, 3, 2, 9, 3, 3, 2, 0),
+    (2, 3, 5, 3, 37, 2, 1, 3, 1),
 ]
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
