@@ -14,6 +14,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <utility>
 #include <vector>
 
 #include "cpu/reduction_parts.h"
@@ -48,22 +49,29 @@ struct Task {
   int vectors;
 };
 
+// What the convolution of image row (b, r) read: channel 0's L values of it, and the distance
+// to the next channel's.
+template <typename acc_t>
+std::pair<const acc_t*, int64_t> source_row(const Shape& s, const WeightSource<acc_t>& src,
+                                            int64_t b, int64_t r) {
+  const int64_t D = src.channels, L = s.length, R = s.rows;
+  if (src.first && r == 0) return {src.first + b * D * L, L};  // h0
+  return {src.rows + ((b * D) * R + r - (src.first ? 1 : 0)) * L, R * L};
+}
+
 // Image row (b, r) of the source, position-major with its zero border: position l of channel d
 // at seg[(pad_left + l) * dpad + d], every other value of the lp x dpad block zero.
 template <typename acc_t>
 void copy_row(const Shape& s, const Plan<acc_t>& p, int64_t b, int64_t r, acc_t* seg) {
   const WeightSource<acc_t>& src = p.src;
-  const int64_t D = src.channels, L = s.length, R = s.rows, dpad = p.dpad;
+  const int64_t D = src.channels, L = s.length, dpad = p.dpad;
   const int64_t pad_left = src.pad_left;
   std::fill_n(seg, pad_left * dpad, acc_t(0));
   std::fill(seg + (pad_left + L) * dpad, seg + p.lp * dpad, acc_t(0));
   for (int64_t l = 0; l < L && dpad > D; ++l)
     std::fill_n(seg + (pad_left + l) * dpad + D, dpad - D, acc_t(0));
-  const bool from_h0 = src.first && r == 0;
-  const acc_t* row = from_h0 ? src.first + b * D * L
-                             : src.rows + ((b * D) * R + r - (src.first ? 1 : 0)) * L;
-  cpu::copy_2d(row, from_h0 ? L : R * L, int64_t{1}, seg + pad_left * dpad, int64_t{1}, dpad, D,
-               L);
+  const auto [row, channel_stride] = source_row(s, src, b, r);
+  cpu::copy_2d(row, channel_stride, int64_t{1}, seg + pad_left * dpad, int64_t{1}, dpad, D, L);
   if (src.live_only) {
     acc_t* at = seg + pad_left * dpad;
     std::fill(at, at + s.first(r) * dpad, acc_t(0));
@@ -78,7 +86,7 @@ void prefetch_chunk(const Shape& s, const acc_t* dpre, const GateLayout& gl,
                     const std::vector<Plan<acc_t>>& plans, const std::vector<char>& needed,
                     const std::vector<int64_t>& image_rows, int64_t c0, int64_t c1,
                     cpu::SpreadPrefetch& pf) {
-  const int64_t R = s.rows, L = s.length, bytes = static_cast<int64_t>(sizeof(acc_t));
+  const int64_t R = s.rows, bytes = static_cast<int64_t>(sizeof(acc_t));
   pf.clear();
   for (int64_t i = c0; i < c1; ++i) {
     const int64_t b = image_rows[i] / R, r = image_rows[i] % R;
@@ -89,13 +97,10 @@ void prefetch_chunk(const Shape& s, const acc_t* dpre, const GateLayout& gl,
       for (int64_t n = 0; n < s.gates; ++n) pf.add(dpre + gl.at(b, n, r) + first, positions * bytes);
     }
     for (size_t si = 0; si < plans.size(); ++si) {
-      const WeightSource<acc_t>& src = plans[si].src;
       if (!needed[si] || (plans[si].skip_first_row && r == 0)) continue;
-      for (int64_t d = 0; d < src.channels; ++d)
-        pf.add(src.first && r == 0 ? src.first + (b * src.channels + d) * L
-                                   : src.rows + ((b * src.channels + d) * R + r -
-                                                 (src.first ? 1 : 0)) * L,
-               L * bytes);
+      const auto [row, channel_stride] = source_row(s, plans[si].src, b, r);
+      for (int64_t d = 0; d < plans[si].src.channels; ++d)
+        pf.add(row + d * channel_stride, s.length * bytes);
     }
   }
 }
