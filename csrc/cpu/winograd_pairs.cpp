@@ -65,8 +65,8 @@ GENFAST_SIMD_INLINE void gradient_pairs_body(const T* g, int64_t g_stride, int64
       const int64_t left = length - p0;
       V a, b;
       if (row + p0 + 2 * N <= readable) {
-        std::memcpy(&a, row + p0, sizeof(V));
-        std::memcpy(&b, row + p0 + N, sizeof(V));
+        a = load<V>(row + p0);
+        b = load<V>(row + p0 + N);
         if (left < 2 * N) {  // the next row's values: zero, as g[length] of an odd length is
           const auto lanes = lane_numbers(V{});
           const lane_t live = static_cast<lane_t>(left);
@@ -76,21 +76,19 @@ GENFAST_SIMD_INLINE void gradient_pairs_body(const T* g, int64_t g_stride, int64
       } else {
         T values[2 * N] = {};
         for (int64_t i = 0; i < left && i < 2 * N; ++i) values[i] = row[p0 + i];
-        std::memcpy(&a, values, sizeof(V));
-        std::memcpy(&b, values + N, sizeof(V));
+        a = load<V>(values);
+        b = load<V>(values + N);
       }
       V even, odd;
       split(a, b, even, odd);
       T* at = o + p0 / 2;
-      const V sum = even + odd;
-      std::memcpy(at, &even, sizeof(V));
-      std::memcpy(at + block, &sum, sizeof(V));
+      store(at, even);
+      store(at + block, even + odd);
       if (taps == 3) {
-        const V difference = even - odd;
-        std::memcpy(at + 2 * block, &difference, sizeof(V));
-        std::memcpy(at + 3 * block, &odd, sizeof(V));
+        store(at + 2 * block, even - odd);
+        store(at + 3 * block, odd);
       } else {
-        std::memcpy(at + 2 * block, &odd, sizeof(V));
+        store(at + 2 * block, odd);
       }
     }
   }
