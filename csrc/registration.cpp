@@ -87,6 +87,9 @@ TORCH_LIBRARY(genfast, m) {
   m.def(
       "pointwise_categorical_draw(Tensor x, Tensor weight, Tensor? bias, int data_channels, "
       "int colour, Tensor uniform) -> Tensor");
+  // Whether float32 CPU kernels use AMX tiles now (cpu/amx_split.h): the hardware and OS allow
+  // it and GENFAST_CPU_AMX is not "0".
+  m.def("cpu_amx_enabled() -> bool");
 }
 
 extern "C" PyObject* PyInit__C(void) {

@@ -1,11 +1,13 @@
 """lstm_rows_conv, lstm_rows with its input-to-state convolution fused in: the cpu kernel against
 the reference (conv_rows then the Python loop), forward and backward, plus gradcheck, opcheck,
 torch.compile, thread-count independence, the other backends' composition and bad input."""
+import os
 import zlib
 
 import pytest
 import torch
 
+from genfast._ext import cpu_amx_enabled
 from genfast.ops import lstm_row_conv as fused
 from genfast.ops.lstm_row_conv import lstm_rows_conv, lstm_rows_conv_ref
 from conftest import assert_all_close, assert_close
@@ -30,6 +32,22 @@ CASES = [
     (2, 3, 5, 3, 37, 2, 1, 3, 1),
 ]
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+
+
+def _amx_hardware() -> bool:
+    """Whether this CPU runs the backward's AMX gathers when GENFAST_CPU_AMX allows it."""
+    saved = os.environ.get("GENFAST_CPU_AMX")
+    os.environ["GENFAST_CPU_AMX"] = "1"
+    try:
+        return cpu_amx_enabled()
+    finally:
+        if saved is None:
+            del os.environ["GENFAST_CPU_AMX"]
+        else:
+            os.environ["GENFAST_CPU_AMX"] = saved
+
+
+AMX_HARDWARE = _amx_hardware()
 
 
 def _seed(*key):
@@ -79,6 +97,46 @@ def test_matches_reference(case, dtype, states):
     b, _, d, r, length, _, in_pad_left, _, pad_left = case
     grads = [torch.randn(b, d, r, length, dtype=torch.float64) for _ in range(2)]
     _check_against_reference(inputs, grads, dtype, (in_pad_left, pad_left))
+
+
+@needs_kernel
+@pytest.mark.parametrize("case", [CASES[0], CASES[5], CASES[8]], ids=str)
+def test_amx_and_fma_backward_both_match_reference(case, monkeypatch):
+    """float32's backward gathers run on AMX tiles (three bfloat16 parts per float, six products:
+    cpu/amx_split.h) where the CPU has them, on FMAs otherwise or with GENFAST_CPU_AMX=0; each way
+    is held to the reference. Where AMX runs, the two differ in the last bits (so both ran)."""
+    _seed("amx", case)
+    inputs = _inputs(case)
+    b, _, d, r, length, _, in_pad_left, _, pad_left = case
+    grads = [torch.randn(b, d, r, length, dtype=torch.float64) for _ in range(2)]
+    results = {}
+    for setting in ("0", "1"):
+        monkeypatch.setenv("GENFAST_CPU_AMX", setting)
+        assert cpu_amx_enabled() == (setting == "1" and AMX_HARDWARE)
+        _check_against_reference(inputs, grads, torch.float32, (in_pad_left, pad_left))
+        results[setting] = _run(lstm_rows_conv, inputs, grads, torch.float32,
+                                (in_pad_left, pad_left), backend="cpu")
+    fma, amx = results["0"], results["1"]
+    assert torch.equal(fma[0], amx[0]) and torch.equal(fma[1], amx[1])  # the forward: FMAs
+    assert torch.equal(fma[2], amx[2]) != AMX_HARDWARE  # dL/dx: a gather of the backward
+
+
+@needs_kernel
+@pytest.mark.parametrize("amx", ["0", "1"], ids=["fma", "amx"])
+def test_backward_keeps_non_finite_gradients_non_finite(amx, monkeypatch):
+    """An infinite or NaN output gradient reaches dL/dx and dL/dh0 as non-finite values (on AMX
+    a split float's infinite part stands alone), never as finite numbers."""
+    monkeypatch.setenv("GENFAST_CPU_AMX", amx)
+    case = (2, 4, 8, 3, 6, 2, 1, 3, 1)
+    _seed("amx non-finite")
+    inputs = [t.float() for t in _inputs(case)]
+    for bad in (float("inf"), float("nan")):
+        grads = [torch.randn(2, 8, 3, 6), torch.zeros(2, 8, 3, 6)]
+        grads[0][1, 3, 2, 4] = bad
+        got = _run(lstm_rows_conv, inputs, grads, torch.float32, (1, 1), backend="cpu")
+        dx, dh0 = got[2], got[6]
+        assert not dx[1].isfinite().all() and dx[0].isfinite().all()
+        assert not dh0[1].isfinite().all() and dh0[0].isfinite().all()
 
 
 @needs_kernel

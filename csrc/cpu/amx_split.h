@@ -1,0 +1,60 @@
+// float32 gathers (the row convolutions of cpu/conv_tile.h) on AMX's bfloat16 tile units, as
+// accurate as float32 multiply-adds. Each float is split into three bfloat16 parts,
+// x = hi + mid + lo exactly (8 significant bits each, 24 in all, the rounding to nearest giving
+// each part its sign), and a product a b is summed as the six part products of size at least
+// 2^-16 of it: hi hi, hi mid, mid hi, mid mid, hi lo, lo hi. The three dropped sum to at most
+// about 2^-23 of |a b|, two float32 roundings, and the tiles accumulate in float32. A tile unit does 16 x 16 x 32 multiply-adds per instruction, so six of them still run
+// about twice as fast as AVX-512 FMAs on the same core (the Row LSTM backward's gathers: 436
+// against 205 GFLOP/s).
+//
+// Used where the hardware has AMX-BF16 (Intel Sapphire Rapids and later) and Linux grants the
+// process its tile state; GENFAST_CPU_AMX=0 in the environment turns it off (read at each
+// call). Results do not depend on where a column sits in the tiles, so they are independent of
+// the batch chunking and the thread count, but differ in the last bits from the FMA path's.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "conv_tile.h"
+#include "scratch.h"
+
+namespace genfast::cpu::amx {
+
+// True when the CPU has AMX-BF16 and AVX512-BF16, the OS lets this process use the tiles, and
+// GENFAST_CPU_AMX is not "0".
+bool enabled();
+
+// Rows and columns of the tiles' output come in blocks of 32 (2 x 2 tiles of 16 x 16).
+constexpr int64_t kBlock = 32;
+inline int64_t round_up_block(int64_t n) { return (n + kBlock - 1) / kBlock * kBlock; }
+
+// The left operand of `gather`: for each segment s (a kernel tap), a float32 matrix of `rows`
+// rows and kdim columns, row n at a + segs[s].a + n * a_stride, split into its three parts and
+// packed as 16 x 32 tiles, zero beyond rows and kdim. Built once per call, read by every thread.
+struct SplitRows {
+  int64_t rows = 0, kdim = 0, segments = 0, row_tiles = 0, k_blocks = 0;
+  AlignedVector<uint16_t> tiles;  // [part][row tile][segment][k block][16][32]
+  SplitRows() = default;
+  SplitRows(const float* a, int64_t rows, int64_t a_stride, int64_t kdim,
+            const std::vector<Segment>& segs);
+};
+
+// The right operand: kdim rows of a float32 matrix (row stride b_stride), its first `width`
+// columns split into parts and paired along k as the tiles read them ([part][k / 2][column][2]
+// bfloat16), zero beyond width and kdim up to `columns`. In the calling thread's scratch memory,
+// so valid until that thread's next split_columns.
+struct SplitColumns {
+  int64_t kdim = 0, columns = 0, stride = 0;  // stride: of a k pair's row, in pairs (>= columns)
+  const uint32_t* pairs = nullptr;
+};
+SplitColumns split_columns(const float* b, int64_t kdim, int64_t b_stride, int64_t width,
+                           int64_t columns);
+
+// out[n][j] = sum over segments s, sum over k < kdim of a_s[n][k] * b[k][segs[s].b + j], for
+// n < round_up_block(a.rows) and j < round_up_block(cols) (out must hold that many; the rows and
+// columns past a.rows and cols are scratch). b must hold segs[s].b + round_up_block(cols)
+// columns for every s.
+void gather(const SplitRows& a, const SplitColumns& b, const std::vector<Segment>& segs,
+            int64_t cols, float* out, int64_t out_stride);
+
+}  // namespace genfast::cpu::amx
