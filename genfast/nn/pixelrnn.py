@@ -197,6 +197,8 @@ class _LSTMLayer(nn.Module):
         self.visible_taps = int(mask.amax(dim=(0, 1)).count_nonzero())
         self.register_buffer("input_mask", mask[:, :, :self.visible_taps].to(**factory),
                              persistent=False)
+        # One colour group's visible taps are all seen: no multiplication (and its backward).
+        self.input_mask_is_ones = bool(mask[:, :, :self.visible_taps].all())
         self.reset_parameters()
 
     @staticmethod
@@ -242,7 +244,9 @@ class _LSTMLayer(nn.Module):
                 "lstm_rows", self.backend, x.device, x.dtype, IMPLEMENTED) != "cpu":
             return None
         conv = self.input_to_state
-        masked = conv.weight[:, :, 0, :self.visible_taps] * self.input_mask.to(conv.weight.dtype)
+        masked = conv.weight[:, :, 0, :self.visible_taps]
+        if not self.input_mask_is_ones:
+            masked = masked * self.input_mask.to(conv.weight.dtype)
         return self._gate_major(masked.unsqueeze(0)).squeeze(0), (conv.kernel_size[1] - 1) // 2
 
     def _weight(self) -> torch.Tensor:
