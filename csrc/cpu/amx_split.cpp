@@ -48,13 +48,16 @@ uint16_t to_bf16(float x) {
 float from_bf16(uint16_t h) { return float_of(static_cast<uint32_t>(h) << 16); }
 
 // x = parts[0] + parts[1] + parts[2] exactly for finite x whose hi part is finite; an infinite or
-// NaN hi part stands alone (x - hi would be NaN).
+// NaN hi part stands alone (x - hi would be NaN). hi is x rounded to nearest, so the rest
+// (16 significant bits at most) has either sign; mid is the rest cut to 8 bits, which leaves
+// lo 8 bits at most: a bfloat16 as it is. (Rounding mid as well costs the vector split half
+// again for a bound 2x smaller.)
 void split(float x, uint16_t parts[kParts]) {
   parts[0] = to_bf16(x);
   const float hi = from_bf16(parts[0]);
   const float rest = (bits_of(hi) & 0x7f800000u) == 0x7f800000u ? 0.0f : x - hi;
-  parts[1] = to_bf16(rest);
-  parts[2] = to_bf16(rest - from_bf16(parts[1]));
+  parts[1] = static_cast<uint16_t>(bits_of(rest) >> 16);
+  parts[2] = static_cast<uint16_t>(bits_of(rest - from_bf16(parts[1])) >> 16);
 }
 
 #ifdef GENFAST_HAS_AMX_CODE
@@ -80,6 +83,8 @@ bool hardware_and_os() {
 
 #define GENFAST_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512bf16")))
 #define GENFAST_AMX __attribute__((target("amx-tile,amx-bf16")))
+// A lambda is compiled for the baseline ISA unless it is given the target and inlined itself.
+#define GENFAST_AMX_LAMBDA __attribute__((target("amx-tile,amx-bf16"), always_inline))
 
 // x rounded to bfloat16 (the low 16 bits zero).
 GENFAST_AVX512_BF16 inline __m512i round_bf16(__m512 x) {
@@ -92,12 +97,13 @@ GENFAST_AVX512_BF16 inline __m512i round_bf16(__m512 x) {
 // The three parts of x, each a float32 whose low 16 bits are zero (as split()).
 GENFAST_AVX512_BF16 inline void split3(__m512 x, __m512i parts[kParts]) {
   const __m512i exponent = _mm512_set1_epi32(0x7f800000);
+  const __m512i high_half = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
   parts[0] = round_bf16(x);
   const __mmask16 finite =
       _mm512_cmpneq_epi32_mask(_mm512_and_si512(parts[0], exponent), exponent);
   const __m512 rest = _mm512_maskz_sub_ps(finite, x, _mm512_castsi512_ps(parts[0]));
-  parts[1] = round_bf16(rest);
-  parts[2] = round_bf16(_mm512_sub_ps(rest, _mm512_castsi512_ps(parts[1])));
+  parts[1] = _mm512_and_si512(_mm512_castps_si512(rest), high_half);
+  parts[2] = _mm512_castps_si512(_mm512_sub_ps(rest, _mm512_castsi512_ps(parts[1])));
 }
 
 // out[p][kp][j] = part p of b[2 kp][j] in the low half, of b[2 kp + 1][j] in the high half,
@@ -136,72 +142,74 @@ struct alignas(64) TileConfig {
 constexpr TileConfig kTileConfig{1, 0, {}, {64, 64, 64, 64, 64, 64, 64, 64},
                                  {16, 16, 16, 16, 16, 16, 16, 16}};
 
-// Tile registers: 0-3 the 2 x 2 block of C, 4-5 A's two row tiles, 6-7 B's two column tiles.
-// Per k block the six part products of four C tiles take 16 tile loads for 24 products: the
-// pairs (hi, hi) (hi, mid) (hi, lo) with A's hi loaded once, then (mid, mid) (mid, hi) and
-// (lo, hi) reusing what is loaded. Four C tiles keep enough products in flight to cover a
-// product's latency.
+// One block of C: rows tiles mt and mt + 1, column tiles nt and (kColumns 2) nt + 1. Tile
+// registers 0-3 hold C (0, 1 the first row tile's), 4-5 A's two row tiles, 6-7 B's column
+// tiles. Per k block the six part products of four C tiles take 16 tile loads for 24 products:
+// (hi, hi) (hi, mid) (hi, lo) with A's hi loaded once, then (mid, mid) (mid, hi) and (lo, hi)
+// reusing what is loaded. Four C tiles keep enough products in flight to cover a product's
+// latency; a single column tile (the last of an odd count) takes two.
+template <int kColumns>
+GENFAST_AMX inline void gather_block(const SplitRows& a, const SplitColumns& b,
+                                     const std::vector<Segment>& segs, int64_t mt, int64_t nt,
+                                     float* out, int64_t out_stride) {
+  const int64_t nseg = a.segments, kb_count = a.k_blocks;
+  const int64_t a_part = a.row_tiles * nseg * kb_count * kTileElems;
+  const int64_t b_part = b.stride * (round_up(b.kdim, kTileK) / 2);
+  const int64_t b_bytes = b.stride * 4;
+  _tile_zero(0);
+  _tile_zero(2);
+  if constexpr (kColumns == 2) {
+    _tile_zero(1);
+    _tile_zero(3);
+  }
+  for (int64_t s = 0; s < nseg; ++s)
+    for (int64_t kb = 0; kb < kb_count; ++kb) {
+      const uint16_t* a0 = a.tiles.data() + ((mt * nseg + s) * kb_count + kb) * kTileElems;
+      const uint16_t* a1 = a0 + nseg * kb_count * kTileElems;  // row tile mt + 1
+      const uint32_t* b0 = b.pairs + kb * kTile * b.stride + segs[s].b + nt * kTile;
+      const auto load_a = [&](int part) GENFAST_AMX_LAMBDA {
+        _tile_loadd(4, a0 + part * a_part, 64);
+        _tile_loadd(5, a1 + part * a_part, 64);
+      };
+      const auto load_b = [&](int part) GENFAST_AMX_LAMBDA {
+        _tile_loadd(6, b0 + part * b_part, b_bytes);
+        if constexpr (kColumns == 2) _tile_loadd(7, b0 + part * b_part + kTile, b_bytes);
+      };
+      const auto products = [&]() GENFAST_AMX_LAMBDA {
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(2, 5, 6);
+        if constexpr (kColumns == 2) {
+          _tile_dpbf16ps(1, 4, 7);
+          _tile_dpbf16ps(3, 5, 7);
+        }
+      };
+      load_a(0), load_b(0), products();  // hi hi
+      load_b(1), products();             // hi mid
+      load_b(2), products();             // hi lo
+      load_a(1), load_b(1), products();  // mid mid
+      load_b(0), products();             // mid hi
+      load_a(2), products();             // lo hi
+    }
+  float* c = out + mt * kTile * out_stride + nt * kTile;
+  const int64_t out_bytes = out_stride * 4;
+  _tile_stored(0, c, out_bytes);
+  _tile_stored(2, c + kTile * out_stride, out_bytes);
+  if constexpr (kColumns == 2) {
+    _tile_stored(1, c + kTile, out_bytes);
+    _tile_stored(3, c + kTile * out_stride + kTile, out_bytes);
+  }
+}
+
 GENFAST_AMX void gather_tiles(const SplitRows& a, const SplitColumns& b,
                               const std::vector<Segment>& segs, int64_t cols, float* out,
                               int64_t out_stride) {
   _tile_loadconfig(&kTileConfig);
-  const int64_t nseg = a.segments, kb_count = a.k_blocks;
-  const int64_t a_part = a.row_tiles * nseg * kb_count * kTileElems;
-  const int64_t b_part = b.stride * (round_up(b.kdim, kTileK) / 2);
-  const int64_t b_bytes = b.stride * 4, out_bytes = out_stride * 4;
-  const int64_t col_tiles = round_up_block(cols) / kTile;
-  for (int64_t mt = 0; mt < a.row_tiles; mt += 2)
-    for (int64_t nt = 0; nt < col_tiles; nt += 2) {
-      _tile_zero(0);
-      _tile_zero(1);
-      _tile_zero(2);
-      _tile_zero(3);
-      for (int64_t s = 0; s < nseg; ++s)
-        for (int64_t kb = 0; kb < kb_count; ++kb) {
-          const uint16_t* a0 = a.tiles.data() + ((mt * nseg + s) * kb_count + kb) * kTileElems;
-          const uint16_t* a1 = a0 + nseg * kb_count * kTileElems;  // row tile mt + 1
-          const uint32_t* b0 = b.pairs + kb * kTile * b.stride + segs[s].b + nt * kTile;
-#define GENFAST_LOAD_A(part)                    \
-  do {                                          \
-    _tile_loadd(4, a0 + (part) * a_part, 64);   \
-    _tile_loadd(5, a1 + (part) * a_part, 64);   \
-  } while (0)
-#define GENFAST_LOAD_B(part)                                \
-  do {                                                      \
-    _tile_loadd(6, b0 + (part) * b_part, b_bytes);          \
-    _tile_loadd(7, b0 + (part) * b_part + kTile, b_bytes);  \
-  } while (0)
-#define GENFAST_PRODUCTS        \
-  do {                          \
-    _tile_dpbf16ps(0, 4, 6);    \
-    _tile_dpbf16ps(1, 4, 7);    \
-    _tile_dpbf16ps(2, 5, 6);    \
-    _tile_dpbf16ps(3, 5, 7);    \
-  } while (0)
-          GENFAST_LOAD_A(0);
-          GENFAST_LOAD_B(0);
-          GENFAST_PRODUCTS;  // hi hi
-          GENFAST_LOAD_B(1);
-          GENFAST_PRODUCTS;  // hi mid
-          GENFAST_LOAD_B(2);
-          GENFAST_PRODUCTS;  // hi lo
-          GENFAST_LOAD_A(1);
-          GENFAST_LOAD_B(1);
-          GENFAST_PRODUCTS;  // mid mid
-          GENFAST_LOAD_B(0);
-          GENFAST_PRODUCTS;  // mid hi
-          GENFAST_LOAD_A(2);
-          GENFAST_PRODUCTS;  // lo hi
-#undef GENFAST_LOAD_A
-#undef GENFAST_LOAD_B
-#undef GENFAST_PRODUCTS
-        }
-      float* c = out + mt * kTile * out_stride + nt * kTile;
-      _tile_stored(0, c, out_bytes);
-      _tile_stored(1, c + kTile, out_bytes);
-      _tile_stored(2, c + kTile * out_stride, out_bytes);
-      _tile_stored(3, c + kTile * out_stride + kTile, out_bytes);
-    }
+  const int64_t col_tiles = round_up(cols, kTile) / kTile;
+  for (int64_t mt = 0; mt < a.row_tiles; mt += 2) {
+    int64_t nt = 0;
+    for (; nt + 2 <= col_tiles; nt += 2) gather_block<2>(a, b, segs, mt, nt, out, out_stride);
+    if (nt < col_tiles) gather_block<1>(a, b, segs, mt, nt, out, out_stride);
+  }
   _tile_release();  // so that a context switch need not save the tiles
 }
 

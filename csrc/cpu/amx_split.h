@@ -1,9 +1,10 @@
 // float32 gathers (the row convolutions of cpu/conv_tile.h) on AMX's bfloat16 tile units, as
 // accurate as float32 multiply-adds. Each float is split into three bfloat16 parts,
-// x = hi + mid + lo exactly (8 significant bits each, 24 in all, the rounding to nearest giving
-// each part its sign), and a product a b is summed as the six part products of size at least
-// 2^-16 of it: hi hi, hi mid, mid hi, mid mid, hi lo, lo hi. The three dropped sum to at most
-// about 2^-23 of |a b|, two float32 roundings, and the tiles accumulate in float32. A tile unit does 16 x 16 x 32 multiply-adds per instruction, so six of them still run
+// x = hi + mid + lo exactly (hi rounded to nearest, so that the rest has either sign; mid and lo
+// 8 significant bits each), and a product a b is summed as the six part products of size about
+// 2^-16 of it or more: hi hi, hi mid, mid hi, mid mid, hi lo, lo hi. The three dropped sum to
+// at most about 2^-22 of |a b|, a few float32 roundings, with either sign, and the tiles
+// accumulate in float32. A tile unit does 16 x 16 x 32 multiply-adds per instruction, so six of them still run
 // about twice as fast as AVX-512 FMAs on the same core (the Row LSTM backward's gathers: 436
 // against 205 GFLOP/s).
 //
@@ -51,8 +52,8 @@ SplitColumns split_columns(const float* b, int64_t kdim, int64_t b_stride, int64
                            int64_t columns);
 
 // out[n][j] = sum over segments s, sum over k < kdim of a_s[n][k] * b[k][segs[s].b + j], for
-// n < round_up_block(a.rows) and j < round_up_block(cols) (out must hold that many; the rows and
-// columns past a.rows and cols are scratch). b must hold segs[s].b + round_up_block(cols)
+// n < round_up_block(a.rows) and j < cols rounded up to 16 (out must hold that many; the rows
+// and columns past a.rows and cols are scratch). b must hold segs[s].b + cols rounded up to 16
 // columns for every s.
 void gather(const SplitRows& a, const SplitColumns& b, const std::vector<Segment>& segs,
             int64_t cols, float* out, int64_t out_stride);
