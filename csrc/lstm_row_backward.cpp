@@ -59,7 +59,7 @@ struct BackwardArgs {
   // float32 lstm_rows_conv on an unskewed map, where the CPU has AMX: weight and in_weight
   // split for cpu::amx::gather (the two gathers of backward_chunk_interleaved).
   bool amx = false;
-  cpu::amx::SplitRows amx_weight, amx_in_weight;
+  const cpu::amx::SplitRows *amx_weight = nullptr, *amx_in_weight = nullptr;
 };
 
 // dL/dpre of pixel (b, l) sits at column b * Lp + dpre_shift + l of backward_chunk's buffer: far
@@ -195,8 +195,8 @@ void backward_chunk_interleaved(const BackwardArgs<acc_t>& p, int64_t b0, int64_
       if constexpr (std::is_same_v<acc_t, float>) {
         const cpu::amx::SplitColumns split =
             cpu::amx::split_columns(dpre, G, ps, ps, split_columns);
-        cpu::amx::gather(p.amx_weight, split, segs, count, dh_cols, out_stride);
-        cpu::amx::gather(p.amx_in_weight, split, in_segs, count, dx, out_stride);
+        cpu::amx::gather(*p.amx_weight, split, segs, count, dh_cols, out_stride);
+        cpu::amx::gather(*p.amx_in_weight, split, in_segs, count, dx, out_stride);
       }
     } else {
       gather(p.weight.data(), D, s.taps * G, G, dpre, ps, segs, count, dh_cols, count);
@@ -222,10 +222,13 @@ void use_amx(BackwardArgs<double>&) {}
 void use_amx(BackwardArgs<float>& p) {
   if (!cpu::amx::enabled()) return;
   const Shape& s = p.s;
+  // Kept per calling thread, so that each call reuses the last one's memory.
+  thread_local cpu::amx::SplitRows weight, in_weight;
+  weight.assign(p.weight.data(), s.hidden, s.taps * s.gates, s.gates, p.segs);
+  in_weight.assign(p.in_weight.data(), s.in_channels, s.in_taps * s.gates, s.gates, p.in_segs);
   p.amx = true;
-  p.amx_weight = cpu::amx::SplitRows(p.weight.data(), s.hidden, s.taps * s.gates, s.gates, p.segs);
-  p.amx_in_weight = cpu::amx::SplitRows(p.in_weight.data(), s.in_channels, s.in_taps * s.gates,
-                                        s.gates, p.in_segs);
+  p.amx_weight = &weight;
+  p.amx_in_weight = &in_weight;
 }
 
 // The backward of forward_chunk_skewed (lstm_row.cpp), rows in reverse. Row r's gate gradients

@@ -31,13 +31,13 @@ inline int64_t round_up_block(int64_t n) { return (n + kBlock - 1) / kBlock * kB
 
 // The left operand of `gather`: for each segment s (a kernel tap), a float32 matrix of `rows`
 // rows and kdim columns, row n at a + segs[s].a + n * a_stride, split into its three parts and
-// packed as 16 x 32 tiles, zero beyond rows and kdim. Built once per call, read by every thread.
+// packed as 16 x 32 tiles, zero beyond rows and kdim. Built once per call (assign reuses the
+// buffer of the previous call), read by every thread.
 struct SplitRows {
   int64_t rows = 0, kdim = 0, segments = 0, row_tiles = 0, k_blocks = 0;
   AlignedVector<uint16_t> tiles;  // [part][row tile][segment][k block][16][32]
-  SplitRows() = default;
-  SplitRows(const float* a, int64_t rows, int64_t a_stride, int64_t kdim,
-            const std::vector<Segment>& segs);
+  void assign(const float* a, int64_t rows, int64_t a_stride, int64_t kdim,
+              const std::vector<Segment>& segs);
 };
 
 // The right operand: kdim rows of a float32 matrix (row stride b_stride), its first `width`
