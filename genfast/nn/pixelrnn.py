@@ -247,6 +247,8 @@ class _LSTMLayer(nn.Module):
         masked = conv.weight[:, :, 0, :self.visible_taps]
         if not self.input_mask_is_ones:
             masked = masked * self.input_mask.to(conv.weight.dtype)
+        # Contiguous once here, not by the op's forward and again by its backward.
+        masked = masked.contiguous()
         return self._gate_major(masked.unsqueeze(0)).squeeze(0), (conv.kernel_size[1] - 1) // 2
 
     def _weight(self) -> torch.Tensor:
