@@ -67,8 +67,6 @@ GENFAST_AVX512_BF16 void split_pairs(const float* b, int64_t kdim, int64_t b_str
   }
 }
 
-// Eight tiles of 16 rows x 64 bytes. A constant in memory: GCC's _tile_loadconfig tells the
-// compiler it reads 8 bytes of the configuration, so stores to a local one could be dropped.
 // SplitRows::assign's packing: each tile row is 32 values of a row along k, zero past the
 // matrix (rows past `rows` too).
 GENFAST_AVX512_BF16 void split_tile_rows(const float* a, int64_t a_stride,
