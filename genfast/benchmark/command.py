@@ -92,7 +92,8 @@ def run(args) -> int:
     results = []
     with torch_threads(args.threads):
         machine = report.machine_info(device)
-        print(f"genfast bench on {device} ({machine['device_name']}), torch "
+        amx = ", AMX tiles on" if device == "cpu" and machine["cpu_amx"] else ""
+        print(f"genfast bench on {device} ({machine['device_name']}{amx}), torch "
               f"{machine['torch_version']}, {machine['torch_threads']} threads, "
               f"{'quick' if args.quick else 'full'} run", flush=True)
         load = machine["load_average_1min"]
