@@ -1,10 +1,10 @@
 // CPU backward of genfast::lstm_rows and lstm_rows_conv: backpropagation through the rows in
 // reverse, then the weights' gradients as one reduction over every pixel each
 // (lstm_row_weight_grad.cpp). The design (layout, chunks, determinism) is described at the top
-// of lstm_row.cpp. Where the CPU has AMX, float32 lstm_rows_conv on an unskewed map (the Row
-// LSTM) runs its row loop's two gathers on AMX tiles (cpu/amx_split.h): they do not feed a
-// sampler, so they need not have the forward's bits. On the bench shape they take 7.2 ms of
-// thread time a call against the FMA gathers' 10.5, splitting included.
+// of lstm_row.cpp. Where the CPU has AMX, float32 runs the row loops' gathers (row_gathers) on
+// AMX tiles (cpu/amx_split.h): they do not feed a sampler, so they need not have the forward's
+// bits. On the Row LSTM bench shape they take 7.2 ms of thread time a call against the FMA
+// gathers' 10.5, splitting included.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -55,8 +55,7 @@ struct BackwardArgs {
   GateLayout gl{};  // of gates and grad_gates_in
   cpu::AlignedVector<acc_t> in_weight;
   std::vector<Segment> in_segs;
-  // float32 lstm_rows_conv on an unskewed map, where the CPU has AMX: weight and in_weight
-  // split for cpu::amx::gather (the two gathers of backward_chunk_interleaved).
+  // float32 where the CPU has AMX (use_amx): weight and in_weight split for row_gathers.
   bool amx = false;
   const cpu::amx::SplitRows *amx_weight = nullptr, *amx_in_weight = nullptr;
 };
@@ -74,6 +73,42 @@ inline std::vector<Segment> mirrored_segments(const Shape& s, int64_t taps, int6
   const int64_t offset = dpre_shift(s) - (taps - 1 - pad_left);
   for (int64_t t = 0; t < taps; ++t) segs.push_back({t * s.gates, offset + t});
   return segs;
+}
+
+// The rows a gather's output buffer needs: AMX tiles write whole blocks of 32.
+template <typename acc_t>
+int64_t gather_rows(const BackwardArgs<acc_t>& p, int64_t rows) {
+  return p.amx ? cpu::amx::round_up_block(rows) : rows;
+}
+
+// A row's gathers from the zero-bordered gate gradients dpre (ps columns, `count` computed):
+// dL/dh_{r-1} through the weight (dh null: none) and, for lstm_rows_conv, dL/dx through
+// in_weight (in_segs null: none). On AMX tiles both come from one split of dpre; the outputs
+// then need gather_rows rows and `count` rounded up to 16 columns.
+template <typename acc_t>
+void row_gathers(const BackwardArgs<acc_t>& p, const acc_t* dpre, int64_t ps, int64_t count,
+                 const std::vector<Segment>& segs, acc_t* dh, int64_t dh_stride,
+                 const std::vector<Segment>* in_segs, acc_t* dx, int64_t dx_stride) {
+  const Shape& s = p.s;
+  const int64_t G = s.gates;
+  if (p.amx) {
+    if constexpr (std::is_same_v<acc_t, float>) {
+      // The columns read: up to the last tap's offset and whole tiles from there.
+      int64_t last = 0;
+      for (const Segment& seg : segs) last = std::max(last, seg.b);
+      if (in_segs)
+        for (const Segment& seg : *in_segs) last = std::max(last, seg.b);
+      const int64_t columns = last + round_up(count, cpu::Vec<float>::kLanes);
+      const cpu::amx::SplitColumns split = cpu::amx::split_columns(dpre, G, ps, ps, columns);
+      if (dh) cpu::amx::gather(*p.amx_weight, split, segs, count, dh, dh_stride);
+      if (in_segs) cpu::amx::gather(*p.amx_in_weight, split, *in_segs, count, dx, dx_stride);
+    }
+    return;
+  }
+  if (dh) gather(p.weight.data(), s.hidden, s.taps * G, G, dpre, ps, segs, count, dh, dh_stride);
+  if (in_segs)
+    gather(p.in_weight.data(), s.in_channels, s.in_taps * G, G, dpre, ps, *in_segs, count, dx,
+           dx_stride);
 }
 
 // The cell maths of row r for a chunk's nb batch elements, one run per (element, hidden
@@ -116,7 +151,7 @@ void backward_chunk(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
   const int64_t D = s.hidden, G = s.gates, L = s.length;
   const Columns<acc_t> col(s, nb);
   const int64_t shift = dpre_shift(s), ps = col.pad_stride;
-  acc_t* dh = scratch<acc_t>(kSlot0, D * col.stride);
+  acc_t* dh = scratch<acc_t>(kSlot0, gather_rows(p, D) * col.stride);
   acc_t* dpre = scratch<acc_t>(kSlot1, G * ps);
   acc_t* bias_sum = scratch<acc_t>(kSlot2, G * ps);  // dpre summed over the rows, per column
   acc_t* dc_in = scratch<acc_t>(kSlot3, nb * D * L);  // [nb][D][L]
@@ -128,7 +163,7 @@ void backward_chunk(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
     });
     // Zero outside the pixels, so whole rows can be summed.
     add_to(bias_sum, dpre, G * ps);
-    gather(p.weight.data(), D, s.taps * G, G, dpre, ps, p.segs, col.count, dh, col.stride);
+    row_gathers<acc_t>(p, dpre, ps, col.count, p.segs, dh, col.stride, nullptr, nullptr, 0);
   }
   // dL/dbias of each batch element: its columns' sums, in column order.
   for (int64_t bi = 0; bi < nb; ++bi)
@@ -157,17 +192,12 @@ void backward_chunk_interleaved(const BackwardArgs<acc_t>& p, int64_t b0, int64_
   const Interleaved<acc_t> col(s, nb);
   // dL/dpre of position l at column (shift + l) * nb + b, as backward_chunk's (dpre_shift).
   const int64_t count = col.count, ps = col.pad_stride, first = dpre_shift(s) * nb;
-  // The AMX gathers write whole blocks of 32 rows and columns.
-  const int64_t out_stride = p.amx ? cpu::amx::round_up_block(count) : count;
-  const auto out_rows = [&](int64_t rows) {
-    return p.amx ? cpu::amx::round_up_block(rows) : rows;
-  };
-  acc_t* dh_cols = scratch<acc_t>(kSlot0, out_rows(D) * out_stride, false);
+  acc_t* dh_cols = scratch<acc_t>(kSlot0, gather_rows(p, D) * count, false);
   acc_t* dpre = scratch<acc_t>(kSlot1, G * ps);
   acc_t* bias_sum = scratch<acc_t>(kSlot2, G * ps);  // dpre summed over the rows, per column
   acc_t* dc_in = scratch<acc_t>(kSlot3, nb * D * L);  // [nb][D][L]
   acc_t* dc_out = scratch<acc_t>(kSlot4, nb * D * L);
-  acc_t* dx = scratch<acc_t>(kSlot5, out_rows(C) * out_stride, false);
+  acc_t* dx = scratch<acc_t>(kSlot5, gather_rows(p, C) * count, false);
   acc_t* dh = scratch<acc_t>(kSlot6, nb * D * L);  // [nb][D][L]: zero after the last row
   // Output column j reads tap t's gradients at j + (offset + t) * nb (as mirrored_segments).
   const auto segments = [&](int64_t taps, int64_t pad_left) {
@@ -178,10 +208,6 @@ void backward_chunk_interleaved(const BackwardArgs<acc_t>& p, int64_t b0, int64_
   };
   const std::vector<Segment> segs = segments(s.taps, s.pad_left);
   const std::vector<Segment> in_segs = segments(s.in_taps, s.in_pad_left);
-  // The columns the AMX gathers read: the last tap's offset and whole blocks from there.
-  int64_t split_columns = 0;
-  for (const auto* ss : {&segs, &in_segs})
-    split_columns = std::max(split_columns, ss->back().b + cpu::amx::round_up_block(count));
   for (int64_t r = R - 1; r >= 0; --r) {
     backward_cells(p, b0, nb, r, dc_in, dc_out, [&](int64_t bi, int64_t d, BackwardRun<acc_t>& q) {
       for (int g = 0; g < 4; ++g) q.dpre[g] = q.grad_in[g];  // interleaved from there below
@@ -190,20 +216,9 @@ void backward_chunk_interleaved(const BackwardArgs<acc_t>& p, int64_t b0, int64_
     cpu::interleave(p.grad_gates_in + p.gl.at(b0, 0, r), p.gl.b, p.gl.n, G, nb, L, dpre + first,
                     ps);
     add_to(bias_sum, dpre, G * ps);  // zero outside the pixels, so whole rows can be summed
-    if (p.amx) {  // (float32 only) both gathers from one split of dpre
-      if constexpr (std::is_same_v<acc_t, float>) {
-        const cpu::amx::SplitColumns split =
-            cpu::amx::split_columns(dpre, G, ps, ps, split_columns);
-        cpu::amx::gather(*p.amx_weight, split, segs, count, dh_cols, out_stride);
-        cpu::amx::gather(*p.amx_in_weight, split, in_segs, count, dx, out_stride);
-      }
-    } else {
-      gather(p.weight.data(), D, s.taps * G, G, dpre, ps, segs, count, dh_cols, count);
-      gather(p.in_weight.data(), C, s.in_taps * G, G, dpre, ps, in_segs, count, dx, count);
-    }
-    cpu::deinterleave(dh_cols, out_stride, D, nb, L, dh, D * L, L);
-    cpu::deinterleave(dx, out_stride, C, nb, L, p.grad_x + run(s, b0, C, 0, r), C * R * L,
-                      R * L);
+    row_gathers(p, dpre, ps, count, segs, dh_cols, count, &in_segs, dx, count);
+    cpu::deinterleave(dh_cols, count, D, nb, L, dh, D * L, L);
+    cpu::deinterleave(dx, count, C, nb, L, p.grad_x + run(s, b0, C, 0, r), C * R * L, R * L);
   }
   // dL/dbias of each batch element: its columns' sums, in column order.
   for (int64_t bi = 0; bi < nb; ++bi)
@@ -216,7 +231,7 @@ void backward_chunk_interleaved(const BackwardArgs<acc_t>& p, int64_t b0, int64_
   std::copy_n(dc_in, nb * D * L, p.grad_c0 + b0 * D * L);
 }
 
-// Switches backward_chunk_interleaved to the AMX gathers where the CPU has them (float32 only).
+// Switches row_gathers to AMX tiles where the CPU has them (float32 only); after the weights.
 void use_amx(BackwardArgs<double>&) {}
 void use_amx(BackwardArgs<float>& p) {
   if (!cpu::amx::enabled()) return;
@@ -224,10 +239,12 @@ void use_amx(BackwardArgs<float>& p) {
   // Kept per calling thread, so that each call reuses the last one's memory.
   thread_local cpu::amx::SplitRows weight, in_weight;
   weight.assign(p.weight.data(), s.hidden, s.taps * s.gates, s.gates, p.segs);
-  in_weight.assign(p.in_weight.data(), s.in_channels, s.in_taps * s.gates, s.gates, p.in_segs);
-  p.amx = true;
   p.amx_weight = &weight;
-  p.amx_in_weight = &in_weight;
+  if (!p.in_segs.empty()) {
+    in_weight.assign(p.in_weight.data(), s.in_channels, s.in_taps * s.gates, s.gates, p.in_segs);
+    p.amx_in_weight = &in_weight;
+  }
+  p.amx = true;
 }
 
 // The backward of forward_chunk_skewed (lstm_row.cpp), rows in reverse. Row r's gate gradients
@@ -243,12 +260,13 @@ void backward_chunk_skewed(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb)
   const int64_t D = s.hidden, G = s.gates, L = s.length, C = s.in_channels;
   constexpr int64_t kVector = cpu::Vec<acc_t>::kLanes;
   const int64_t stride = round_up(nb * (L + 2), kVector), ps = stride + 2 * kVector;
-  acc_t* dh = scratch<acc_t>(kSlot0, D * stride);  // dL/dh_r, zero after the last row
+  // dL/dh_r, zero after the last row
+  acc_t* dh = scratch<acc_t>(kSlot0, gather_rows(p, D) * stride);
   acc_t* dpre = scratch<acc_t>(kSlot1, G * ps);
   acc_t* bias_sum = scratch<acc_t>(kSlot2, nb * G * L);  // [nb][4D][L]: dpre summed over rows
   acc_t* dc_in = scratch<acc_t>(kSlot3, nb * D * L);  // [nb][D][L]
   acc_t* dc_out = scratch<acc_t>(kSlot4, nb * D * L);
-  acc_t* dx = scratch<acc_t>(kSlot5, C * stride, false);
+  acc_t* dx = scratch<acc_t>(kSlot5, gather_rows(p, C) * stride, false);
   BackwardRun<acc_t> q;
   q.grad_h_value = p.grad_h_value;
   q.grad_c_value = p.grad_c_value;
@@ -297,8 +315,7 @@ void backward_chunk_skewed(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb)
     std::swap(dc_in, dc_out);
     const int64_t count = round_up(nb * prev_span, kVector);
     // Mirrored taps at columns j and j + 1 (p.segs and p.in_segs have offset 0 here).
-    if (r > 0) gather(p.weight.data(), D, 2 * G, G, dpre, ps, p.segs, count, dh, stride);
-    gather(p.in_weight.data(), C, G, G, dpre, ps, p.in_segs, count, dx, stride);
+    row_gathers(p, dpre, ps, count, p.segs, r > 0 ? dh : nullptr, stride, &p.in_segs, dx, stride);
     const int64_t live = s.live_last(r) - first + 1;
     for (int64_t bi = 0; bi < nb; ++bi)
       for (int64_t ci = 0; ci < C; ++ci)  // grad_x is zero at the padding (run_backward)
@@ -408,7 +425,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> run_backward(
         p.in_segs = mirrored_segments(s, s.in_taps, s.in_pad_left);
       }
       const bool interleaved = conv && !s.skew_width;
-      if (interleaved) use_amx(p);
+      use_amx(p);
       for_each_chunk(s, interleaved ? cpu::Vec<acc_t>::kLanes : 0, [&](int64_t b0, int64_t nb) {
         if (s.skew_width) {
           backward_chunk_skewed(p, b0, nb);

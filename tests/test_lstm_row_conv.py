@@ -140,6 +140,26 @@ def test_backward_keeps_non_finite_gradients_non_finite(amx, monkeypatch):
 
 
 @needs_kernel
+@pytest.mark.parametrize("amx", ["0", "1"], ids=["fma", "amx"])
+def test_backward_with_subnormal_gradients(amx, monkeypatch):
+    """Output gradients of the odd hidden channels scaled into float32's subnormal range: their
+    gate gradients share the AMX tiles' k pairs with normal ones, and must not leak into them
+    (the tiles count subnormal values as zero; the FMAs keep them)."""
+    monkeypatch.setenv("GENFAST_CPU_AMX", amx)
+    case = (2, 4, 8, 3, 6, 2, 1, 3, 1)
+    _seed("subnormal")
+    inputs = _inputs(case)
+    grads = [torch.randn(2, 8, 3, 6, dtype=torch.float64) for _ in range(2)]
+    for g in grads:
+        g[:, 1::2] *= 1e-39
+    fast = _run(lstm_rows_conv, inputs, grads, torch.float32, (1, 1), backend="cpu")
+    ref = _run(lstm_rows_conv_ref, inputs, grads, torch.float32, (1, 1))
+    for got, want in zip(fast, ref):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
 @pytest.mark.parametrize("bias,states,case", [
     (True, True, (2, 3, 2, 3, 5, 2, 1, 3, 1)),
     (False, False, (1, 2, 3, 4, 4, 1, 0, 2, 1)),

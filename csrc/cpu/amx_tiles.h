@@ -37,9 +37,8 @@ GENFAST_AVX512_BF16 inline __m512i round_bf16(__m512 x) {
   return _mm512_slli_epi32(_mm512_cvtepu16_epi32(rounded), 16);
 }
 
-// The three parts of x, each a float32 whose low 16 bits are zero (as amx_split.cpp's scalar
-// split()): hi rounded to nearest, mid the rest cut to 8 bits, lo what remains (8 bits at most).
-// An infinite or NaN hi stands alone.
+// The three parts of x, each a float32 whose low 16 bits are zero: hi rounded to nearest, mid
+// the rest cut to 8 bits, lo what remains (8 bits at most). An infinite or NaN hi stands alone.
 GENFAST_AVX512_BF16 inline void split3(__m512 x, __m512i parts[kParts]) {
   const __m512i exponent = _mm512_set1_epi32(0x7f800000);
   const __m512i high_half = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
@@ -48,7 +47,11 @@ GENFAST_AVX512_BF16 inline void split3(__m512 x, __m512i parts[kParts]) {
       _mm512_cmpneq_epi32_mask(_mm512_and_si512(parts[0], exponent), exponent);
   const __m512 rest = _mm512_maskz_sub_ps(finite, x, _mm512_castsi512_ps(parts[0]));
   parts[1] = _mm512_and_si512(_mm512_castps_si512(rest), high_half);
-  parts[2] = _mm512_castps_si512(_mm512_sub_ps(rest, _mm512_castsi512_ps(parts[1])));
+  // lo fits a bfloat16 unless the rest is subnormal (the conversion flushes a subnormal x to a
+  // zero hi, leaving all of x); cut, so that no low bits reach a neighbour's half. The tiles
+  // count subnormal bfloat16 values as zero anyway.
+  parts[2] = _mm512_and_si512(
+      _mm512_castps_si512(_mm512_sub_ps(rest, _mm512_castsi512_ps(parts[1]))), high_half);
 }
 
 // The bfloat16 halves of 32 floats (lo, hi: their high 16 bits) as 32 values in order.
