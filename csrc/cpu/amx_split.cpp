@@ -53,9 +53,7 @@ GENFAST_AVX512_BF16 void split_pairs(const float* b, int64_t kdim, int64_t b_str
     const float* odd = 2 * kp + 1 < kdim ? b + (2 * kp + 1) * b_stride : nullptr;
     uint32_t* o = out + kp * stride;
     for (int64_t j = 0; j < columns; j += kTile) {
-      const __mmask16 live = j + kTile <= width ? __mmask16(0xffff)
-                             : j < width        ? __mmask16((1u << (width - j)) - 1)
-                                                : __mmask16(0);
+      const __mmask16 live = lanes_below(j, width);
       const __m512 x0 = even ? _mm512_maskz_loadu_ps(live, even + j) : _mm512_setzero_ps();
       const __m512 x1 = odd ? _mm512_maskz_loadu_ps(live, odd + j) : _mm512_setzero_ps();
       __m512i p0[kParts], p1[kParts];

@@ -62,18 +62,20 @@ GENFAST_AVX512_BF16 inline __m512i high_halves(__m512i lo, __m512i hi) {
   return _mm512_permutex2var_epi16(lo, odd, hi);
 }
 
+// The lanes of the 16 values from `from` that lie below `length`, as a load mask.
+inline __mmask16 lanes_below(int64_t from, int64_t length) {
+  return from + kTile <= length ? __mmask16(0xffff)
+         : from < length        ? __mmask16((1u << (length - from)) - 1)
+                                : __mmask16(0);
+}
+
 // 32 consecutive floats, the first `length` of src and zeros after, split: parts[p] holds part p
 // of the 32 as bfloat16 values in order (one A tile row).
 GENFAST_AVX512_BF16 inline void split_run32(const float* src, int64_t length,
                                             __m512i parts[kParts]) {
-  const auto live = [&](int64_t from) {
-    return from + kTile <= length ? __mmask16(0xffff)
-           : from < length        ? __mmask16((1u << (length - from)) - 1)
-                                  : __mmask16(0);
-  };
   __m512i first[kParts], second[kParts];
-  split3(_mm512_maskz_loadu_ps(live(0), src), first);
-  split3(_mm512_maskz_loadu_ps(live(kTile), src + kTile), second);
+  split3(_mm512_maskz_loadu_ps(lanes_below(0, length), src), first);
+  split3(_mm512_maskz_loadu_ps(lanes_below(kTile, length), src + kTile), second);
   for (int p = 0; p < kParts; ++p) parts[p] = high_halves(first[p], second[p]);
 }
 
