@@ -44,6 +44,17 @@ TOLERANCES = {
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+def _assert_near_float64(actual, expected, reference64, context=""):
+    """The kernel's error against the float64 result is at most twice the reference's own, plus
+    one rounding at the output's magnitude."""
+    kernel_err = (actual.double() - reference64).abs().max().item()
+    ref_err = (expected.double() - reference64).abs().max().item()
+    one_rounding = torch.finfo(actual.dtype).eps * reference64.abs().max().item()
+    assert kernel_err <= 2 * ref_err + one_rounding, (
+        f"{context}error {kernel_err} against float64 > 2 x the reference's {ref_err} + "
+        f"{one_rounding}")
+
+
 def assert_close(actual, expected, reference64=None):
     """Kernel against reference: the dtype's tolerance, or for float16/bfloat16 the
     flash-attention rule: the kernel's error against a float64 reference is at most twice the
@@ -52,25 +63,17 @@ def assert_close(actual, expected, reference64=None):
     given a float64 reference passes either test."""
     if actual.dtype in LOW_PRECISION:
         assert reference64 is not None, "low-precision checks need a float64 reference"
-        kernel_err = (actual.double() - reference64).abs().max().item()
-        ref_err = (expected.double() - reference64).abs().max().item()
-        one_rounding = torch.finfo(actual.dtype).eps * reference64.abs().max().item()
-        assert kernel_err <= 2 * ref_err + one_rounding, (
-            f"error {kernel_err} > 2 x reference error {ref_err} + {one_rounding}")
+        _assert_near_float64(actual, expected, reference64)
+        return
+    rtol, atol = TOLERANCES[actual.dtype]
+    if reference64 is not None and not torch.allclose(actual, expected, rtol=rtol, atol=atol):
+        # A long float32 sum (a weight's gradient over every pixel) rounds differently in the
+        # kernel and in the reference, each off the exact result by more than the tolerance:
+        # the kernel must then be as near the float64 result as the reference is.
+        _assert_near_float64(actual, expected, reference64,
+                             f"not within rtol {rtol}, atol {atol} of the reference, and its ")
     else:
-        rtol, atol = TOLERANCES[actual.dtype]
-        if reference64 is not None and not torch.allclose(actual, expected, rtol=rtol, atol=atol):
-            # A long float32 sum (a weight's gradient over every pixel) rounds differently in
-            # the kernel and in the reference, each off the exact result by more than the
-            # tolerance: the kernel must then be as near the float64 result as the reference is.
-            kernel_err = (actual.double() - reference64).abs().max().item()
-            ref_err = (expected.double() - reference64).abs().max().item()
-            one_rounding = torch.finfo(actual.dtype).eps * reference64.abs().max().item()
-            assert kernel_err <= 2 * ref_err + one_rounding, (
-                f"not within rtol {rtol}, atol {atol} of the reference, and its error {kernel_err}"
-                f" against float64 > 2 x the reference's {ref_err} + {one_rounding}")
-        else:
-            torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
+        torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
 
 
 def assert_all_close(fast, ref, ref64, dtype):

@@ -1,7 +1,6 @@
 """lstm_rows_conv, lstm_rows with its input-to-state convolution fused in: the cpu kernel against
 the reference (conv_rows then the Python loop), forward and backward, plus gradcheck, opcheck,
 torch.compile, thread-count independence, the other backends' composition and bad input."""
-import os
 import zlib
 
 import pytest
@@ -36,15 +35,9 @@ DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
 def _amx_hardware() -> bool:
     """Whether this CPU runs the backward's AMX gathers when GENFAST_CPU_AMX allows it."""
-    saved = os.environ.get("GENFAST_CPU_AMX")
-    os.environ["GENFAST_CPU_AMX"] = "1"
-    try:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("GENFAST_CPU_AMX", "1")
         return cpu_amx_enabled()
-    finally:
-        if saved is None:
-            del os.environ["GENFAST_CPU_AMX"]
-        else:
-            os.environ["GENFAST_CPU_AMX"] = saved
 
 
 AMX_HARDWARE = _amx_hardware()
