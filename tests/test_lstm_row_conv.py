@@ -94,10 +94,11 @@ def test_matches_reference(case, dtype, states):
 
 @needs_kernel
 @pytest.mark.parametrize("case", [CASES[0], CASES[5], CASES[8]], ids=str)
-def test_amx_and_fma_backward_both_match_reference(case, monkeypatch):
-    """float32's backward gathers run on AMX tiles (three bfloat16 parts per float, six products:
+def test_amx_and_fma_both_match_reference(case, monkeypatch):
+    """float32's row gathers run on AMX tiles (three bfloat16 parts per float, six products:
     cpu/amx_split.h) where the CPU has them, on FMAs otherwise or with GENFAST_CPU_AMX=0; each way
-    is held to the reference. Where AMX runs, the two differ in the last bits (so both ran)."""
+    is held to the reference. A forward autograd records takes the tiles as the backward does;
+    where AMX runs, the two ways differ in the last bits (so both ran)."""
     _seed("amx", case)
     inputs = _inputs(case)
     b, _, d, r, length, _, in_pad_left, _, pad_left = case
@@ -110,8 +111,33 @@ def test_amx_and_fma_backward_both_match_reference(case, monkeypatch):
         results[setting] = _run(lstm_rows_conv, inputs, grads, torch.float32,
                                 (in_pad_left, pad_left), backend="cpu")
     fma, amx = results["0"], results["1"]
-    assert torch.equal(fma[0], amx[0]) and torch.equal(fma[1], amx[1])  # the forward: FMAs
+    assert torch.equal(fma[0], amx[0]) != AMX_HARDWARE  # h: the forward's gathers
     assert torch.equal(fma[2], amx[2]) != AMX_HARDWARE  # dL/dx: a gather of the backward
+
+
+@needs_kernel
+@pytest.mark.parametrize("case", [CASES[0], CASES[5]], ids=str)
+def test_inference_never_takes_the_tiles(case, monkeypatch):
+    """Without autograd (no_grad, or no input that requires grad) the forward keeps its FMA bits
+    with AMX on or off: those the cached samplers reproduce (tests/test_sampling.py). With
+    autograd it may take the tiles."""
+    _seed("inference", case)
+    inputs = [t.float() for t in _inputs(case)]
+    geometry = (case[6], case[8])
+    results = {}
+    for setting in ("0", "1"):
+        monkeypatch.setenv("GENFAST_CPU_AMX", setting)
+        with torch.no_grad():
+            leaves = [t.clone().requires_grad_() for t in inputs]
+            no_grad = lstm_rows_conv(*leaves, *geometry, backend="cpu")
+        plain = lstm_rows_conv(*inputs, *geometry, backend="cpu")
+        recorded = lstm_rows_conv(*[t.clone().requires_grad_() for t in inputs], *geometry,
+                                  backend="cpu")
+        results[setting] = (no_grad, plain, recorded)
+    for inference in (0, 1):
+        for got, want in zip(results["1"][inference], results["0"][inference]):
+            assert torch.equal(got, want)
+    assert torch.equal(results["1"][2][0], results["0"][2][0]) != AMX_HARDWARE
 
 
 @needs_kernel
@@ -181,6 +207,7 @@ def test_opcheck():
     op = torch.ops.genfast.lstm_rows_conv
     torch.library.opcheck(op, (*args, 1, 1))
     torch.library.opcheck(op, (args[0], args[1], args[2], None, args[4], args[5], 2, 0))
+    torch.library.opcheck(op, (*args, 1, 1, 0, True))  # allow_tiles: AMX where the CPU has it
     detached = [t.detach() for t in args]
     h, c, gates = op(*detached, 1, 1)
     assert not gates.requires_grad

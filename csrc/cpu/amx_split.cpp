@@ -3,6 +3,8 @@
 // bfloat16), B's k pairs interleaved per column.
 #include "amx_split.h"
 
+#include <c10/util/Exception.h>
+
 #include <cstdlib>
 #include <cstring>
 
@@ -84,36 +86,40 @@ GENFAST_AVX512_BF16 void split_tile_rows(const float* a, int64_t a_stride,
       }
 }
 
-// One block of out: row tiles mt, mt + 1 and kColumns column tiles from nt.
+// One block of out: row tiles mt, mt + 1 and kColumns column tiles from nt, the terms' products
+// summed in the same tiles.
 template <int kColumns>
-GENFAST_AMX inline void gather_block(const SplitRows& a, const SplitColumns& b,
-                                     const std::vector<Segment>& segs, int64_t mt, int64_t nt,
+GENFAST_AMX inline void gather_block(std::initializer_list<Term> terms, int64_t mt, int64_t nt,
                                      float* out, int64_t out_stride) {
-  const int64_t nseg = a.segments, kb_count = a.k_blocks;
-  const uint16_t* a_row_tile = a.tiles.data() + mt * nseg * kb_count * kTileElems;
   zero_block<kColumns>();
-  add_products<kColumns>(
-      nseg * kb_count,
-      [&](int64_t i) GENFAST_AMX_LAMBDA {
-        const int64_t s = i / kb_count, kb = i % kb_count;
-        const uint16_t* a0 = a_row_tile + i * kTileElems;
-        return KBlock{a0, a0 + nseg * kb_count * kTileElems,  // row tile mt + 1
-                      b.pairs + kb * kTile * b.stride + segs[s].b + nt * kTile};
-      },
-      a.row_tiles * nseg * kb_count * kTileElems, 64, b.stride * (round_up(b.kdim, kTileK) / 2),
-      b.stride * 4);
+  for (const Term& t : terms) {
+    const SplitRows& a = t.a;
+    const SplitColumns& b = t.b;
+    const int64_t nseg = a.segments, kb_count = a.k_blocks;
+    const uint16_t* a_row_tile = a.tiles.data() + mt * nseg * kb_count * kTileElems;
+    add_products<kColumns>(
+        nseg * kb_count,
+        [&](int64_t i) GENFAST_AMX_LAMBDA {
+          const int64_t s = i / kb_count, kb = i % kb_count;
+          const uint16_t* a0 = a_row_tile + i * kTileElems;
+          return KBlock{a0, a0 + nseg * kb_count * kTileElems,  // row tile mt + 1
+                        b.pairs + kb * kTile * b.stride + t.segs[s].b + nt * kTile};
+        },
+        a.row_tiles * nseg * kb_count * kTileElems, 64,
+        b.stride * (round_up(b.kdim, kTileK) / 2), b.stride * 4);
+  }
   store_block<kColumns>(out + mt * kTile * out_stride + nt * kTile, out_stride);
 }
 
-GENFAST_AMX void gather_tiles(const SplitRows& a, const SplitColumns& b,
-                              const std::vector<Segment>& segs, int64_t cols, float* out,
+GENFAST_AMX void gather_tiles(std::initializer_list<Term> terms, int64_t cols, float* out,
                               int64_t out_stride) {
   _tile_loadconfig(&kTileConfig);
+  const int64_t row_tiles = terms.begin()->a.row_tiles;
   const int64_t col_tiles = round_up(cols, kTile) / kTile;
-  for (int64_t mt = 0; mt < a.row_tiles; mt += 2) {
+  for (int64_t mt = 0; mt < row_tiles; mt += 2) {
     int64_t nt = 0;
-    for (; nt + 2 <= col_tiles; nt += 2) gather_block<2>(a, b, segs, mt, nt, out, out_stride);
-    if (nt < col_tiles) gather_block<1>(a, b, segs, mt, nt, out, out_stride);
+    for (; nt + 2 <= col_tiles; nt += 2) gather_block<2>(terms, mt, nt, out, out_stride);
+    if (nt < col_tiles) gather_block<1>(terms, mt, nt, out, out_stride);
   }
   _tile_release();  // so that a context switch need not save the tiles
 }
@@ -148,7 +154,8 @@ void SplitRows::assign(const float* a, int64_t rows_, int64_t a_stride, int64_t 
 }
 
 SplitColumns split_columns(const float* b, int64_t kdim, int64_t b_stride, int64_t width,
-                           int64_t columns) {
+                           int64_t columns, int slot) {
+  TORCH_CHECK(0 <= slot && slot < kColumnSlots, "genfast: split_columns slot ", slot);
   SplitColumns out;
   out.kdim = kdim;
   out.columns = columns;
@@ -157,7 +164,7 @@ SplitColumns split_columns(const float* b, int64_t kdim, int64_t b_stride, int64
   // 10% faster than 16).
   out.stride = round_up(columns, kTile) + kTile / 2;
   const int64_t pairs = round_up(kdim, kTileK) / 2;
-  uint32_t* data = thread_scratch<SplitColumnsScratch, 1, uint32_t>(0, kParts * pairs * out.stride);
+  uint32_t* data = thread_scratch<SplitColumnsScratch, kColumnSlots, uint32_t>(slot, kParts * pairs * out.stride);
 #ifdef GENFAST_HAS_AMX_CODE
   split_pairs(b, kdim, b_stride, width, pairs, round_up(columns, kTile), out.stride, data);
 #else
@@ -169,10 +176,17 @@ SplitColumns split_columns(const float* b, int64_t kdim, int64_t b_stride, int64
 
 void gather(const SplitRows& a, const SplitColumns& b, const std::vector<Segment>& segs,
             int64_t cols, float* out, int64_t out_stride) {
+  gather({Term{a, b, segs}}, cols, out, out_stride);
+}
+
+void gather(std::initializer_list<Term> terms, int64_t cols, float* out, int64_t out_stride) {
+  for (const Term& t : terms)
+    TORCH_CHECK(t.a.row_tiles == terms.begin()->a.row_tiles,
+                "genfast: amx::gather's terms need the same rows");
 #ifdef GENFAST_HAS_AMX_CODE
-  gather_tiles(a, b, segs, cols, out, out_stride);
+  gather_tiles(terms, cols, out, out_stride);
 #else
-  (void)a, (void)b, (void)segs, (void)cols, (void)out, (void)out_stride;
+  (void)cols, (void)out, (void)out_stride;
 #endif
 }
 

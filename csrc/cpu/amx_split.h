@@ -14,6 +14,7 @@
 // the batch chunking and the thread count, but differ in the last bits from the FMA path's.
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 #include <vector>
 
 #include "conv_tile.h"
@@ -43,13 +44,14 @@ struct SplitRows {
 // The right operand: kdim rows of a float32 matrix (row stride b_stride), its first `width`
 // columns split into parts and paired along k as the tiles read them ([part][k / 2][column][2]
 // bfloat16), zero beyond width and kdim up to `columns`. In the calling thread's scratch memory,
-// so valid until that thread's next split_columns.
+// one buffer per slot, so valid until that thread's next split_columns into the same slot.
 struct SplitColumns {
   int64_t kdim = 0, columns = 0, stride = 0;  // stride: of a k pair's row, in pairs (>= columns)
   const uint32_t* pairs = nullptr;
 };
+constexpr int kColumnSlots = 2;
 SplitColumns split_columns(const float* b, int64_t kdim, int64_t b_stride, int64_t width,
-                           int64_t columns);
+                           int64_t columns, int slot = 0);
 
 // out[n][j] = sum over segments s, sum over k < kdim of a_s[n][k] * b[k][segs[s].b + j], for
 // n < round_up_block(a.rows) and j < cols rounded up to 16 (out must hold that many; the rows
@@ -57,5 +59,17 @@ SplitColumns split_columns(const float* b, int64_t kdim, int64_t b_stride, int64
 // columns for every s.
 void gather(const SplitRows& a, const SplitColumns& b, const std::vector<Segment>& segs,
             int64_t cols, float* out, int64_t out_stride);
+
+// One product of a sum of gathers: a's rows through b's columns, at segs' offsets.
+struct Term {
+  const SplitRows& a;
+  const SplitColumns& b;
+  const std::vector<Segment>& segs;
+};
+// out = the sum of the terms' gathers (as above), summed in the same tiles before one store:
+// the terms' a must have the same rows. Cheaper than a gather each and an addition when the
+// k of each is short (each block of out costs about as much to start and store as a few dozen
+// tile products).
+void gather(std::initializer_list<Term> terms, int64_t cols, float* out, int64_t out_stride);
 
 }  // namespace genfast::cpu::amx

@@ -60,7 +60,8 @@ def lstm_rows_conv_ref(x, in_weight, weight, bias=None, h0=None, c0=None, in_pad
 
 # ----------------------------------------------------------------------------- the CPU op
 
-def _fake_forward(x, in_weight, weight, bias, h0, c0, in_pad_left, pad_left, skew_width=0):
+def _fake_forward(x, in_weight, weight, bias, h0, c0, in_pad_left, pad_left, skew_width=0,
+                  allow_tiles=False):
     batch, _, rows, length = x.shape
     gates = in_weight.shape[0]
     cell = lstm_row.cell_dtype(x.dtype)
@@ -85,12 +86,14 @@ def _fake_backward(grad_h, grad_c, x, in_weight, weight, h, c, gates, h0, c0, in
 
 
 def _setup_context(ctx, inputs, output):
-    x, in_weight, weight, bias, h0, c0, *geometry = inputs  # in_pad_left, pad_left[, skew_width]
+    # options: in_pad_left, pad_left, skew_width, allow_tiles (the last two may be left out)
+    x, in_weight, weight, bias, h0, c0, *options = inputs
     h, c, gates = output
     ctx.mark_non_differentiable(gates)
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, in_weight, weight, h, c, gates, h0, c0)
-    ctx.geometry = tuple(geometry)
+    ctx.geometry = tuple(options[:3])  # the backward op's
+    ctx.options = len(options)
     ctx.has_bias = bias is not None
 
 
@@ -106,7 +109,7 @@ def _make_backward(backward_op):
         needs = ctx.needs_input_grad
         wants = (needs[0], needs[1], needs[2], ctx.has_bias and needs[3], needs[4], needs[5])
         return (*(g if want else None for g, want in zip(grads, wants)),
-                *(None for _ in ctx.geometry))
+                *(None for _ in range(ctx.options)))
 
     return backward
 
@@ -201,6 +204,10 @@ def lstm_rows_conv(x, in_weight, weight, bias=None, h0=None, c0=None, in_pad_lef
     if h0 is None:
         h0 = x.new_zeros(batch, hidden4 // 4, length)
     c0 = x.new_zeros(batch, hidden4 // 4, length, dtype=cell) if c0 is None else c0.to(cell)
+    # AMX tiles only for a call autograd records (training): inference keeps the bits of
+    # lstm_rows after a separate convolution, which the cached samplers reproduce.
+    recorded = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, in_weight, weight, bias, h0, c0))
     h, c, _ = torch.ops.genfast.lstm_rows_conv(x, in_weight, weight, bias, h0, c0, in_pad_left,
-                                               pad_left, skew_width)
+                                               pad_left, skew_width, recorded)
     return h, c
