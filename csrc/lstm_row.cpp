@@ -41,6 +41,11 @@
 // computes each row's pixels and one padding position only, in a column layout that changes
 // from row to row (forward_chunk_skewed).
 //
+// When the Python wrapper passes allow_tiles (autograd records the call: training), float32 on a
+// CPU with AMX computes each row's two gathers of lstm_rows_conv as one sum on AMX tiles
+// (cpu/amx_split.h, tile_gathers): pre-activations in different bits from the FMA path's, so
+// inference never takes them and the samplers keep the network's bits.
+//
 // This file holds the forward; lstm_row_backward.cpp the backward, lstm_row_weight_grad.cpp the
 // weights' gradients, lstm_row_common.h what they share.
 #include <ATen/Dispatch.h>

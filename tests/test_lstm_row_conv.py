@@ -379,6 +379,33 @@ def test_skewed_map_matches_reference(case, dtype):
 
 
 @needs_kernel
+@pytest.mark.parametrize("case", [SKEWED[0], SKEWED[5]], ids=str)
+def test_skewed_map_amx_and_fma_both_match_reference(case, monkeypatch):
+    """The skewed forward and backward take the AMX tiles too (float32, autograd recording);
+    each way is held to the reference, and where AMX runs they differ in the last bits. Without
+    autograd the forward keeps its FMA bits."""
+    _seed("skewed amx", case)
+    x, in_weight, weight, bias = _skewed_inputs(case)
+    b, _, d, height, width = case
+    grads = [torch.randn(b, d, height + width - 1, height, dtype=torch.float64)
+             for _ in range(2)]
+    inputs = (x, in_weight, weight, bias, None, None)
+    geometry = (0, 1, width)
+    results, inference = {}, {}
+    for setting in ("0", "1"):
+        monkeypatch.setenv("GENFAST_CPU_AMX", setting)
+        _check_against_reference(inputs, grads, torch.float32, geometry)
+        results[setting] = _run(lstm_rows_conv, inputs, grads, torch.float32, geometry,
+                                backend="cpu")
+        inference[setting] = lstm_rows_conv(x.float(), in_weight.float(), weight.float(),
+                                            bias.float(), None, None, *geometry, backend="cpu")
+    assert torch.equal(results["0"][0], results["1"][0]) != AMX_HARDWARE
+    assert torch.equal(results["0"][2], results["1"][2]) != AMX_HARDWARE
+    for got, want in zip(inference["1"], inference["0"]):
+        assert torch.equal(got, want)
+
+
+@needs_kernel
 def test_skewed_map_gradcheck_and_opcheck():
     _seed("skewed gradcheck")
     x, in_weight, weight, bias = (t.requires_grad_() for t in _skewed_inputs((2, 3, 2, 4, 3)))
