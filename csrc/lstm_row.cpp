@@ -225,18 +225,14 @@ void tile_gathers(const ForwardArgs<acc_t>& p, const acc_t* x_cols,
                   int64_t out_stride) {
   if constexpr (std::is_same_v<acc_t, float>) {
     namespace amx = cpu::amx;
-    const auto columns = [&](const std::vector<Segment>& sg) {  // up to the last tap's offset
-      int64_t last = 0;
-      for (const Segment& seg : sg) last = std::max(last, seg.b);
-      return last + count;
-    };
     const amx::SplitColumns x = amx::split_columns(x_cols, p.s.in_channels, ps, ps,
-                                                   columns(in_segs), 0);
+                                                   amx::columns_read(in_segs, count), 0);
     if (!state) {
       amx::gather(*p.amx_in_weight, x, in_segs, count, pre, out_stride);
       return;
     }
-    const amx::SplitColumns h = amx::split_columns(state, p.s.hidden, ps, ps, columns(segs), 1);
+    const amx::SplitColumns h =
+        amx::split_columns(state, p.s.hidden, ps, ps, amx::columns_read(segs, count), 1);
     amx::gather({amx::Term{*p.amx_in_weight, x, in_segs}, amx::Term{*p.amx_weight, h, segs}},
                 count, pre, out_stride);
   }
@@ -401,8 +397,8 @@ void transpose_taps(const acc_t* w, int64_t G, int64_t D, int64_t k, acc_t* out)
   }
 }
 
-// Switches forward_chunk_interleaved to AMX tiles where allowed and the CPU has them (float32
-// only); after the weights are laid out.
+// Switches lstm_rows_conv's row loops (forward_chunk_interleaved, forward_chunk_skewed) to AMX
+// tiles where allowed and the CPU has them (float32 only); after the weights are laid out.
 void use_amx(ForwardArgs<double>&) {}
 void use_amx(ForwardArgs<float>& p) {
   const Shape& s = p.s;

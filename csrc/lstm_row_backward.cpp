@@ -93,12 +93,9 @@ void row_gathers(const BackwardArgs<acc_t>& p, const acc_t* dpre, int64_t ps, in
   const int64_t G = s.gates;
   if (p.amx) {
     if constexpr (std::is_same_v<acc_t, float>) {
-      // The columns read: up to the last tap's offset and whole tiles from there.
-      int64_t last = 0;
-      for (const Segment& seg : segs) last = std::max(last, seg.b);
-      if (in_segs)
-        for (const Segment& seg : *in_segs) last = std::max(last, seg.b);
-      const int64_t columns = last + round_up(count, cpu::Vec<float>::kLanes);
+      // One split for both gathers: as many columns as either reads.
+      int64_t columns = cpu::amx::columns_read(segs, count);
+      if (in_segs) columns = std::max(columns, cpu::amx::columns_read(*in_segs, count));
       const cpu::amx::SplitColumns split = cpu::amx::split_columns(dpre, G, ps, ps, columns);
       if (dh) cpu::amx::gather(*p.amx_weight, split, segs, count, dh, dh_stride);
       if (in_segs) cpu::amx::gather(*p.amx_in_weight, split, *in_segs, count, dx, dx_stride);

@@ -5,6 +5,7 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -153,6 +154,12 @@ void SplitRows::assign(const float* a, int64_t rows_, int64_t a_stride, int64_t 
 #endif
 }
 
+int64_t columns_read(const std::vector<Segment>& segs, int64_t cols) {
+  int64_t last = 0;
+  for (const Segment& seg : segs) last = std::max(last, seg.b);
+  return last + round_up(cols, kTile);
+}
+
 SplitColumns split_columns(const float* b, int64_t kdim, int64_t b_stride, int64_t width,
                            int64_t columns, int slot) {
   TORCH_CHECK(0 <= slot && slot < kColumnSlots, "genfast: split_columns slot ", slot);
@@ -164,7 +171,8 @@ SplitColumns split_columns(const float* b, int64_t kdim, int64_t b_stride, int64
   // 10% faster than 16).
   out.stride = round_up(columns, kTile) + kTile / 2;
   const int64_t pairs = round_up(kdim, kTileK) / 2;
-  uint32_t* data = thread_scratch<SplitColumnsScratch, kColumnSlots, uint32_t>(slot, kParts * pairs * out.stride);
+  uint32_t* data = thread_scratch<SplitColumnsScratch, kColumnSlots, uint32_t>(
+      slot, kParts * pairs * out.stride);
 #ifdef GENFAST_HAS_AMX_CODE
   split_pairs(b, kdim, b_stride, width, pairs, round_up(columns, kTile), out.stride, data);
 #else

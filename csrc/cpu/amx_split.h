@@ -50,6 +50,9 @@ struct SplitColumns {
   const uint32_t* pairs = nullptr;
 };
 constexpr int kColumnSlots = 2;
+// The columns of b a gather of `cols` output columns reads through segs: up to the last
+// segment's offset and whole tiles from there (split_columns' `columns`).
+int64_t columns_read(const std::vector<Segment>& segs, int64_t cols);
 SplitColumns split_columns(const float* b, int64_t kdim, int64_t b_stride, int64_t width,
                            int64_t columns, int slot = 0);
 
