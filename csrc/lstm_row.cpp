@@ -272,6 +272,15 @@ void forward_chunk_interleaved(const ForwardArgs<acc_t>& p, int64_t b0, int64_t 
   cpu::interleave(p.c0 + b0 * D * L, D * L, L, D, nb, L, c_prev, count);
   ForwardRun<acc_t> q;
   q.ahead = q.gates_ahead = 0;  // all in the chunk's buffers
+  // 4 images of rows of 4 or more positions (float32): the cell maths store h, c and the gates
+  // straight into their tensors (ForwardRun::images), where a pass after them would copy them.
+  const bool store_direct = std::is_same_v<acc_t, float> && nb == 4 && n >= kLanes &&
+                            p.h_type == at::kFloat;
+  if (store_direct) {
+    q.images = 4;
+    q.gates_image_stride = p.gl.b;
+    q.image_stride = D * R * L;
+  }
   for (int64_t r = 0; r < R; ++r) {
     cpu::interleave(p.x + run(s, b0, C, 0, r), C * R * L, R * L, C, nb, L, x_cols + first, ps);
     // A zero initial state (the default) adds nothing to the first row.
@@ -294,12 +303,21 @@ void forward_chunk_interleaved(const ForwardArgs<acc_t>& p, int64_t b0, int64_t 
       q.c_prev = c_prev + d * count;
       q.c = c_next + d * count;
       q.h = q.state = state + d * ps + first;
+      if (store_direct) {
+        for (int g = 0; g < 4; ++g) q.gates[g] = p.gates + p.gl.at(b0, g * D + d, r);
+        q.c_out = q.c;
+        q.c = p.c + run(s, b0, D, d, r);
+        q.h = p.h + run(s, b0, D, d, r);
+      }
       forward_run(q, n);
       round_h(p.h_type, q.h, n);
     }
-    cpu::deinterleave(gates, count, G, nb, L, p.gates + p.gl.at(b0, 0, r), p.gl.b, p.gl.n);
-    cpu::deinterleave(state + first, ps, D, nb, L, p.h + run(s, b0, D, 0, r), D * R * L, R * L);
-    cpu::deinterleave(c_next, count, D, nb, L, p.c + run(s, b0, D, 0, r), D * R * L, R * L);
+    if (!store_direct) {
+      cpu::deinterleave(gates, count, G, nb, L, p.gates + p.gl.at(b0, 0, r), p.gl.b, p.gl.n);
+      cpu::deinterleave(state + first, ps, D, nb, L, p.h + run(s, b0, D, 0, r), D * R * L,
+                        R * L);
+      cpu::deinterleave(c_next, count, D, nb, L, p.c + run(s, b0, D, 0, r), D * R * L, R * L);
+    }
     std::swap(c_prev, c_next);
   }
 }

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "simd_math.h"
 
@@ -110,9 +111,27 @@ GENFAST_SIMD_INLINE void st(float* p, int64_t n, int64_t l0, vfloat v) {
   }
 }
 
+// v holds positions l0 / 4 .. l0 / 4 + 3 of 4 images, batch-minor: each image's four go to
+// p + b * image_stride + l0 / 4 (a 4 x 4 transpose, then a quarter vector per image).
+typedef float v4 __attribute__((vector_size(16)));
+GENFAST_SIMD_INLINE void store_deinterleaved4(float* p, int64_t image_stride, int64_t l0,
+                                              vfloat v) {
+  const vfloat t =
+      __builtin_shufflevector(v, v, 0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  float* o = p + l0 / 4;
+  const v4 a = __builtin_shufflevector(t, t, 0, 1, 2, 3);
+  const v4 b = __builtin_shufflevector(t, t, 4, 5, 6, 7);
+  const v4 c = __builtin_shufflevector(t, t, 8, 9, 10, 11);
+  const v4 d = __builtin_shufflevector(t, t, 12, 13, 14, 15);
+  std::memcpy(o, &a, sizeof a);
+  std::memcpy(o + image_stride, &b, sizeof b);
+  std::memcpy(o + 2 * image_stride, &c, sizeof c);
+  std::memcpy(o + 3 * image_stride, &d, sizeof d);
+}
+
 // The bias runs are readable a whole vector past l0 even in a short run (see ForwardRun), so they
 // are loaded directly: the lanes past the run compute values no one stores.
-template <bool kShort>
+template <bool kShort, int kImages = 0>
 GENFAST_SIMD_INLINE void forward_vector(const ForwardRun<float>& q, int64_t n, int64_t l0) {
   const vfloat xi =
       ld<kShort>(q.pre[0], n, l0) + ld<kShort>(q.in[0], n, l0) + simd::load(q.bias[0] + l0);
@@ -133,6 +152,17 @@ GENFAST_SIMD_INLINE void forward_vector(const ForwardRun<float>& q, int64_t n, i
   const vfloat g = tanh_finish(xg, tg, dout * dif * inv);
   const vfloat c = f * ld<kShort>(q.c_prev, n, l0) + i * g;
   const vfloat h = o * tanh(c);
+  if constexpr (kImages == 4) {
+    store_deinterleaved4(q.gates[0], q.gates_image_stride, l0, i);
+    store_deinterleaved4(q.gates[1], q.gates_image_stride, l0, f);
+    store_deinterleaved4(q.gates[2], q.gates_image_stride, l0, o);
+    store_deinterleaved4(q.gates[3], q.gates_image_stride, l0, g);
+    store_deinterleaved4(q.c, q.image_stride, l0, c);
+    store_deinterleaved4(q.h, q.image_stride, l0, h);
+    simd::store(q.c_out + l0, c);
+    simd::store(q.state + l0, h);
+    return;
+  }
   st<kShort>(q.gates[0], n, l0, i);
   st<kShort>(q.gates[1], n, l0, f);
   st<kShort>(q.gates[2], n, l0, o);
@@ -153,6 +183,11 @@ void forward_run(const ForwardRun<float>& q, int64_t n) {
     }
     prefetch<1>(q.c + q.ahead, n);
     prefetch<1>(q.h + q.ahead, n);
+  }
+  if (q.images == 4) {  // n >= kLanes and a multiple of 4, so every l0 is one too
+    for (int64_t l = 0; l < n; l += kLanes)
+      forward_vector<false, 4>(q, n, std::min(l, n - kLanes));
+    return;
   }
   if (n < kLanes) {
     forward_vector<true>(q, n, 0);

@@ -22,6 +22,14 @@ struct ForwardRun {
   T *gates[4], *c, *h;
   T* state;  // h again, where the next row's convolution reads it
   int64_t ahead, gates_ahead;  // gates_ahead: the same for `gates`, which may be laid out apart
+  // float32 only, 0 or 4: the run holds 4 images batch-minor (position l of image b at value
+  // 4 l + b; n a multiple of 4, at least a vector) and gates, c and h are stored de-interleaved,
+  // image b's positions at + b * gates_image_stride (gates) or + b * image_stride (c, h), so
+  // that no separate pass copies them out; c_out then takes the run as computed, for the next
+  // row, and state is written as computed.
+  int images = 0;
+  int64_t gates_image_stride = 0, image_stride = 0;
+  T* c_out = nullptr;
 };
 
 template <typename T>
