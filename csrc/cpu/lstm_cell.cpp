@@ -129,6 +129,23 @@ GENFAST_SIMD_INLINE void store_deinterleaved4(float* p, int64_t image_stride, in
   std::memcpy(o + 3 * image_stride, &d, sizeof d);
 }
 
+// The inverse: positions l0 / 4 .. l0 / 4 + 3 of 4 images, batch-minor (the transpose is its own
+// inverse).
+GENFAST_SIMD_INLINE vfloat load_interleaved4(const float* p, int64_t image_stride, int64_t l0) {
+  const float* at = p + l0 / 4;
+  v4 a, b, c, d;
+  std::memcpy(&a, at, sizeof a);
+  std::memcpy(&b, at + image_stride, sizeof b);
+  std::memcpy(&c, at + 2 * image_stride, sizeof c);
+  std::memcpy(&d, at + 3 * image_stride, sizeof d);
+  typedef float v8 __attribute__((vector_size(32)));
+  const v8 ab = __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7);
+  const v8 cd = __builtin_shufflevector(c, d, 0, 1, 2, 3, 4, 5, 6, 7);
+  const vfloat x = __builtin_shufflevector(ab, cd, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13,
+                                           14, 15);
+  return __builtin_shufflevector(x, x, 0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+}
+
 // The bias runs are readable a whole vector past l0 even in a short run (see ForwardRun), so they
 // are loaded directly: the lanes past the run compute values no one stores.
 template <bool kShort, int kImages = 0>
@@ -209,21 +226,50 @@ void forward_run(const ForwardRun<double>& q, int64_t n) {
   }
 }
 
+// The vector at l0 of a tensor's run of n values (kImages 4: de-interleaved there, images
+// `stride` apart).
+template <bool kShort, int kImages>
+struct TensorRun {
+  int64_t n, l0;
+  GENFAST_SIMD_INLINE vfloat operator()(const float* p, int64_t stride) const {
+    if constexpr (kImages == 4) return load_interleaved4(p, stride, l0);
+    (void)stride;
+    return ld<kShort>(p, n, l0);
+  }
+};
+
 // dL/dh_r = grad_h + dh, dL/dc_r = grad_c + dc_in + dL/dh_r o (1 - tanh(c_r)^2); from them the
 // gate gradients dL/dpre, and dL/dc_{r-1} = dL/dc_r f through the forget gate.
-template <bool kShort>
+template <bool kShort, int kImages = 0>
 GENFAST_SIMD_INLINE void backward_vector(const BackwardRun<float>& q, int64_t n, int64_t l0) {
-  const vfloat i = ld<kShort>(q.act[0], n, l0), f = ld<kShort>(q.act[1], n, l0);
-  const vfloat o = ld<kShort>(q.act[2], n, l0), g = ld<kShort>(q.act[3], n, l0);
-  const vfloat grad_h = q.grad_h ? ld<kShort>(q.grad_h, n, l0) : simd::splat(q.grad_h_value);
-  const vfloat grad_c = q.grad_c ? ld<kShort>(q.grad_c, n, l0) : simd::splat(q.grad_c_value);
-  const vfloat tc = tanh(ld<kShort>(q.c, n, l0));
+  const TensorRun<kShort, kImages> tensor{n, l0};
+  const vfloat i = tensor(q.act[0], q.gates_image_stride);
+  const vfloat f = tensor(q.act[1], q.gates_image_stride);
+  const vfloat o = tensor(q.act[2], q.gates_image_stride);
+  const vfloat g = tensor(q.act[3], q.gates_image_stride);
+  const vfloat grad_h =
+      q.grad_h ? tensor(q.grad_h, q.image_stride) : simd::splat(q.grad_h_value);
+  const vfloat grad_c =
+      q.grad_c ? tensor(q.grad_c, q.image_stride) : simd::splat(q.grad_c_value);
+  const vfloat tc = tanh(tensor(q.c, q.image_stride));
   const vfloat dh = ld<kShort>(q.dh, n, l0) + grad_h;
   const vfloat dc = ld<kShort>(q.dc_in, n, l0) + grad_c + dh * o * (1.0f - tc * tc);
   const vfloat di = dc * g * i * (1.0f - i);
-  const vfloat df = dc * ld<kShort>(q.c_prev, n, l0) * f * (1.0f - f);
+  const vfloat df = dc * tensor(q.c_prev, q.c_prev_image_stride) * f * (1.0f - f);
   const vfloat dout = dh * tc * o * (1.0f - o);
   const vfloat dg = dc * i * (1.0f - g * g);
+  if constexpr (kImages == 4) {
+    simd::store(q.dpre[0] + l0, di);
+    simd::store(q.dpre[1] + l0, df);
+    simd::store(q.dpre[2] + l0, dout);
+    simd::store(q.dpre[3] + l0, dg);
+    store_deinterleaved4(q.grad_in[0], q.gates_image_stride, l0, di);
+    store_deinterleaved4(q.grad_in[1], q.gates_image_stride, l0, df);
+    store_deinterleaved4(q.grad_in[2], q.gates_image_stride, l0, dout);
+    store_deinterleaved4(q.grad_in[3], q.gates_image_stride, l0, dg);
+    simd::store(q.dc_out + l0, dc * f);
+    return;
+  }
   st<kShort>(q.dpre[0], n, l0, di);
   st<kShort>(q.dpre[1], n, l0, df);
   st<kShort>(q.dpre[2], n, l0, dout);
@@ -237,14 +283,23 @@ GENFAST_SIMD_INLINE void backward_vector(const BackwardRun<float>& q, int64_t n,
 
 GENFAST_TARGET_CLONES
 void backward_run(const BackwardRun<float>& q, int64_t n) {
-  if (q.ahead) {
+  // Each image's run of the row before (with images, the run holds 4 of n / 4 values each).
+  const int64_t images = q.images ? q.images : 1, per_image = n / images;
+  for (int64_t b = 0; q.ahead && b < images; ++b) {
+    const int64_t gates_at = b * q.gates_image_stride + q.gates_ahead;
+    const int64_t at = b * q.image_stride + q.ahead;
     for (int g = 0; g < 4; ++g) {
-      prefetch<0>(q.act[g] + q.gates_ahead, n);
-      prefetch<1>(q.grad_in[g] + q.gates_ahead, n);
+      prefetch<0>(q.act[g] + gates_at, per_image);
+      prefetch<1>(q.grad_in[g] + gates_at, per_image);
     }
-    prefetch<0>(q.c_prev + q.ahead, n);
-    if (q.grad_h) prefetch<0>(q.grad_h + q.ahead, n);
-    if (q.grad_c) prefetch<0>(q.grad_c + q.ahead, n);
+    prefetch<0>(q.c_prev + b * q.c_prev_image_stride + q.ahead, per_image);
+    if (q.grad_h) prefetch<0>(q.grad_h + at, per_image);
+    if (q.grad_c) prefetch<0>(q.grad_c + at, per_image);
+  }
+  if (q.images == 4) {  // n >= kLanes and a multiple of 4, so every l0 is one too
+    for (int64_t l = 0; l < n; l += kLanes)
+      backward_vector<false, 4>(q, n, std::min(l, n - kLanes));
+    return;
   }
   if (n < kLanes) {
     backward_vector<true>(q, n, 0);

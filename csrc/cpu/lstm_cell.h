@@ -43,6 +43,13 @@ struct BackwardRun {
   T* dc_out;       // dL/dc_{r-1} through f
   T *dpre[4], *grad_in[4];  // dL/dpre into the zero-bordered buffer, and into grad_gates_in
   int64_t ahead, gates_ahead;  // gates_ahead: the same for act and grad_in
+  // float32 only, 0 or 4: as ForwardRun::images, the run holds 4 images batch-minor; act, c,
+  // c_prev, grad_h and grad_c are read from their tensors and grad_in written there
+  // de-interleaved (image b at + b * the stride: gates_image_stride for act and grad_in,
+  // c_prev_image_stride for c_prev, image_stride for the others), while dh, dc_in, dc_out and
+  // dpre are batch-minor runs.
+  int images = 0;
+  int64_t gates_image_stride = 0, image_stride = 0, c_prev_image_stride = 0;
 };
 
 // pre = pre[g] + in[g] + bias[g] -> gates i, f, o, g (sigmoid x 3, tanh), c = f c_prev + i g,
