@@ -263,6 +263,11 @@ GENFAST_SIMD_INLINE void backward_vector(const BackwardRun<float>& q, int64_t n,
     simd::store(q.dpre[1] + l0, df);
     simd::store(q.dpre[2] + l0, dout);
     simd::store(q.dpre[3] + l0, dg);
+    if (q.dpre_sum[0]) {
+      const vfloat grads[4] = {di, df, dout, dg};
+      for (int k = 0; k < 4; ++k)
+        simd::store(q.dpre_sum[k] + l0, simd::load(q.dpre_sum[k] + l0) + grads[k]);
+    }
     store_deinterleaved4(q.grad_in[0], q.gates_image_stride, l0, di);
     store_deinterleaved4(q.grad_in[1], q.gates_image_stride, l0, df);
     store_deinterleaved4(q.grad_in[2], q.gates_image_stride, l0, dout);

@@ -50,6 +50,9 @@ struct BackwardRun {
   // dpre are batch-minor runs.
   int images = 0;
   int64_t gates_image_stride = 0, image_stride = 0, c_prev_image_stride = 0;
+  // With images and n a multiple of the SIMD width (no two vectors overlap), or null: dpre is
+  // added to these runs as well (the bias gradient's sums over the rows).
+  T* dpre_sum[4] = {nullptr, nullptr, nullptr, nullptr};
 };
 
 // pre = pre[g] + in[g] + bias[g] -> gates i, f, o, g (sigmoid x 3, tanh), c = f c_prev + i g,
