@@ -3,8 +3,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 
+#include "batch_minor4.h"
 #include "simd_math.h"
 
 namespace genfast::lstm_row {
@@ -111,41 +111,6 @@ GENFAST_SIMD_INLINE void st(float* p, int64_t n, int64_t l0, vfloat v) {
   }
 }
 
-// v holds positions l0 / 4 .. l0 / 4 + 3 of 4 images, batch-minor: each image's four go to
-// p + b * image_stride + l0 / 4 (a 4 x 4 transpose, then a quarter vector per image).
-typedef float v4 __attribute__((vector_size(16)));
-GENFAST_SIMD_INLINE void store_deinterleaved4(float* p, int64_t image_stride, int64_t l0,
-                                              vfloat v) {
-  const vfloat t =
-      __builtin_shufflevector(v, v, 0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-  float* o = p + l0 / 4;
-  const v4 a = __builtin_shufflevector(t, t, 0, 1, 2, 3);
-  const v4 b = __builtin_shufflevector(t, t, 4, 5, 6, 7);
-  const v4 c = __builtin_shufflevector(t, t, 8, 9, 10, 11);
-  const v4 d = __builtin_shufflevector(t, t, 12, 13, 14, 15);
-  std::memcpy(o, &a, sizeof a);
-  std::memcpy(o + image_stride, &b, sizeof b);
-  std::memcpy(o + 2 * image_stride, &c, sizeof c);
-  std::memcpy(o + 3 * image_stride, &d, sizeof d);
-}
-
-// The inverse: positions l0 / 4 .. l0 / 4 + 3 of 4 images, batch-minor (the transpose is its own
-// inverse).
-GENFAST_SIMD_INLINE vfloat load_interleaved4(const float* p, int64_t image_stride, int64_t l0) {
-  const float* at = p + l0 / 4;
-  v4 a, b, c, d;
-  std::memcpy(&a, at, sizeof a);
-  std::memcpy(&b, at + image_stride, sizeof b);
-  std::memcpy(&c, at + 2 * image_stride, sizeof c);
-  std::memcpy(&d, at + 3 * image_stride, sizeof d);
-  typedef float v8 __attribute__((vector_size(32)));
-  const v8 ab = __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7);
-  const v8 cd = __builtin_shufflevector(c, d, 0, 1, 2, 3, 4, 5, 6, 7);
-  const vfloat x = __builtin_shufflevector(ab, cd, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13,
-                                           14, 15);
-  return __builtin_shufflevector(x, x, 0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-}
-
 // The bias runs are readable a whole vector past l0 even in a short run (see ForwardRun), so they
 // are loaded directly: the lanes past the run compute values no one stores.
 template <bool kShort, int kImages = 0>
@@ -170,12 +135,12 @@ GENFAST_SIMD_INLINE void forward_vector(const ForwardRun<float>& q, int64_t n, i
   const vfloat c = f * ld<kShort>(q.c_prev, n, l0) + i * g;
   const vfloat h = o * tanh(c);
   if constexpr (kImages == 4) {
-    store_deinterleaved4(q.gates[0], q.gates_image_stride, l0, i);
-    store_deinterleaved4(q.gates[1], q.gates_image_stride, l0, f);
-    store_deinterleaved4(q.gates[2], q.gates_image_stride, l0, o);
-    store_deinterleaved4(q.gates[3], q.gates_image_stride, l0, g);
-    store_deinterleaved4(q.c, q.image_stride, l0, c);
-    store_deinterleaved4(q.h, q.image_stride, l0, h);
+    cpu::store_image_major4(q.gates[0] + l0 / 4, q.gates_image_stride, i);
+    cpu::store_image_major4(q.gates[1] + l0 / 4, q.gates_image_stride, f);
+    cpu::store_image_major4(q.gates[2] + l0 / 4, q.gates_image_stride, o);
+    cpu::store_image_major4(q.gates[3] + l0 / 4, q.gates_image_stride, g);
+    cpu::store_image_major4(q.c + l0 / 4, q.image_stride, c);
+    cpu::store_image_major4(q.h + l0 / 4, q.image_stride, h);
     simd::store(q.c_out + l0, c);
     simd::store(q.state + l0, h);
     return;
@@ -232,7 +197,7 @@ template <bool kShort, int kImages>
 struct TensorRun {
   int64_t n, l0;
   GENFAST_SIMD_INLINE vfloat operator()(const float* p, int64_t stride) const {
-    if constexpr (kImages == 4) return load_interleaved4(p, stride, l0);
+    if constexpr (kImages == 4) return cpu::load_batch_minor4(p + l0 / 4, stride);
     (void)stride;
     return ld<kShort>(p, n, l0);
   }
@@ -268,10 +233,10 @@ GENFAST_SIMD_INLINE void backward_vector(const BackwardRun<float>& q, int64_t n,
       for (int k = 0; k < 4; ++k)
         simd::store(q.dpre_sum[k] + l0, simd::load(q.dpre_sum[k] + l0) + grads[k]);
     }
-    store_deinterleaved4(q.grad_in[0], q.gates_image_stride, l0, di);
-    store_deinterleaved4(q.grad_in[1], q.gates_image_stride, l0, df);
-    store_deinterleaved4(q.grad_in[2], q.gates_image_stride, l0, dout);
-    store_deinterleaved4(q.grad_in[3], q.gates_image_stride, l0, dg);
+    cpu::store_image_major4(q.grad_in[0] + l0 / 4, q.gates_image_stride, di);
+    cpu::store_image_major4(q.grad_in[1] + l0 / 4, q.gates_image_stride, df);
+    cpu::store_image_major4(q.grad_in[2] + l0 / 4, q.gates_image_stride, dout);
+    cpu::store_image_major4(q.grad_in[3] + l0 / 4, q.gates_image_stride, dg);
     simd::store(q.dc_out + l0, dc * f);
     return;
   }
