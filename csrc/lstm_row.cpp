@@ -253,6 +253,10 @@ void forward_chunk_interleaved(const ForwardArgs<acc_t>& p, int64_t b0, int64_t 
   const int64_t D = s.hidden, G = s.gates, L = s.length, R = s.rows, C = s.in_channels;
   const Interleaved<acc_t> col(s, nb);
   const int64_t n = nb * L, count = col.count, ps = col.pad_stride, first = col.padded(0);
+  // 4 images of rows of 4 or more positions (float32): the cell maths store h, c and the gates
+  // straight into their tensors (ForwardRun::images), where a pass after them would copy them.
+  const bool store_direct = std::is_same_v<acc_t, float> && nb == 4 && n >= kLanes &&
+                            p.h_type == at::kFloat;
   // On AMX the tiles write whole blocks of 32 rows, and sum both convolutions into pre: x_pre
   // stays zero.
   acc_t* pre = scratch<acc_t>(kSlot0, (p.amx ? cpu::amx::round_up_block(G) : G) * count);
@@ -261,7 +265,7 @@ void forward_chunk_interleaved(const ForwardArgs<acc_t>& p, int64_t b0, int64_t 
   acc_t* x_pre = scratch<acc_t>(kSlot3, G * count, p.amx);
   acc_t* c_prev = scratch<acc_t>(kSlot4, 2 * D * count, false);
   acc_t* c_next = c_prev + D * count;
-  acc_t* gates = scratch<acc_t>(kSlot5, G * count, false);
+  acc_t* gates = store_direct ? nullptr : scratch<acc_t>(kSlot5, G * count, false);
   acc_t* bias = scratch<acc_t>(kSlot6, G * count, false);  // bias[i] along row i
   for (int64_t i = 0; i < G; ++i) std::fill_n(bias + i * count, count, p.bias_runs[i * L]);
   std::vector<Segment> segs, in_segs;
@@ -274,10 +278,6 @@ void forward_chunk_interleaved(const ForwardArgs<acc_t>& p, int64_t b0, int64_t 
   cpu::interleave(p.c0 + b0 * D * L, D * L, L, D, nb, L, c_prev, count);
   ForwardRun<acc_t> q;
   q.ahead = q.gates_ahead = 0;  // all in the chunk's buffers
-  // 4 images of rows of 4 or more positions (float32): the cell maths store h, c and the gates
-  // straight into their tensors (ForwardRun::images), where a pass after them would copy them.
-  const bool store_direct = std::is_same_v<acc_t, float> && nb == 4 && n >= kLanes &&
-                            p.h_type == at::kFloat;
   if (store_direct) {
     q.images = 4;
     q.gates_image_stride = p.gl.b;
@@ -300,19 +300,20 @@ void forward_chunk_interleaved(const ForwardArgs<acc_t>& p, int64_t b0, int64_t 
         q.pre[g] = pre + i * count;
         q.in[g] = x_pre + i * count;
         q.bias[g] = bias + i * count;
-        q.gates[g] = gates + i * count;
+        q.gates[g] = store_direct ? p.gates + p.gl.at(b0, i, r) : gates + i * count;
       }
       q.c_prev = c_prev + d * count;
-      q.c = c_next + d * count;
-      q.h = q.state = state + d * ps + first;
+      q.state = state + d * ps + first;
       if (store_direct) {
-        for (int g = 0; g < 4; ++g) q.gates[g] = p.gates + p.gl.at(b0, g * D + d, r);
-        q.c_out = q.c;
+        q.c_out = c_next + d * count;
         q.c = p.c + run(s, b0, D, d, r);
         q.h = p.h + run(s, b0, D, d, r);
+      } else {
+        q.c = c_next + d * count;
+        q.h = q.state;
       }
       forward_run(q, n);
-      round_h(p.h_type, q.h, n);
+      round_h(p.h_type, q.state, n);  // the h the next row reads (h's dtype is float32 if direct)
     }
     if (!store_direct) {
       cpu::deinterleave(gates, count, G, nb, L, p.gates + p.gl.at(b0, 0, r), p.gl.b, p.gl.n);
