@@ -21,6 +21,7 @@
 #include "../gated_common.h"
 
 #include "device_math.cuh"
+#include "launch.cuh"
 
 #include <algorithm>
 #include <cstdint>
@@ -38,9 +39,9 @@ constexpr int kThreads = 256;
 // Cap on the grid; larger inputs are covered by the grid-stride loop.
 constexpr int64_t kMaxBlocks = 65536;
 
-using genfast::cuda::acc_type;
-using genfast::cuda::exp_acc;
-using genfast::cuda::tanh_acc;
+using cuda::acc_type;
+using cuda::exp_acc;
+using cuda::tanh_acc;
 
 // sigmoid(b), and sigmoid(b) * (1 - sigmoid(b)) when dsig is given.
 template <typename A>
@@ -97,7 +98,7 @@ int blocks_for(int64_t n) {
 bool fits_int32(int64_t n) { return 2 * n <= std::numeric_limits<int32_t>::max(); }
 
 Tensor gated_activation_cuda(const Tensor& x, int64_t dim) {
-  TORCH_CHECK(x.is_cuda(), "genfast: gated_activation_cuda needs x on a CUDA device, got ",
+  TORCH_CHECK(cuda::on_device(x), "genfast: gated_activation_cuda needs x on a CUDA device, got ",
               x.device());
   const Layout l = layout_of(x, dim);
   const int64_t d = l.order[l.dim];
@@ -115,10 +116,10 @@ Tensor gated_activation_cuda(const Tensor& x, int64_t dim) {
     const scalar_t* x_p = xp.const_data_ptr<scalar_t>();
     scalar_t* y_p = yp.mutable_data_ptr<scalar_t>();
     if (fits_int32(n)) {
-      forward_kernel<scalar_t, int32_t><<<blocks_for(n), kThreads, 0, stream>>>(
+      GENFAST_LAUNCH(blocks_for(n), kThreads, 0, stream, forward_kernel<scalar_t, int32_t>)(
           y_p, x_p, static_cast<int32_t>(n), static_cast<int32_t>(inner));
     } else {
-      forward_kernel<scalar_t, int64_t><<<blocks_for(n), kThreads, 0, stream>>>(
+      GENFAST_LAUNCH(blocks_for(n), kThreads, 0, stream, forward_kernel<scalar_t, int64_t>)(
           y_p, x_p, n, inner);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -127,7 +128,7 @@ Tensor gated_activation_cuda(const Tensor& x, int64_t dim) {
 }
 
 Tensor gated_activation_backward_cuda(const Tensor& grad_out, const Tensor& x, int64_t dim) {
-  TORCH_CHECK(x.is_cuda() && grad_out.device() == x.device(),
+  TORCH_CHECK(cuda::on_device(x) && grad_out.device() == x.device(),
               "genfast: gated_activation_backward_cuda needs grad_out and x on one CUDA device");
   const Layout l = layout_of(x, dim);
   const int64_t d = l.order[l.dim];
@@ -150,10 +151,10 @@ Tensor gated_activation_backward_cuda(const Tensor& grad_out, const Tensor& x, i
         const scalar_t* gy_p = gyp.const_data_ptr<scalar_t>();
         scalar_t* gx_p = gxp.mutable_data_ptr<scalar_t>();
         if (fits_int32(n)) {
-          backward_kernel<scalar_t, int32_t><<<blocks_for(n), kThreads, 0, stream>>>(
+          GENFAST_LAUNCH(blocks_for(n), kThreads, 0, stream, backward_kernel<scalar_t, int32_t>)(
               gx_p, gy_p, x_p, static_cast<int32_t>(n), static_cast<int32_t>(inner));
         } else {
-          backward_kernel<scalar_t, int64_t><<<blocks_for(n), kThreads, 0, stream>>>(
+          GENFAST_LAUNCH(blocks_for(n), kThreads, 0, stream, backward_kernel<scalar_t, int64_t>)(
               gx_p, gy_p, x_p, n, inner);
         }
         C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -163,7 +164,7 @@ Tensor gated_activation_backward_cuda(const Tensor& grad_out, const Tensor& x, i
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(genfast, CUDA, m) {
+GENFAST_CUDA_LIBRARY_IMPL(m) {
   m.impl("gated_activation", &gated_activation_cuda);
   m.impl("gated_activation_backward", &gated_activation_backward_cuda);
 }

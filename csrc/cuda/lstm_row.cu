@@ -37,6 +37,7 @@
 #include <torch/library.h>
 
 #include "device_math.cuh"
+#include "launch.cuh"
 
 #include <algorithm>
 #include <cstdint>
@@ -67,9 +68,9 @@ static_assert(kTileD == 16 * kPer && kTileL == 16 * kPer && kThreads == 256,
               "a 16 x 16 thread grid covers the row tile");
 static_assert(kWTile == 16 * kWPer, "a 16 x 16 thread grid covers the grad-weight tile");
 
-using genfast::cuda::acc_type;
-using genfast::cuda::exp_acc;
-using genfast::cuda::tanh_acc;
+using cuda::acc_type;
+using cuda::exp_acc;
+using cuda::tanh_acc;
 
 // sigmoid from the exponential of a non-positive argument, which never overflows.
 template <typename A>
@@ -108,8 +109,8 @@ forward_kernel(scalar_t* __restrict__ h,             // out [B, D, R, L]
                const scalar_t* __restrict__ h0,      // in [B, D, L]
                const acc_t* __restrict__ c0,         // in [B, D, L]
                RowParams p) {
-  __shared__ acc_t w_s[4][kChunk][kTileD + 1];  // +1: the staging writes hit distinct banks
-  __shared__ acc_t h_s[kChunk][kTileL];
+  GENFAST_SHARED(acc_t, w_s, [4][kChunk][kTileD + 1]);  // +1: the staging writes hit distinct banks
+  GENFAST_SHARED(acc_t, h_s, [kChunk][kTileL]);
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
   const int64_t b = blockIdx.x;
   const int D = p.hidden, R = p.rows, L = p.length, K = p.ksize;
@@ -218,8 +219,8 @@ backward_kernel(acc_t* __restrict__ dpre,            // out [B, 4D, R, L] dL/d(p
                 const acc_t* __restrict__ c0,        // in [B, D, L]
                 const acc_t* __restrict__ wt,        // in [D, 4D*k]: wt[e][o*k + t] = W[o][e][t]
                 RowParams p) {
-  __shared__ acc_t w_s[kChunk][kTileD + 1];
-  __shared__ acc_t d_s[kChunk][kTileL];
+  GENFAST_SHARED(acc_t, w_s, [kChunk][kTileD + 1]);
+  GENFAST_SHARED(acc_t, d_s, [kChunk][kTileL]);
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
   const int64_t b = blockIdx.x;
   const int D = p.hidden, R = p.rows, L = p.length, K = p.ksize;
@@ -323,8 +324,8 @@ grad_weight_kernel(acc_t* __restrict__ partial,       // out [splits][4D][D*k]
                    const scalar_t* __restrict__ h,    // in [B, D, R, L]
                    const scalar_t* __restrict__ h0,   // in [B, D, L]
                    RowParams p, int splits) {
-  __shared__ acc_t a_s[kChunk][kWTile + 1];
-  __shared__ acc_t b_s[kChunk][kWTile + 1];
+  GENFAST_SHARED(acc_t, a_s, [kChunk][kWTile + 1]);
+  GENFAST_SHARED(acc_t, b_s, [kChunk][kWTile + 1]);
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
   const int D = p.hidden, R = p.rows, L = p.length, K = p.ksize;
   const int plane = R * L, gate_step = D * plane;
@@ -445,7 +446,8 @@ std::tuple<Tensor, Tensor, Tensor> lstm_rows_cuda(const Tensor& gates_in, const 
                                                   const std::optional<Tensor>& bias,
                                                   const Tensor& h0, const Tensor& c0,
                                                   int64_t pad_left) {
-  TORCH_CHECK(gates_in.is_cuda(), "genfast: lstm_rows_cuda needs CUDA tensors, got gates_in on ",
+  TORCH_CHECK(cuda::on_device(gates_in),
+              "genfast: lstm_rows_cuda needs CUDA tensors, got gates_in on ",
               gates_in.device());
   TORCH_CHECK(gates_in.dim() == 4 && weight.dim() == 3 && gates_in.size(1) % 4 == 0,
               "genfast: lstm_rows expects gates_in [B, 4D, R, L] and weight [4D, D, k], got ",
@@ -486,7 +488,8 @@ std::tuple<Tensor, Tensor, Tensor> lstm_rows_cuda(const Tensor& gates_in, const 
   const auto dtype = gates_in.scalar_type();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "lstm_rows_cuda", [&] {
     using acc_t = acc_type<scalar_t>;
-    forward_kernel<scalar_t, acc_t><<<static_cast<unsigned>(batch), kThreads, 0, stream>>>(
+    GENFAST_LAUNCH(static_cast<unsigned>(batch), kThreads, 0, stream,
+                   forward_kernel<scalar_t, acc_t>)(
         h.mutable_data_ptr<scalar_t>(), c.mutable_data_ptr<acc_t>(),
         gates.mutable_data_ptr<acc_t>(), x.const_data_ptr<scalar_t>(),
         w.const_data_ptr<scalar_t>(), bs.const_data_ptr<acc_t>(),
@@ -499,7 +502,8 @@ std::tuple<Tensor, Tensor, Tensor> lstm_rows_cuda(const Tensor& gates_in, const 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_rows_backward_cuda(
     const Tensor& grad_h, const Tensor& grad_c, const Tensor& weight, const Tensor& h,
     const Tensor& c, const Tensor& gates, const Tensor& h0, const Tensor& c0, int64_t pad_left) {
-  TORCH_CHECK(h.is_cuda(), "genfast: lstm_rows_backward_cuda needs CUDA tensors, got h on ",
+  TORCH_CHECK(cuda::on_device(h),
+              "genfast: lstm_rows_backward_cuda needs CUDA tensors, got h on ",
               h.device());
   TORCH_CHECK(h.dim() == 4 && weight.dim() == 3,
               "genfast: lstm_rows_backward expects h [B, D, R, L] and weight [4D, D, k], got ",
@@ -556,7 +560,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_rows_backward_cuda(
     Tensor partial = at::empty({splits, 4 * hidden, hidden * ksize}, acc_opts);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "lstm_rows_backward", [&] {
       using acc_t = acc_type<scalar_t>;
-      backward_kernel<scalar_t, acc_t><<<static_cast<unsigned>(batch), kThreads, 0, stream>>>(
+      GENFAST_LAUNCH(static_cast<unsigned>(batch), kThreads, 0, stream,
+                     backward_kernel<scalar_t, acc_t>)(
           dpre.mutable_data_ptr<acc_t>(), grad_h0.mutable_data_ptr<acc_t>(),
           dc.mutable_data_ptr<acc_t>(), gh.const_data_ptr<scalar_t>(), gc.const_data_ptr<acc_t>(),
           cc.const_data_ptr<acc_t>(), gt.const_data_ptr<acc_t>(), c0c.const_data_ptr<acc_t>(),
@@ -564,7 +569,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_rows_backward_cuda(
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       const dim3 grid(static_cast<unsigned>(m_tiles), static_cast<unsigned>(n_tiles),
                       static_cast<unsigned>(splits));
-      grad_weight_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
+      GENFAST_LAUNCH(grid, kThreads, 0, stream, grad_weight_kernel<scalar_t, acc_t>)(
           partial.mutable_data_ptr<acc_t>(), dpre.const_data_ptr<acc_t>(),
           hc.const_data_ptr<scalar_t>(), h0c.const_data_ptr<scalar_t>(), p,
           static_cast<int>(splits));
@@ -583,7 +588,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_rows_backward_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(genfast, CUDA, m) {
+GENFAST_CUDA_LIBRARY_IMPL(m) {
   m.impl("lstm_rows", &lstm_rows_cuda);
   m.impl("lstm_rows_backward", &lstm_rows_backward_cuda);
 }

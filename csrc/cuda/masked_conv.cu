@@ -35,6 +35,7 @@
 #include <type_traits>
 
 #include "../masked_conv_common.h"
+#include "launch.cuh"
 #include "masked_conv_tiles.cuh"
 
 namespace genfast::masked_conv {
@@ -97,8 +98,8 @@ gather_gemm_kernel(scalar_t* __restrict__ out,        // output, strides in p
                    const scalar_t* __restrict__ wpk,  // [k_total][n_total] packed weight
                    const acc_t* __restrict__ bias,    // [n_total] or null
                    GatherParams p) {
-  __shared__ acc_t a_s[2][kTileK][kTileM + kPadA];
-  __shared__ acc_t b_s[2][kTileK][kTileN];
+  GENFAST_SHARED(acc_t, a_s, [2][kTileK][kTileM + kPadA]);
+  GENFAST_SHARED(acc_t, b_s, [2][kTileK][kTileN]);
   const int tid = threadIdx.x;
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kTileM;
   const int n0 = blockIdx.y * kTileN;
@@ -230,7 +231,8 @@ Tensor pack_weight(const Tensor& w, const Geometry& g, bool transposed, cudaStre
   if (out.numel() == 0) return out;
   const PackParams p{taps, nk, nn, w.stride(0), w.stride(1), w.stride(2), w.stride(3),
                      g.kw, transposed, centre_rule(g)};
-  pack_weight_kernel<scalar_t><<<elementwise_blocks(out.numel()), kThreads, 0, stream>>>(
+  GENFAST_LAUNCH(elementwise_blocks(out.numel()), kThreads, 0, stream,
+                 pack_weight_kernel<scalar_t>)(
       out.data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -244,7 +246,7 @@ void launch_gather(const Tensor& out, const Tensor& src, const Tensor& wpk, cons
   TORCH_CHECK(m_tiles <= std::numeric_limits<int32_t>::max() && n_tiles <= 65535,
               "genfast: masked_conv2d is too large for the CUDA kernels' grid");
   const dim3 grid(static_cast<unsigned>(m_tiles), static_cast<unsigned>(n_tiles));
-  gather_gemm_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
+  GENFAST_LAUNCH(grid, kThreads, 0, stream, gather_gemm_kernel<scalar_t, acc_t>)(
       out.data_ptr<scalar_t>(), src.const_data_ptr<scalar_t>(), wpk.const_data_ptr<scalar_t>(),
       bias.defined() ? bias.const_data_ptr<acc_t>() : nullptr, p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -300,7 +302,8 @@ void grad_input_impl(const Tensor& gx, const Tensor& q, const Tensor& weight, co
 Tensor masked_conv2d_cuda(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias,
                           int64_t mask_type, int64_t data_channels, int64_t dilation,
                           at::IntArrayRef window) {
-  TORCH_CHECK(x.is_cuda() && weight.is_cuda(), "genfast: the cuda backend needs CUDA tensors");
+  TORCH_CHECK(cuda::on_device(x) && cuda::on_device(weight),
+              "genfast: the cuda backend needs CUDA tensors");
   const Geometry g = make_geometry(x, weight, mask_type, data_channels, dilation, window);
   if (bias.has_value()) {
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.out_channels && bias->device() == x.device(),
@@ -335,7 +338,8 @@ std::tuple<Tensor, Tensor, Tensor> masked_conv2d_backward_cuda(
     const Tensor& grad_y, const Tensor& x, const Tensor& weight, int64_t mask_type,
     int64_t data_channels, int64_t dilation, at::IntArrayRef window,
     std::array<bool, 3> output_mask) {
-  TORCH_CHECK(x.is_cuda() && weight.is_cuda(), "genfast: the cuda backend needs CUDA tensors");
+  TORCH_CHECK(cuda::on_device(x) && cuda::on_device(weight),
+              "genfast: the cuda backend needs CUDA tensors");
   const Geometry g = make_geometry(x, weight, mask_type, data_channels, dilation, window);
   check_grad_output(grad_y, g);
   TORCH_CHECK(grad_y.device() == x.device(), "genfast: grad_y is on ", grad_y.device(),
@@ -390,7 +394,7 @@ std::tuple<Tensor, Tensor, Tensor> masked_conv2d_backward_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(genfast, CUDA, m) {
+GENFAST_CUDA_LIBRARY_IMPL(m) {
   m.impl("masked_conv2d", &masked_conv2d_cuda);
   m.impl("masked_conv2d_backward", &masked_conv2d_backward_cuda);
 }

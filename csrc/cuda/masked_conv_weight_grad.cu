@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "launch.cuh"
 #include "masked_conv_tiles.cuh"
 
 namespace genfast::masked_conv::gpu {
@@ -33,8 +34,8 @@ weight_grad_kernel(acc_t* __restrict__ partial,       // [splits][k_total][n_tot
                    const scalar_t* __restrict__ pbuf,  // P: [batch][p_h][p_w][channels]
                    const scalar_t* __restrict__ gbuf,  // grad_y: [batch][g_h][g_w][n_total]
                    WeightGradParams p) {
-  __shared__ acc_t a_s[2][kTileK][kTileM];
-  __shared__ acc_t b_s[2][kTileK][kTileN];
+  GENFAST_SHARED(acc_t, a_s, [2][kTileK][kTileM]);
+  GENFAST_SHARED(acc_t, b_s, [2][kTileK][kTileN]);
   const int tid = threadIdx.x;
   const int k0 = blockIdx.x * kTileM, n0 = blockIdx.y * kTileN;
   const int64_t split = blockIdx.z;
@@ -179,13 +180,13 @@ void grad_weight_impl(const Tensor& gw, const Tensor& p, const Tensor& gbuf, int
   prm.splits = static_cast<int>(splits);
   const dim3 grid(static_cast<unsigned>(k_tiles), static_cast<unsigned>(n_tiles),
                   static_cast<unsigned>(splits));
-  weight_grad_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
+  GENFAST_LAUNCH(grid, kThreads, 0, stream, weight_grad_kernel<scalar_t, acc_t>)(
       partial.data_ptr<acc_t>(), p.const_data_ptr<scalar_t>(), gbuf.const_data_ptr<scalar_t>(), prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   const FinalizeParams f{k_total, n_total, splits, g.in_channels, g.kw, gw.stride(0), gw.stride(1),
                          gw.stride(2), gw.stride(3), centre_rule(g)};
-  finalize_weight_grad_kernel<scalar_t, acc_t>
-      <<<elementwise_blocks(k_total * n_total), kThreads, 0, stream>>>(
+  GENFAST_LAUNCH(elementwise_blocks(k_total * n_total), kThreads, 0, stream,
+                 finalize_weight_grad_kernel<scalar_t, acc_t>)(
           gw.data_ptr<scalar_t>(), partial.const_data_ptr<acc_t>(), f);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -25,6 +25,7 @@
 
 #include "../philox.h"
 #include "../reparam_common.h"
+#include "launch.cuh"
 
 namespace genfast::reparam {
 namespace {
@@ -150,7 +151,7 @@ template <int kBlock>
 __device__ __forceinline__ double block_sum(double v) {
   static_assert(kBlock % 32 == 0 && kBlock <= 1024, "whole warps, at most 1024 threads");
   constexpr int kWarps = kBlock / 32;
-  __shared__ double warp_sums[kWarps];
+  GENFAST_SHARED(double, warp_sums, [kWarps]);
 #pragma unroll
   for (int d = 16; d > 0; d /= 2) v += __shfl_down_sync(0xffffffffu, v, d);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -307,7 +308,7 @@ std::tuple<Tensor, Tensor> gaussian_sample_kl_cuda(const Tensor& mu, const Tenso
                                                    const std::optional<Tensor>& eps,
                                                    const Tensor& seed, int64_t num_samples,
                                                    bool compute_z, int64_t kl_mode) {
-  check_forward(mu, logvar, eps, seed, num_samples, kl_mode, c10::DeviceType::CUDA);
+  check_forward(mu, logvar, eps, seed, num_samples, kl_mode, cuda::kDeviceType);
   const c10::cuda::CUDAGuard guard(mu.device());
   auto [z, kl] = allocate_outputs(mu, num_samples, compute_z, kl_mode);
   const int64_t numel = mu.numel();
@@ -341,11 +342,11 @@ std::tuple<Tensor, Tensor> gaussian_sample_kl_cuda(const Tensor& mu, const Tenso
         const bool aligned = vec_aligned(z_p) && vec_aligned(kl_p) && vec_aligned(mu_p) &&
                              vec_aligned(lv_p) && vec_aligned(eps_p);
         const dim3 grid(static_cast<unsigned>(blocks_x), static_cast<unsigned>(blocks_y));
-        forward_kernel<scalar_t><<<grid, kThreads, 0, cuda_stream>>>(
+        GENFAST_LAUNCH(grid, kThreads, 0, cuda_stream, forward_kernel<scalar_t>)(
             z_p, kl_p, partial_p, mu_p, lv_p, eps_p, stream, numel, samples, aligned);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         if (kl_mode == kSummedKl) {
-          sum_partials_kernel<acc_t><<<1, kSumThreads, 0, cuda_stream>>>(
+          GENFAST_LAUNCH(1, kSumThreads, 0, cuda_stream, sum_partials_kernel<acc_t>)(
               kl.data_ptr<acc_t>(), partial_p, blocks_x);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
@@ -358,7 +359,7 @@ std::tuple<Tensor, Tensor> gaussian_sample_kl_backward_cuda(
     const std::optional<Tensor>& eps, const Tensor& seed, int64_t num_samples, bool compute_z,
     int64_t kl_mode) {
   check_backward(grad_z, grad_kl, mu, logvar, eps, seed, num_samples, compute_z, kl_mode,
-                 c10::DeviceType::CUDA);
+                 cuda::kDeviceType);
   TORCH_CHECK(!compute_z || grad_z.device() == mu.device(),
               "genfast: grad_z is on ", grad_z.device(), " but mu is on ", mu.device());
   TORCH_CHECK(kl_mode == kNoKl || grad_kl.device() == mu.device(),
@@ -392,7 +393,8 @@ std::tuple<Tensor, Tensor> gaussian_sample_kl_backward_cuda(
         const bool aligned = vec_aligned(gmu_p) && vec_aligned(glv_p) && vec_aligned(gz_p) &&
                              (kl_mode == kSummedKl || vec_aligned(gkl_p)) && vec_aligned(mu_p) &&
                              vec_aligned(lv_p) && vec_aligned(eps_p);
-        backward_kernel<scalar_t><<<static_cast<unsigned>(blocks), kThreads, 0, cuda_stream>>>(
+        GENFAST_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, cuda_stream,
+                       backward_kernel<scalar_t>)(
             gmu_p, glv_p, gz_p, gkl_p, kl_mode == kSummedKl, mu_p, lv_p, eps_p, stream, numel,
             samples, aligned);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -402,7 +404,7 @@ std::tuple<Tensor, Tensor> gaussian_sample_kl_backward_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(genfast, CUDA, m) {
+GENFAST_CUDA_LIBRARY_IMPL(m) {
   m.impl("gaussian_sample_kl", &gaussian_sample_kl_cuda);
   m.impl("gaussian_sample_kl_backward", &gaussian_sample_kl_backward_cuda);
 }

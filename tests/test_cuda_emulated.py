@@ -1,0 +1,207 @@
+"""Every op of the cuda backend, run by the CUDA kernels of csrc/cuda under the test suite's CUDA
+emulator (tests/cuda_emu) on the CPU, against the references: forward and backward, every dtype
+the CUDA path takes, small odd shapes that reach each tiling and split path, in two thread orders
+(a missing barrier gives a wrong answer in one of them). Plus gradcheck and opcheck through the
+emulated ops.
+
+The emulator shows what the kernels compute; it says nothing of their speed, register use or
+code generation (tests/test_triton_aot.py and nvcc in CI cover compiling for the real targets).
+"""
+import sys
+
+import pytest
+import torch
+
+from cuda_emu import checks, schedule
+from genfast.ops.lstm_row_conv import skewed_extent
+from genfast.ops.reparam import KL_ELEMENTWISE, KL_NONE, KL_SUM
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux",
+                                reason="the CUDA emulator runs its threads as Linux ucontext fibers")
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+ORDERS = ["forward", "reverse"]
+
+
+@pytest.fixture(params=ORDERS)
+def order(request):
+    """Each test runs with the threads of every block, and the blocks, in this order."""
+    with schedule(request.param):
+        yield request.param
+
+
+# ----------------------------------------------------------------------------- masked conv
+
+# (batch, in, out, height, width, kh, kw, mask, data_channels, dilation)
+CONV_CASES = [
+    (2, 5, 7, 6, 9, 3, 3, "A", 1, 1),    # 108 pixels: two pixel tiles; 20-long reduction: 2 chunks
+    (1, 3, 13, 5, 4, 7, 7, "A", 3, 1),   # RGB groups that do not split the channels evenly
+    (3, 17, 70, 4, 3, 5, 5, "B", 1, 2),  # dilation 2; 70 output channels: two channel tiles
+    (2, 11, 10, 1, 6, 3, 3, "B", 3, 1),  # a one-row image
+    (2, 6, 9, 4, 6, 2, 4, "B", 3, 1),    # an even, rectangular kernel
+    (3, 4, 6, 13, 11, 3, 3, "B", 1, 1),  # 429 pixels: grad-weight's pixel sum split in 3 parts
+    (2, 5, 6, 5, 7, 3, 3, "V", 1, 1),    # the vertical stack
+    (1, 4, 9, 6, 3, 5, 5, "V", 1, 2),
+    (3, 2, 5, 2, 3, 1, 3, "A", 1, 1),    # 6-pixel images: a 16-pixel chunk spans images
+    (1, 70, 3, 3, 1, 3, 3, "B", 1, 1),   # one pixel wide; grad-input has 70 channels: two tiles
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_masked_conv(order, case, dtype):
+    checks.seed("masked_conv", case, str(dtype))
+    checks.check_masked_conv(case, dtype)
+
+
+@pytest.mark.parametrize("window", [(0, 1, 0, 9), (3, 4, 2, 3), (2, 5, 0, 9), (5, 6, 8, 9)],
+                         ids=str)
+@pytest.mark.parametrize("case", [CONV_CASES[0], CONV_CASES[4]], ids=str)
+def test_masked_conv_window(order, case, window):
+    """A window of the output: forward, grad-input over its receptive field, grad-weight."""
+    _, _, _, h, w, *_ = case
+    window = (min(window[0], h - 1), min(window[1], h), min(window[2], w - 1), min(window[3], w))
+    checks.seed("masked_conv_window", case, window)
+    checks.check_masked_conv(case, torch.float64, window=window)
+
+
+@pytest.mark.parametrize("case", [CONV_CASES[0], CONV_CASES[1], CONV_CASES[3]], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_masked_conv_channels_last(order, case, dtype):
+    """channels_last input and weight: pixel-major stores, strided weight packing."""
+    checks.seed("masked_conv_channels_last", case, str(dtype))
+    checks.check_masked_conv(case, dtype, channels_last=True)
+
+
+# ----------------------------------------------------------------------------- lstm_rows
+
+# (batch, hidden, rows, length, k, pad_left)
+ROW_CASES = [
+    (2, 5, 3, 7, 3, 1),
+    (1, 13, 4, 1, 2, 0),    # one-position rows
+    (3, 8, 5, 2, 3, 2),     # causal padding, pad_left = k - 1
+    (2, 3, 1, 6, 5, 4),     # a single row
+    (1, 4, 6, 9, 1, 0),
+    (2, 33, 3, 35, 3, 1),   # two tiles of channels and of positions; 7 reduction chunks
+    (2, 5, 8, 17, 2, 1),    # 272 (image, row, position) triples: grad-weight in 2 parts
+]
+
+
+@pytest.mark.parametrize("case", ROW_CASES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_lstm_rows(order, case, dtype):
+    checks.seed("lstm_rows", case, str(dtype))
+    checks.check_lstm_rows(case, dtype)
+
+
+@pytest.mark.parametrize("case", [ROW_CASES[0], ROW_CASES[6]], ids=str)
+def test_lstm_rows_zero_states(order, case):
+    checks.seed("lstm_rows_zero_states", case)
+    checks.check_lstm_rows(case, torch.float32, states=False)
+
+
+@pytest.mark.parametrize("length, width", [(5, 4), (7, 1), (3, 6)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_lstm_rows_skewed_map(order, length, width, dtype):
+    """The Diagonal BiLSTM's recurrence on CUDA: k = 2, pad_left = 1, over the L + W - 1
+    diagonals of a skewed map whose padding is zero."""
+    rows = length + width - 1
+    live, _ = skewed_extent(rows, length, width)
+    checks.seed("lstm_rows_skewed", length, width, str(dtype))
+    checks.check_lstm_rows((2, 6, rows, length, 2, 1), dtype, states=False,
+                           transform=lambda gates_in: gates_in * live.to(gates_in.dtype))
+
+
+# ----------------------------------------------------------------------------- reparameterize
+
+REPARAM_SHAPES = [(1,), (7,), (5, 13), (3, 1031)]  # (3, 1031): 4 blocks, a ragged last chunk
+KL_MODES = [KL_NONE, KL_ELEMENTWISE, KL_SUM]
+
+
+@pytest.mark.parametrize("shape", REPARAM_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("num_samples", [0, 3])
+@pytest.mark.parametrize("kl_mode", KL_MODES)
+def test_reparam_given_eps(order, shape, dtype, num_samples, kl_mode):
+    checks.seed("reparam", shape, str(dtype), num_samples, kl_mode)
+    checks.check_reparam_given_eps(shape, dtype, num_samples, kl_mode)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64], ids=str)
+def test_reparam_unaligned_storage(order, dtype):
+    """Views one element into their storage: the kernels fall back to scalar accesses."""
+    checks.seed("reparam_unaligned", str(dtype))
+    checks.check_reparam_given_eps((4, 300), dtype, 2, KL_ELEMENTWISE, unaligned=True)
+
+
+@pytest.mark.parametrize("shape", [(7,), (5, 13), (3, 1031)], ids=str)
+@pytest.mark.parametrize("num_samples", [0, 3])
+@pytest.mark.parametrize("kl_mode", [KL_ELEMENTWISE, KL_SUM])
+def test_reparam_noise_matches_the_cpu_kernel(order, shape, num_samples, kl_mode):
+    """In-kernel Philox noise: numel % 4 != 0 puts the samples after the first across philox
+    blocks, and the backward must regenerate the noise the forward drew."""
+    checks.seed("reparam_noise", shape, num_samples, kl_mode)
+    checks.check_reparam_noise(shape, num_samples, kl_mode)
+
+
+def test_kl_alone_matches_the_cpu_kernel(order):
+    checks.seed("kl_alone")
+    checks.check_reparam_noise((3, 1031), 0, KL_SUM, compute_z=False)
+
+
+# ----------------------------------------------------------------------------- gated
+
+GATED_CASES = [((1, 2, 1, 1), 1), ((2, 6, 5, 7), 1), ((5, 22), -1), ((8, 3), 0),
+               ((2, 3, 2, 5, 6), -1), ((2, 130, 3, 3), 1)]
+
+
+@pytest.mark.parametrize("shape, dim", GATED_CASES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gated(order, shape, dim, dtype):
+    checks.seed("gated", shape, dim, str(dtype))
+    checks.check_gated(shape, dim, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_gated_channels_last(order, dtype):
+    checks.seed("gated_channels_last", str(dtype))
+    checks.check_gated((2, 10, 3, 5), 1, dtype, channels_last=True)
+
+
+# ----------------------------------------------------------------------------- through autograd
+
+def test_gradcheck_float64():
+    """float64 gradcheck through each emulated op's autograd registration."""
+    checks.seed("gradcheck")
+    f64 = dict(dtype=torch.float64, requires_grad=True)
+    x, w, b = torch.randn(1, 3, 4, 5, **f64), torch.randn(4, 3, 3, 3, **f64), torch.randn(4, **f64)
+    assert torch.autograd.gradcheck(
+        lambda *t: checks.emulated_masked_conv2d(*t, "B", data_channels=1), (x, w, b))
+    gates, weight = torch.randn(2, 8, 3, 4, **f64), torch.randn(8, 2, 3, **f64)
+    assert torch.autograd.gradcheck(lambda g, w: checks.emulated_lstm_rows(g, w, pad_left=1),
+                                    (gates, weight))
+    mu, logvar, eps = torch.randn(2, 7, **f64), torch.randn(2, 7, **f64), torch.randn(2, 7, **f64)
+    assert torch.autograd.gradcheck(
+        lambda m, lv: checks.emulated_sample_kl(m, lv, eps.detach(), torch.zeros(2, dtype=torch.long),
+                                                0, True, KL_SUM), (mu, logvar))
+    assert torch.autograd.gradcheck(lambda t: checks.emulated_ops().gated_activation(t, 1),
+                                    (torch.randn(2, 6, 3, **f64),))
+
+
+def test_opcheck():
+    """torch.library.opcheck of each emulated op: schema, fake kernel and autograd agree."""
+    ops = checks.emulated_ops()
+    checks.seed("opcheck")
+    x, w, b = torch.randn(1, 3, 4, 5), torch.randn(4, 3, 3, 3), torch.randn(4)
+    seed = torch.tensor([3, 5], dtype=torch.long)
+    gates, weight, h0, c0 = (torch.randn(2, 8, 3, 4), torch.randn(8, 2, 3), torch.randn(2, 2, 4),
+                             torch.randn(2, 2, 4))
+    cases = [
+        (ops.masked_conv2d, (x.requires_grad_(), w.requires_grad_(), b, 0, 1, 1, [])),
+        (ops.lstm_rows, (gates.requires_grad_(), weight.requires_grad_(), None, h0, c0, 1)),
+        (ops.gaussian_sample_kl, (torch.randn(3, 5).requires_grad_(), torch.randn(3, 5), None,
+                                  seed, 2, True, KL_ELEMENTWISE)),
+        (ops.gated_activation, (torch.randn(2, 6, 3).requires_grad_(), 1)),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op, args)
