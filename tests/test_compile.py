@@ -6,7 +6,10 @@ from torch import nn
 import genfast
 from genfast.ops.reparam import reparameterize_kl_ref
 
-COMPILED_BACKENDS = [b for b in ("cpu", "cuda") if genfast.backends()[b].available]
+from conftest import requires_cuda
+
+COMPILED_BACKENDS = [pytest.param(b, marks=[requires_cuda] if b == "cuda" else [])
+                     for b in ("cpu", "cuda") if genfast.backends()[b].available]
 
 
 class TinyVAE(nn.Module):

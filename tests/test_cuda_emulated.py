@@ -14,6 +14,7 @@ import torch
 
 from cuda_emu import checks, schedule
 from genfast.ops.lstm_row_conv import skewed_extent
+from genfast.ops.masked_conv import conv_mask, masked_conv2d_ref
 from genfast.ops.reparam import KL_ELEMENTWISE, KL_NONE, KL_SUM
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux",
@@ -144,6 +145,14 @@ def test_reparam_noise_matches_the_cpu_kernel(order, shape, num_samples, kl_mode
     checks.check_reparam_noise(shape, num_samples, kl_mode)
 
 
+@pytest.mark.slow
+def test_reparam_past_the_grid_cap():
+    """More chunks of 4 than the 8192 x 256 threads of the capped grid: the grid-stride loops of
+    the forward and backward kernels (about 2 million emulated threads each way)."""
+    checks.seed("reparam_grid_cap")
+    checks.check_reparam_noise((8192 * 256 * 4 + 4 * 1000 + 3,), 0, KL_ELEMENTWISE)
+
+
 def test_kl_alone_matches_the_cpu_kernel(order):
     checks.seed("kl_alone")
     checks.check_reparam_noise((3, 1031), 0, KL_SUM, compute_z=False)
@@ -166,6 +175,53 @@ def test_gated(order, shape, dim, dtype):
 def test_gated_channels_last(order, dtype):
     checks.seed("gated_channels_last", str(dtype))
     checks.check_gated((2, 10, 3, 5), 1, dtype, channels_last=True)
+
+
+# ----------------------------------------------------------------------------- edge cases
+
+def test_empty_and_tapless(order):
+    """Empty batches and latents, an empty output window, and a 1x1 mask A (every tap hidden:
+    the output is the bias): no launch of an empty grid, the reference's results."""
+    checks.seed("empty")
+    checks.check_masked_conv((0, 3, 4, 5, 6, 3, 3, "B", 1, 1), torch.float32)
+    checks.check_masked_conv((2, 3, 4, 5, 6, 3, 3, "B", 1, 1), torch.float32, window=(1, 1, 0, 6))
+    checks.check_masked_conv((2, 3, 4, 3, 6, 1, 1, "A", 1, 1), torch.float32)
+    checks.check_masked_conv((2, 3, 6, 3, 6, 1, 1, "A", 3, 1), torch.float32)
+    checks.check_lstm_rows((0, 3, 2, 4, 3, 1), torch.float32)
+    checks.check_reparam_given_eps((0,), torch.float32, 2, KL_SUM)
+    checks.check_reparam_given_eps((3, 0), torch.float32, 0, KL_ELEMENTWISE)
+    checks.check_reparam_noise((0,), 2, KL_SUM)
+    checks.check_gated((0, 4, 3), 1, torch.float32)
+    checks.check_gated((2, 4, 0), 1, torch.float32)
+
+
+@pytest.mark.parametrize("mask, data_channels, k", [("A", 3, 7), ("B", 3, 3), ("V", 1, 3),
+                                                    ("A", 1, 5)])
+def test_hidden_weights_never_leak(order, mask, data_channels, k):
+    """NaN in every tap the mask hides: the kernels never read them (the output and dL/dx are
+    those of the masked weight) and give them zero gradient."""
+    checks.seed("hidden_weights", mask, data_channels, k)
+    cin, cout = 2 * data_channels, 3 * data_channels
+    x = torch.randn(2, cin, 6, 5, dtype=torch.float64, requires_grad=True)
+    visible = conv_mask(cout, cin, k, k, mask, data_channels).bool()
+    weight = torch.randn(cout, cin, k, k, dtype=torch.float64)
+    poisoned = torch.where(visible, weight, float("nan")).requires_grad_()
+    y = checks.emulated_masked_conv2d(x, poisoned, None, mask, data_channels)
+    grad_y = torch.randn_like(y)
+    grad_x, grad_w = torch.autograd.grad(y, (x, poisoned), grad_y)
+    clean = (weight * visible).requires_grad_()
+    x_ref = x.detach().requires_grad_()
+    y_ref = masked_conv2d_ref(x_ref, clean, None, mask, data_channels)
+    grad_x_ref, grad_w_ref = torch.autograd.grad(y_ref, (x_ref, clean), grad_y)
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(grad_x, grad_x_ref)
+    torch.testing.assert_close(grad_w, grad_w_ref * visible)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_lstm_rows_saturated_gates(order, dtype):
+    checks.seed("lstm_saturated", str(dtype))
+    checks.check_lstm_rows((2, 5, 4, 7, 3, 1), dtype, scale=30.0)
 
 
 # ----------------------------------------------------------------------------- through autograd

@@ -116,12 +116,13 @@ def _rows_forward_backward(fn, inputs, grads, dtype, pad_left, transform):
     return [h.detach(), c.detach()] + [None if t is None else next(got) for t in leaves]
 
 
-def check_lstm_rows(case, dtype, states=True, transform=lambda gates_in: gates_in):
+def check_lstm_rows(case, dtype, states=True, transform=lambda gates_in: gates_in, scale=1.0):
     """case = (batch, hidden, rows, length, k, pad_left); ``transform`` maps gates_in before the
-    recurrence (a skewed map's zero padding, say)."""
+    recurrence (a skewed map's zero padding, say); ``scale`` multiplies gates_in (large values
+    saturate the gates)."""
     b, d, r, length, k, pad_left = case
     f64 = dict(dtype=torch.float64)
-    inputs = [torch.randn(b, 4 * d, r, length, **f64),
+    inputs = [scale * torch.randn(b, 4 * d, r, length, **f64),
               torch.randn(4 * d, d, k, **f64) / (d * k) ** 0.5,
               0.5 * torch.randn(4 * d, **f64),
               torch.randn(b, d, length, **f64).tanh() if states else None,
