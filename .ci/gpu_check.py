@@ -67,7 +67,8 @@ info = {"torch": torch.__version__, "torch_cuda": torch.version.cuda,
         "cuda_available": torch.cuda.is_available(), "cpu_count": os.cpu_count()}
 if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)
-    info.update(gpu=p.name, capability=f"{p.major}.{p.minor}", multiprocessors=p.multi_processor_count,
+    info.update(gpu=p.name, capability=f"{p.major}.{p.minor}",
+                multiprocessors=p.multi_processor_count,
                 memory_gib=round(p.total_memory / 2**30, 1))
 print(json.dumps(info))
 """
@@ -135,8 +136,8 @@ def summarize_junit(path):
 
 def tests_step(out, timeout):
     junit = out / "tests.xml"
-    command = [sys.executable, "-m", "pytest", "-m", "requires_cuda", "-q", "-p", "no:cacheprovider",
-               f"--junitxml={junit}"]
+    command = [sys.executable, "-m", "pytest", "-m", "requires_cuda", "-q",
+               "-p", "no:cacheprovider", f"--junitxml={junit}"]
     if importlib.util.find_spec("xdist") is not None:
         # Several workers share the GPU; mostly they overlap Triton's compiles.
         command += ["-n", str(min(8, os.cpu_count() or 1))]
@@ -200,8 +201,8 @@ def main(argv=None):
         step = report[name]
         extra = ""
         if name == "tests" and "tests" in step:
-            extra = (f" ({step['tests']} tests, {step['failures']} failed, {step['errors']} errors, "
-                     f"{step['skipped']} skipped)")
+            extra = (f" ({step['tests']} tests, {step['failures']} failed, "
+                     f"{step['errors']} errors, {step['skipped']} skipped)")
         print(f"gpu_check: {name:8s} {step['status']}{extra}")
     print(f"gpu_check: report in {out / 'gpu_check.json'}, {report['seconds']} s in all")
     return 0 if all(report[name]["status"] == "passed" for name in steps) else 1

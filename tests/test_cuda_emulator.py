@@ -11,8 +11,8 @@ import torch
 from cuda_emu import ORDERS, checks, global_kernels, launched, load, schedule
 from genfast.ops.reparam import KL_ELEMENTWISE, KL_NONE, KL_SUM
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux",
-                                reason="the CUDA emulator runs its threads as Linux ucontext fibers")
+pytestmark = pytest.mark.skipif(
+    sys.platform != "linux", reason="the CUDA emulator runs its threads as Linux ucontext fibers")
 
 FULL = 0xFFFFFFFF
 

@@ -17,7 +17,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 CUDA_SOURCES = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
 # The host-side helpers of csrc/ that the .cu files call (argument checks, layouts).
-HOST_SOURCES = [ROOT / "csrc" / f"{stem}_common.cpp" for stem in ("gated", "masked_conv", "reparam")]
+HOST_SOURCES = [ROOT / "csrc" / f"{stem}_common.cpp"
+                for stem in ("gated", "masked_conv", "reparam")]
 BUILD_DIR = ROOT / "build" / "cuda_emu"
 ORDERS = ("forward", "reverse", "random")
 

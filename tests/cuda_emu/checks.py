@@ -42,7 +42,8 @@ def seed(*key) -> None:
 
 
 def _rounded(tensors, dtype):
-    """The float64 oracle's inputs: each tensor rounded to dtype, as the low-precision run sees it."""
+    """The float64 oracle's inputs: each tensor rounded to dtype, as the low-precision run sees
+    it."""
     return [None if t is None else t.to(dtype).double() for t in tensors]
 
 
@@ -171,10 +172,11 @@ def check_reparam_given_eps(shape, dtype, num_samples, kl_mode, unaligned=False)
     """z and the KL with explicit noise; ``unaligned`` passes views one element into their
     storage, which the kernels must read without vector accesses."""
     z_shape = (num_samples, *shape) if num_samples else shape
-    tensors = [torch.randn(shape, dtype=torch.float64), 0.5 * torch.randn(shape, dtype=torch.float64),
-               torch.randn(z_shape, dtype=torch.float64)]
+    f64 = dict(dtype=torch.float64)
+    tensors = [torch.randn(shape, **f64), 0.5 * torch.randn(shape, **f64),
+               torch.randn(z_shape, **f64)]
     kl_shape = shape if kl_mode == KL_ELEMENTWISE else ()
-    grads = [torch.randn(z_shape, dtype=torch.float64), torch.randn(kl_shape, dtype=torch.float64)]
+    grads = [torch.randn(z_shape, **f64), torch.randn(kl_shape, **f64)]
 
     def view(t):
         if not unaligned:

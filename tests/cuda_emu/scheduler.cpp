@@ -9,12 +9,10 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <exception>
 #include <map>
 #include <memory>
 #include <mutex>
-#include <new>
 #include <random>
 #include <sstream>
 #include <stdexcept>
@@ -96,6 +94,12 @@ std::map<std::string, int64_t> g_launches;
   throw std::runtime_error(msg.str());
 }
 
+std::string hex(unsigned v) {
+  std::ostringstream s;
+  s << "0x" << std::hex << v;
+  return s.str();
+}
+
 std::string describe(const uint3& t) {
   std::ostringstream s;
   s << "(" << t.x << ", " << t.y << ", " << t.z << ")";
@@ -106,8 +110,10 @@ std::string where(const Fiber& f) {
   std::ostringstream s;
   s << "thread " << describe(f.ids.thread_idx);
   switch (f.state) {
-    case State::kAtBarrier: s << " waits at __syncthreads " << f.barrier_file << ":" << f.barrier_line; break;
-    case State::kAtWarp: s << " waits at a warp operation with mask 0x" << std::hex << f.mask; break;
+    case State::kAtBarrier:
+      s << " waits at __syncthreads " << f.barrier_file << ":" << f.barrier_line;
+      break;
+    case State::kAtWarp: s << " waits at a warp operation with mask " << hex(f.mask); break;
     case State::kDone: s << " has returned"; break;
     default: s << " runs"; break;
   }
@@ -161,9 +167,11 @@ bool release_warp_operations(Block& b) {
         if (!(mask >> lane & 1u)) continue;
         Fiber& other = *b.fibers[w0 + lane];  // posting checked that the lane exists
         if (other.state != State::kAtWarp || other.mask != mask || other.op != first.op) {
+          const char* other_op =
+              other.state == State::kAtWarp ? " of another operation or mask" : "";
           fail(*b.config, "a warp operation's mask names lane " + std::to_string(lane) +
                               ", which never joins it: " + where(first) + "; " + where(other) +
-                              (other.state == State::kAtWarp ? " of another operation or mask" : ""));
+                              other_op);
         }
         lanes.push_back(&other);
       }
@@ -214,7 +222,8 @@ void run_block(Block& b) {
   for (int i = 0; i < n; ++i) {
     Fiber& f = *g_pool[i];
     f.linear = i;
-    f.ids = ThreadIds{uint3{i % c.block.x, (i / c.block.x) % c.block.y, i / (c.block.x * c.block.y)},
+    const unsigned t = static_cast<unsigned>(i);
+    f.ids = ThreadIds{uint3{t % c.block.x, t / c.block.x % c.block.y, t / (c.block.x * c.block.y)},
                       b.block_idx, c.block, c.grid};
     f.state = State::kRunnable;
     f.error = nullptr;
@@ -291,8 +300,7 @@ unsigned warp_collective(WarpOp op, unsigned mask, uint64_t value, int source, b
   const int lane = f.linear % kWarp, warp_base = f.linear - lane;
   const int lanes = std::min<int>(kWarp, static_cast<int>(g_block->fibers.size()) - warp_base);
   if (!(mask >> lane & 1u)) {
-    fail(*g_block->config, where(f) + " calls a warp operation whose mask 0x" +
-                               [&] { std::ostringstream s; s << std::hex << mask; return s.str(); }() +
+    fail(*g_block->config, where(f) + " calls a warp operation whose mask " + hex(mask) +
                                " leaves out its own lane " + std::to_string(lane));
   }
   if (lanes < kWarp && (mask >> lanes) != 0) {
@@ -314,8 +322,8 @@ unsigned warp_collective(WarpOp op, unsigned mask, uint64_t value, int source, b
 }
 
 void* shared_storage(const void* tag, size_t bytes, size_t align) {
+  running();  // only kernels declare shared memory
   Block& b = *g_block;
-  running();
   for (SharedVariable& v : b.shared) {
     if (v.tag == tag) return v.storage.get();
   }
@@ -324,7 +332,9 @@ void* shared_storage(const void* tag, size_t bytes, size_t align) {
     fail(*b.config, "the block declares " + std::to_string(b.shared_bytes) +
                         " bytes of shared memory, more than the 48 KiB of static __shared__");
   }
-  (void)align;  // new[] of unsigned char aligns for every scalar and vector type the kernels use
+  if (align > __STDCPP_DEFAULT_NEW_ALIGNMENT__) {
+    fail(*b.config, "shared memory aligned to " + std::to_string(align) + " bytes is not emulated");
+  }
   SharedVariable v{tag, bytes, std::make_unique<unsigned char[]>(bytes)};
   std::memset(v.storage.get(), 0xFF, bytes);
   b.shared.push_back(std::move(v));
