@@ -185,6 +185,7 @@ def test_empty_and_tapless(order):
     the output is the bias): no launch of an empty grid, the reference's results."""
     checks.seed("empty")
     checks.check_masked_conv((0, 3, 4, 5, 6, 3, 3, "B", 1, 1), torch.float32)
+    checks.check_masked_conv((2, 0, 4, 5, 6, 3, 3, "B", 1, 1), torch.float32)
     checks.check_masked_conv((2, 3, 4, 5, 6, 3, 3, "B", 1, 1), torch.float32, window=(1, 1, 0, 6))
     checks.check_masked_conv((2, 3, 4, 3, 6, 1, 1, "A", 1, 1), torch.float32)
     checks.check_masked_conv((2, 3, 6, 3, 6, 1, 1, "A", 3, 1), torch.float32)

@@ -234,6 +234,11 @@ def test_empty_and_tapless(backend):
     assert torch.equal(y, bias.view(1, 5, 1, 1).expand(2, 5, 4, 4))
     y.sum().backward()
     assert torch.count_nonzero(x.grad) == 0 and torch.count_nonzero(w1.grad) == 0
+    # No input channels: every output is the bias, in the reference too.
+    x0, w0 = torch.randn(2, 0, 4, 4, device=device), torch.randn(5, 0, 3, 3, device=device)
+    expected = bias.view(1, 5, 1, 1).expand(2, 5, 4, 4)
+    assert torch.equal(genfast.masked_conv2d(x0, w0, bias, "B", backend=name), expected)
+    assert torch.equal(masked_conv2d_ref(x0, w0, bias, "B"), expected)
 
 
 def test_bad_input_is_a_clear_error():

@@ -53,7 +53,14 @@ def masked_conv2d_ref(x, weight, bias=None, mask_type="B", data_channels=1, dila
                       window=None):
     """Dense convolution with the masked weight, then the window cut out of the output."""
     mask = conv_mask(*weight.shape, mask_type, data_channels).to(weight.device, weight.dtype)
-    y = F.conv2d(x, weight * mask, bias, padding="same", dilation=dilation)
+    if x.shape[1] == 0:
+        # F.conv2d gives no output channels without input channels; each output is an empty
+        # sum (x.sum() + weight.sum(), which keeps both in the graph), plus the bias.
+        empty_sum = x.sum() + weight.sum()
+        y = empty_sum.expand(x.shape[0], weight.shape[0], *x.shape[2:])
+        y = y if bias is None else y + bias.view(1, -1, 1, 1)
+    else:
+        y = F.conv2d(x, weight * mask, bias, padding="same", dilation=dilation)
     if window is not None:
         row0, row1, col0, col1 = window
         y = y[:, :, row0:row1, col0:col1]
