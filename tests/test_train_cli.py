@@ -59,6 +59,28 @@ def test_train_writes_checkpoint_and_test_metrics(tmp_path, capsys):
                                                    checkpoint["state_dict"].values()))
 
 
+class _RunsCodeWhenUnpickled:
+    """What a shared checkpoint could hold: unpickling it calls exec."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').close()",)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
+    marker = tmp_path / "code_ran"
+    torch.save({"model": "pixelcnn", "config": {}, "state_dict": {},
+                "history": [_RunsCodeWhenUnpickled(marker)]}, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match="genfast does not load"):
+        load_checkpoint(str(tmp_path))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", str(tmp_path), "--out", str(tmp_path / "grid.png"), "--no-progress"])
+    assert exit_info.value.code == 2 and "genfast does not load" in capsys.readouterr().err
+    assert not marker.exists()
+
+
 def test_resume_continues_exactly(tmp_path):
     straight = train(tmp_path / "straight", epochs=3)
     train(tmp_path / "resumed", epochs=1)

@@ -1,6 +1,8 @@
 """Checkpoints: everything needed to rebuild a model and to continue training exactly.
 
-A checkpoint is a dict saved with torch.save:
+A checkpoint is a dict of tensors and plain Python values, saved with torch.save (written
+atomically) and loaded with torch.load(weights_only=True), which builds no other object, so
+loading one cannot run code:
 
     model        registry name (build_model(model, **config) rebuilds it)
     config       model.config: the constructor's keyword arguments
@@ -17,6 +19,7 @@ A checkpoint is a dict saved with torch.save:
 from __future__ import annotations
 
 import os
+import pickle
 
 import torch
 
@@ -40,9 +43,13 @@ def load_checkpoint(path: str) -> dict:
         path = os.path.join(path, CHECKPOINT_NAME)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"genfast: no checkpoint at {path}")
-    # weights_only=False: the checkpoint holds plain Python records (config, history) and RNG
-    # states; only load checkpoints you made.
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    # weights_only: tensors and plain Python records only, so opening a checkpoint someone shared
+    # cannot run the code its pickle names.
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"genfast: {path} holds objects other than tensors and plain Python "
+                         f"values, which genfast does not load ({exc})") from None
     missing = [k for k in REQUIRED_KEYS if not isinstance(checkpoint, dict) or k not in checkpoint]
     if missing:
         raise ValueError(f"genfast: {path} is not a genfast checkpoint (missing {missing})")
