@@ -89,8 +89,4 @@ def run(args) -> int:
     except (ValueError, FileNotFoundError, ImportError) as exc:
         # Bad data names, hyperparameters, image sizes: a message, not a traceback.
         args.parser.error(str(exc).removeprefix("genfast: "))
-    except TypeError as exc:
-        if "__init__()" not in str(exc):
-            raise
-        args.parser.error(f"bad model hyperparameter for {args.model}: {exc}")
     return 0

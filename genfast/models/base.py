@@ -11,6 +11,7 @@ them into what its network wants (e.g. x / (levels - 1)).
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import torch
@@ -84,8 +85,16 @@ class GenerativeModel(nn.Module):
 
 
 def build_model(name: str, **config) -> GenerativeModel:
-    """The registered model ``name`` built with ``config``; a clear error for unknown names."""
+    """The registered model ``name`` built with ``config``; a clear error for unknown names and
+    for hyperparameters the model does not take."""
     if name not in MODELS:
         known = ", ".join(sorted(MODELS)) or "none"
         raise ValueError(f"genfast: unknown model {name!r}; known models: {known}")
+    signature = inspect.signature(MODELS[name])
+    try:
+        signature.bind(**config)
+    except TypeError as exc:
+        takes = ", ".join(p for p in signature.parameters if p not in ("image_shape", "levels"))
+        raise ValueError(f"genfast: bad model hyperparameter for {name}: {exc}; it takes "
+                         f"{takes}") from None
     return MODELS[name](**config)

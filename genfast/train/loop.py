@@ -127,6 +127,8 @@ def _train(options: TrainOptions, info: distributed.ProcessInfo, device: torch.d
     test_data = load_dataset(options.data, "test", binarize=options.binarize)
     checkpoint = _load_resume(options)
     config = _model_config(options, train_data, checkpoint)
+    path = os.path.join(options.out, CHECKPOINT_NAME)
+    saved = checkpoint  # the checkpoint last written (or resumed from), which gets the metrics
 
     torch.manual_seed(options.seed)  # the same initial weights in every process
     model = build_model(options.model, **config).to(device)
@@ -164,23 +166,21 @@ def _train(options: TrainOptions, info: distributed.ProcessInfo, device: torch.d
         say(f"epoch {epoch + 1}/{options.epochs}: {losses} ({record['step_ms']:.1f} ms/step)",
             flush=True)
         if info.is_main:
-            save_checkpoint(os.path.join(options.out, CHECKPOINT_NAME), {
+            saved = {
                 "model": options.model, "config": model.config,
                 "state_dict": model.state_dict(),
                 "optimizers": {s: o.state_dict() for s, o in optimizers.items()},
                 "epoch": epoch + 1, "data": options.data, "binarize": options.binarize,
-                "train": asdict(options), "history": history})
+                "train": asdict(options), "history": history}
+            save_checkpoint(path, saved)
         distributed.barrier(info)
 
     metrics = evaluate(model, test_data, options.eval_batch_size, device, info)
     for key, value in metrics.items():
         say(f"test {key}: {value:.4f}")
-    path = os.path.join(options.out, CHECKPOINT_NAME)
     if info.is_main:
-        if os.path.exists(path):
-            saved = load_checkpoint(path)
-            saved["metrics"] = metrics
-            save_checkpoint(path, saved)
+        if saved is not None:
+            save_checkpoint(path, {**saved, "metrics": metrics})
         with open(os.path.join(options.out, METRICS_NAME), "w") as f:
             json.dump({"model": options.model, "config": model.config, "data": options.data,
                        "binarize": options.binarize, "world_size": info.world_size,
