@@ -75,9 +75,11 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
                 "history": [_RunsCodeWhenUnpickled(marker)]}, tmp_path / "checkpoint.pt")
     with pytest.raises(ValueError, match="genfast does not load"):
         load_checkpoint(str(tmp_path))
-    with pytest.raises(SystemExit) as exit_info:
-        main(["sample", str(tmp_path), "--out", str(tmp_path / "grid.png"), "--no-progress"])
-    assert exit_info.value.code == 2 and "genfast does not load" in capsys.readouterr().err
+    for argv in (["sample", str(tmp_path), "--out", str(tmp_path / "grid.png"), "--no-progress"],
+                 ["train", "pixelcnn", "--out", str(tmp_path), "--resume", "--no-progress"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2 and "genfast does not load" in capsys.readouterr().err
     assert not marker.exists()
 
 
