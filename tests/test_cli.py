@@ -1,5 +1,6 @@
 """The ``genfast`` command line: ``genfast bench`` writes its JSON and chart, and bad arguments
 fail with a message instead of a traceback."""
+import csv
 import json
 import math
 import subprocess
@@ -14,7 +15,7 @@ from genfast.cli import main
 @pytest.fixture(scope="module")
 def quick_bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    status = main(["bench", "--quick", "--op", "reparameterize_kl", "--no-compile",
+    status = main(["bench", "--quick", "--full", "--op", "reparameterize_kl", "--no-compile",
                    "--device", "cpu", "--no-progress", "--out", str(out)])
     return status, out
 
@@ -30,6 +31,7 @@ def test_bench_writes_json_and_png(quick_bench):
         assert key in machine
     assert machine["device"] == "cpu"
     assert record["settings"]["quick"] is True and record["settings"]["compile"] is False
+    assert record["settings"]["full"] is True
 
     results = record["results"]
     assert {(r["size"], r["mode"]) for r in results} == {
@@ -58,6 +60,54 @@ def test_bench_writes_json_and_png(quick_bench):
 
     with open(out / "bench.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+    with open(out / "bench.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    timed = [(r["size"], r["mode"], name) for r in results
+             for name, i in r["implementations"].items() if i["available"]]
+    assert [(row["size"], row["mode"], row["provider"]) for row in rows] == timed
+    for row in rows:
+        assert row["op"] == "reparameterize_kl" and row["scope"] == "full quick"
+        assert row["run"] == machine["date"] and row["genfast_commit"]
+        assert row["cpu_capability"] == machine["cpu_capability"]
+        assert 0 < float(row["p20_s"]) <= float(row["p50_s"]) <= float(row["p80_s"])
+
+
+def test_the_standard_run_times_each_op_once_and_prints_as_it_goes(tmp_path, capsys):
+    status = main(["bench", "--quick", "--op", "reparameterize_kl,row_lstm", "--device", "cpu",
+                   "--no-progress", "--out", str(tmp_path)])
+    assert status == 0
+    printed = capsys.readouterr().out
+    record = json.loads((tmp_path / "bench.json").read_text())
+    assert record["settings"]["full"] is False
+    assert [(r["op"], r["size"], r["mode"]) for r in record["results"]] == [
+        ("reparameterize_kl", "large", "fwd+bwd"), ("row_lstm", "large", "fwd+bwd")]
+    # Each result has its line as soon as it is measured, before the table.
+    table = printed.index("implementation")
+    assert -1 < printed.index("reparameterize_kl 4096x1024 fwd+bwd: reference") < table
+    # The row LSTM reference's torch.compile takes minutes: only --full times it.
+    row_compile = record["results"][1]["implementations"]["torch.compile"]
+    assert row_compile["available"] is False and "--full" in row_compile["reason"]
+    assert record["results"][0]["implementations"]["torch.compile"]["available"] is True
+
+    # A second run appends its rows to bench.csv under its own run stamp.
+    first = (tmp_path / "bench.csv").read_text().splitlines()
+    assert main(["bench", "--quick", "--op", "reparameterize_kl", "--no-compile",
+                 "--no-progress", "--out", str(tmp_path)]) == 0
+    both = (tmp_path / "bench.csv").read_text().splitlines()
+    assert both[:len(first)] == first and len(both) > len(first)
+    assert both[0].startswith("run,") and both.count(both[0]) == 1
+
+
+def test_sampling_with_the_naive_time_estimated():
+    from genfast.benchmark import sampling
+
+    case = sampling.get_cases(["sample_pixelcnn"])[0]
+    result = sampling.run_sampling_case(case, "cpu", repeats=1, estimate_naive=True)
+    assert result.naive_estimated and result.identical
+    assert result.naive_s > 0 and result.speedup > 0
+    assert result.to_dict()["identical_size_label"] == case.label(True)
+    assert "(est.)" in sampling.format_sampling_table([result])
 
 
 def test_unknown_op_is_a_clear_error(capsys):

@@ -81,6 +81,9 @@ class OpCase:
         Floating-point operations, for TFLOP/s (for compute-bound ops such as convolutions).
     backends
         The fast backends genfast implements this op on.
+    slow_compile
+        Why torch.compile(reference) takes minutes to compile, if it does: the default
+        ``genfast bench`` then leaves it out, and ``--full`` times it.
     targets
         Speeds the project promises for this op (checked with ``genfast bench --check``).
     """
@@ -96,6 +99,7 @@ class OpCase:
     flops: Callable[[Size, str], int] | None = None
     dtype: torch.dtype = torch.float32
     backends: tuple[str, ...] = ("cpu", "triton", "cuda")
+    slow_compile: str = ""
     targets: tuple[Target, ...] = field(default=())
     description: str = ""
 

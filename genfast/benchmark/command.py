@@ -9,7 +9,7 @@ import torch
 
 from genfast._backend import FAST_BACKENDS
 from genfast.benchmark import report, sampling
-from genfast.benchmark.cases import case_names, get_cases
+from genfast.benchmark.cases import FWD_BWD, case_names, get_cases
 from genfast.benchmark.runner import (default_device, implementations, plan, run_case,
                                       torch_threads)
 from genfast.benchmark.timing import TimingSettings
@@ -24,9 +24,11 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "bench", help="time genfast's ops against PyTorch and torch.compile",
         description="Times each op's eager PyTorch reference, torch.compile(reference) and every "
-                    "usable fast backend, forward and forward+backward, at a small and a large "
-                    "size; then samples each autoregressive model with the cached and the naive "
-                    "method. Prints tables and writes bench.json and bench.png to --out.")
+                    "usable fast backend, forward+backward at the large size, then samples a "
+                    "PixelCNN with the cached and the naive method (the naive time estimated); "
+                    "--full times every op forward and forward+backward at a small and a large "
+                    "size and samples every autoregressive model whole. Prints each result as it "
+                    "is measured, then tables, and writes bench.json and bench.png to --out.")
     parser.add_argument("--op", action="append", type=_comma_list, metavar="NAME[,NAME]",
                         help=f"op or sampling case to time (repeatable; default: all). "
                              f"Choices: {', '.join(case_names() + sampling.case_names())}")
@@ -37,11 +39,15 @@ def register(subparsers) -> None:
                              f"{', '.join(FAST_BACKENDS)}); the reference is always timed")
     parser.add_argument("--no-compile", action="store_true",
                         help="do not time torch.compile(reference)")
+    parser.add_argument("--full", action="store_true",
+                        help="every op at every size and mode, torch.compile however long it "
+                             "takes, every sampling case with whole naive runs (tens of minutes)")
     parser.add_argument("--quick", action="store_true",
                         help="few, short repeats: a smoke run for CI, not for numbers to quote")
     parser.add_argument("--repeats", type=int, default=None, metavar="N",
-                        help=f"timed blocks per measurement (default: {TimingSettings().repeats}, or "
-                             f"{TimingSettings.quick().repeats} with --quick)")
+                        help=f"timed blocks per measurement (default: "
+                             f"{TimingSettings.standard().repeats}, {TimingSettings().repeats} "
+                             f"with --full, {TimingSettings.quick().repeats} with --quick)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--out", default="bench-results", metavar="DIR",
@@ -61,7 +67,8 @@ def _validate(args) -> tuple[list, list, str, list[str] | None, TimingSettings]:
         cases = get_cases(ops) if ops else ([] if names else get_cases())
     except ValueError as exc:
         parser.error(f"{exc}, {', '.join(sampling.case_names())}")
-    sampling_cases = sampling.get_cases(sampling_names if names else sampling.case_names())
+    default_sampling = sampling.case_names() if args.full else sampling.case_names()[:1]
+    sampling_cases = sampling.get_cases(sampling_names if names else default_sampling)
     device = args.device or default_device()
     if device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible to torch here")
@@ -75,7 +82,8 @@ def _validate(args) -> tuple[list, list, str, list[str] | None, TimingSettings]:
         parser.error("--repeats must be at least 1")
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be at least 1")
-    settings = TimingSettings.quick() if args.quick else TimingSettings()
+    settings = (TimingSettings.quick() if args.quick else
+                TimingSettings() if args.full else TimingSettings.standard())
     if args.repeats is not None:
         settings = TimingSettings(**{**settings.to_dict(), "repeats": args.repeats})
     return cases, sampling_cases, device, backends, settings
@@ -93,31 +101,37 @@ def run(args) -> int:
     with torch_threads(args.threads):
         machine = report.machine_info(device)
         amx = ", AMX tiles on" if device == "cpu" and machine["cpu_amx"] else ""
+        scope = "full" if args.full else "standard"
         print(f"genfast bench on {device} ({machine['device_name']}{amx}), torch "
-              f"{machine['torch_version']}, {machine['torch_threads']} threads, "
-              f"{'quick' if args.quick else 'full'} run", flush=True)
+              f"{machine['torch_version']}, {machine['torch_threads']} threads, {scope} "
+              f"{'quick ' if args.quick else ''}run", flush=True)
         load = machine["load_average_1min"]
         if device == "cpu" and load is not None and load > 0.5 * (machine["cpus_usable"] or 1):
             print(f"note: the machine is busy (1-minute load average {load:.2f}); CPU timings "
                   "will be noisy", flush=True)
-        work = list(plan(cases))
-        # disable=None: tqdm draws only on a terminal, so logs (CI) stay readable.
+        # The standard run: each op once, at its large size, forward+backward.
+        work = list(plan(cases) if args.full else plan(cases, ["large"], [FWD_BWD]))
+        # On stderr; disable=None: tqdm draws only on a terminal, so logs (CI) stay readable.
         bar = tqdm(work, desc="genfast bench", unit="case",
                    disable=True if args.no_progress else None, leave=False)
         for case, size, mode in bar:
-            impls = implementations(case, device, backends, compile=not args.no_compile)
+            impls = implementations(case, device, backends, compile=not args.no_compile,
+                                    slow_compile=args.full)
 
             def show(impl, case=case, size=size, mode=mode):
                 bar.set_postfix_str(f"{case.name} {size.name} {mode} {impl}")
 
             results.append(run_case(case, size, mode, device, impls, settings, on_impl=show))
+            tqdm.write(report.format_line(results[-1]))
         bar.close()
         sampled = []
         for case in sampling_cases:
-            print(f"sampling {case.name} ({case.label(args.quick)}), naive then cached ...",
-                  flush=True)
+            estimate = not args.full
+            print(f"sampling {case.name} ({case.label(args.quick)}), "
+                  f"{'naive estimated' if estimate else 'naive'} then cached ...", flush=True)
             sampled.append(sampling.run_sampling_case(case, device, quick=args.quick,
-                                                      repeats=1 if args.quick else 3))
+                                                      repeats=1 if args.quick else 3,
+                                                      estimate_naive=estimate))
     elapsed = time.perf_counter() - started
 
     checks = report.check_targets(results, device)
@@ -128,19 +142,22 @@ def run(args) -> int:
         print()
         print(sampling.format_sampling_table(sampled))
     settings_record = {
-        "quick": args.quick, "compile": not args.no_compile, "backends": backends,
+        "quick": args.quick, "full": args.full, "compile": not args.no_compile,
+        "backends": backends,
         "threads": args.threads, "timing": settings.to_dict(), "elapsed_s": round(elapsed, 2),
         "ops": [c.name for c in cases] + [c.name for c in sampling_cases],
     }
     os.makedirs(args.out, exist_ok=True)
     json_path = os.path.join(args.out, report.JSON_NAME)
+    csv_path = os.path.join(args.out, report.CSV_NAME)
     png_path = os.path.join(args.out, report.PNG_NAME)
     record = report.to_json(results, machine, settings_record, checks)
     record["sampling"] = [r.to_dict() for r in sampled]
     report.write_json(record, json_path)
-    written = json_path
+    report.append_csv(report.csv_rows(results, sampled, machine, settings_record), csv_path)
+    written = f"{json_path}, {csv_path} (appended)"
     if results:  # the chart shows the op cases; the sampling table says it all
-        report.write_chart(results, png_path,
+        report.write_chart(report.read_run(csv_path, machine["date"]), png_path,
                            f"genfast bench on {device}: {machine['device_name']}, "
                            f"{machine['torch_threads']} threads, torch "
                            f"{machine['torch_version']}")

@@ -1,10 +1,13 @@
-"""What ``genfast bench`` prints and writes: the table, the JSON record and the speedup chart."""
+"""What ``genfast bench`` prints and writes: a line per result, the table, the JSON record of
+the run, the CSV file that every run appends to, and the speedup chart drawn from that file."""
 from __future__ import annotations
 
+import csv
 import datetime
 import json
 import os
 import platform
+import subprocess
 from dataclasses import dataclass
 
 import torch
@@ -13,8 +16,9 @@ import genfast
 from genfast._ext import cpu_amx_enabled
 from genfast.benchmark.cases import OpCase, Target
 from genfast.benchmark.runner import COMPILE, REFERENCE, Result
+from genfast.benchmark.timing import NOISY_SPREAD
 
-JSON_NAME, PNG_NAME = "bench.json", "bench.png"
+JSON_NAME, PNG_NAME, CSV_NAME = "bench.json", "bench.png", "bench.csv"
 SCHEMA_VERSION = 1
 
 
@@ -29,6 +33,23 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def _genfast_commit() -> str:
+    """The commit of the genfast checkout this runs from ('+changes' when its files differ),
+    or 'unknown' for an installed copy."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(genfast.__file__)))
+    if not os.path.exists(os.path.join(root, ".git")):
+        return "unknown"
+    try:
+        commit = subprocess.run(["git", "-C", root, "rev-parse", "--short=12", "HEAD"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+        changed = subprocess.run(
+            ["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (commit + ("+changes" if changed else "")) if commit else "unknown"
 
 
 def machine_info(device: str) -> dict:
@@ -50,6 +71,7 @@ def machine_info(device: str) -> dict:
         "python_version": platform.python_version(),
         "platform": platform.platform(),
         "genfast_version": genfast.__version__,
+        "genfast_commit": _genfast_commit(),
         "genfast_build_info": genfast.build_info(),
         "backends": {name: {"available": b.available, "reason": b.reason}
                      for name, b in genfast.backends().items()},
@@ -114,6 +136,8 @@ def check_targets(results: list[Result], device: str) -> list[TargetCheck]:
                         ok = ok and vs_compile > 1.0
                         detail += f", {vs_compile:.2f}x torch.compile (want > 1x)"
             status = "fail" if not ok else ("pass" if complete else "incomplete")
+            if result.noisy():
+                detail += "; noisy timings, rerun on a quiet machine"
             checks.append(TargetCheck(case, target, status, detail))
     return checks
 
@@ -141,6 +165,23 @@ def text_table(header, rows, right=()) -> list[str]:
                          for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     return [line(header), line(["-" * w for w in widths])] + [line(r) if r else "" for r in rows]
+
+
+def _fmt_noise(r: Result) -> str:
+    noisy = r.noisy()
+    return (" [noisy: " + ", ".join(f"{impl} spread {spread:.0%}" for impl, spread in noisy.items())
+            + "]") if noisy else ""
+
+
+def format_line(r: Result) -> str:
+    """One result as one line, printed as soon as it is measured."""
+    times = ", ".join(f"{impl} {_fmt_time(m.median)}" for impl, m in r.measurements.items())
+    ratios = [f"{_fmt_ratio(r.speedup(impl, REFERENCE))} vs reference"
+              + (f", {_fmt_ratio(r.speedup(impl, COMPILE))} vs compile"
+                 if COMPILE in r.measurements else "")
+              for impl in r.measurements if impl not in (REFERENCE, COMPILE)]
+    return (f"{r.case.name} {r.size.label} {r.mode}: {times}"
+            + (f" ({'; '.join(ratios)})" if ratios else "") + _fmt_noise(r))
 
 
 def format_table(results: list[Result], checks: list[TargetCheck] = ()) -> str:
@@ -171,6 +212,13 @@ def format_table(results: list[Result], checks: list[TargetCheck] = ()) -> str:
             skipped.setdefault((impl, why), None)
     if skipped:
         out += ["", "Not timed:"] + [f"  {impl}: {why}" for impl, why in skipped]
+    noisy = [f"  {r.case.name} {r.size.name} {r.mode}:{_fmt_noise(r)}" for r in results
+             if r.noisy()]
+    if noisy:
+        out += ["", f"Noisy (an interquartile range over {NOISY_SPREAD:.0%} of the median: the "
+                    "machine's load changed while these were timed; the implementations were "
+                    "timed in turn, so their ratios saw the same load, but rerun on a quiet "
+                    "machine for figures to quote):"] + noisy
     out += ["", "vs reference = reference median / this median; vs compile = "
                 "torch.compile(reference) median / this median (higher is faster)."]
     if checks:
@@ -228,38 +276,105 @@ def write_json(record: dict, path: str) -> None:
         f.write("\n")
 
 
+# ----------------------------------------------------------------------------- CSV
+
+# One row per (case, size, mode, provider) of a run; every run appends its rows to the same
+# file, so results accumulate across commits, machines and days (Liger-Kernel's data file).
+CSV_FIELDS = ("run", "genfast_commit", "device", "device_name", "cpu_capability",
+              "torch_version", "torch_threads", "scope", "op", "size", "size_label", "mode",
+              "dtype", "provider", "p20_s", "p50_s", "p80_s", "blocks", "calls_per_block")
+SAMPLE_MODE = "sample"  # the mode of the sampling rows (whole sampling runs)
+
+
+def csv_rows(results: list[Result], sampled: list, machine: dict, settings: dict) -> list[dict]:
+    """The run's rows: each timed implementation of each op case, and each sampling method."""
+    scope = ("full" if settings.get("full") else "standard") + \
+        (" quick" if settings.get("quick") else "")
+    common = {"run": machine["date"], "genfast_commit": machine.get("genfast_commit", "unknown"),
+              "device": machine["device"], "device_name": machine["device_name"],
+              "cpu_capability": machine["cpu_capability"],
+              "torch_version": machine["torch_version"],
+              "torch_threads": machine["torch_threads"], "scope": scope}
+    rows = []
+    for r in results:
+        for impl, m in r.measurements.items():
+            rows.append({**common, "op": r.case.name, "size": r.size.name,
+                         "size_label": r.size.label, "mode": r.mode,
+                         "dtype": str(r.case.dtype).removeprefix("torch."), "provider": impl,
+                         "p20_s": m.p20, "p50_s": m.median, "p80_s": m.p80, "blocks": m.blocks,
+                         "calls_per_block": m.number})
+    for s in sampled:
+        size = "small" if s.quick else "large"
+        naive = "naive (estimated)" if s.naive_estimated else "naive"
+        cached = sorted(s.cached_s)
+        for provider, times in ((naive, [s.naive_s]), ("cached", cached)):
+            rows.append({**common, "op": s.case.name, "size": size,
+                         "size_label": s.case.label(s.quick), "mode": SAMPLE_MODE,
+                         "dtype": "float32", "provider": provider, "p20_s": times[0],
+                         "p50_s": times[len(times) // 2], "p80_s": times[-1],
+                         "blocks": len(times), "calls_per_block": 1})
+    return rows
+
+
+def append_csv(rows: list[dict], path: str) -> None:
+    """Appends ``rows`` to the CSV at ``path`` (with its header if the file is new). A file
+    with another header (an older genfast's) is moved aside to ``path + '.old'`` first."""
+    if os.path.exists(path):
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), None)
+        if header is not None and tuple(header) != CSV_FIELDS:
+            os.replace(path, path + ".old")
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_run(path: str, run: str) -> list[dict]:
+    """The rows of one run (by its ``run`` stamp) from the CSV at ``path``."""
+    with open(path, newline="") as f:
+        return [row for row in csv.DictReader(f) if row["run"] == run]
+
+
 # ----------------------------------------------------------------------------- chart
 
-def write_chart(results: list[Result], path: str, title: str) -> None:
-    """Bars of speedup over the eager reference: one panel per op, one group per (size, mode),
-    one bar per implementation. Drawn with the Agg canvas, never a window."""
+def write_chart(rows: list[dict], path: str, title: str) -> None:
+    """Bars of speedup over the eager reference, from one run's CSV rows: one panel per op, one
+    group per (size, mode), one bar per provider. Drawn with the Agg canvas, never a window."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    cases = list(dict.fromkeys(r.case.name for r in results))
-    fig = Figure(figsize=(max(6.0, 2.2 * max(
-        sum(1 for r in results if r.case.name == c) for c in cases)), 3.6 * len(cases)),
-        layout="constrained")
+    medians: dict[str, dict[tuple[str, str], dict[str, float]]] = {}
+    for row in rows:
+        if row["mode"] == SAMPLE_MODE:
+            continue
+        group = (row["size_label"], row["mode"])
+        medians.setdefault(row["op"], {}).setdefault(group, {})[row["provider"]] = \
+            float(row["p50_s"])
+    cases = list(medians)
+    fig = Figure(figsize=(max(6.0, 2.2 * max(len(g) for g in medians.values())),
+                          3.6 * len(cases)), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(cases), 1, squeeze=False)[:, 0]
     for ax, name in zip(axes, cases):
-        group = [r for r in results if r.case.name == name]
-        impls = list(dict.fromkeys(i for r in group for i in r.measurements if i != REFERENCE))
+        groups = medians[name]
+        impls = list(dict.fromkeys(p for g in groups.values() for p in g if p != REFERENCE))
         width = 0.8 / max(1, len(impls))
         for k, impl in enumerate(impls):
             xs, ys = [], []
-            for j, r in enumerate(group):
-                ratio = r.speedup(impl, REFERENCE)
-                if ratio is not None:
+            for j, times in enumerate(groups.values()):
+                if impl in times and REFERENCE in times:
                     xs.append(j + (k - (len(impls) - 1) / 2) * width)
-                    ys.append(ratio)
+                    ys.append(times[REFERENCE] / times[impl])
             bars = ax.bar(xs, ys, width, label=impl)
             ax.bar_label(bars, labels=[f"{y:.2g}x" for y in ys], fontsize=7, padding=1)
         ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
         ax.set_yscale("log")
-        ax.set_xticks(range(len(group)), [f"{r.size.label}\n{r.mode}" for r in group])
+        ax.set_xticks(range(len(groups)), [f"{label}\n{mode}" for label, mode in groups])
         ax.set_ylabel("speedup vs eager reference")
-        ax.set_title(f"{name} ({str(group[0].case.dtype).removeprefix('torch.')})")
+        ax.set_title(name)
         ax.margins(y=0.15)
         if impls:
             ax.legend(fontsize=8)

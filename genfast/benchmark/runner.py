@@ -35,14 +35,17 @@ def default_device() -> str:
 
 
 def implementations(case: OpCase, device: str, backends: list[str] | None = None,
-                    compile: bool = True) -> list[Implementation]:
+                    compile: bool = True, slow_compile: bool = True) -> list[Implementation]:
     """Reference, torch.compile(reference) and the fast backends, in that order.
 
-    ``backends`` limits the fast backends (None: all of the case's). Backends that cannot run
-    on ``device`` here come back with a reason instead of being dropped, so reports can say why.
+    ``backends`` limits the fast backends (None: all of the case's); ``slow_compile=False``
+    leaves out a torch.compile that takes minutes (``case.slow_compile``). Implementations that
+    cannot run here come back with a reason instead of being dropped, so reports can say why.
     """
-    impls = [Implementation(REFERENCE),
-             Implementation(COMPILE, "" if compile else "disabled (--no-compile)")]
+    compile_skip = "" if compile else "disabled (--no-compile)"
+    if compile and case.slow_compile and not slow_compile:
+        compile_skip = f"{case.slow_compile}; genfast bench --full times it"
+    impls = [Implementation(REFERENCE), Implementation(COMPILE, compile_skip)]
     info = genfast.backends()
     for name in FAST_BACKENDS:
         if backends is not None and name not in backends:
@@ -127,6 +130,10 @@ class Result:
     device: str
     measurements: dict[str, Measurement]
     skipped: dict[str, str]
+
+    def noisy(self) -> dict[str, float]:
+        """The spread (iqr / median) of each implementation whose timings were noisy."""
+        return {impl: m.spread for impl, m in self.measurements.items() if m.noisy}
 
     def median(self, impl: str) -> float | None:
         m = self.measurements.get(impl)

@@ -29,11 +29,21 @@ class TimingSettings:
     max_s: float = 4.0         # per callable: stop adding blocks after this, once there are 3
 
     @classmethod
+    def standard(cls) -> "TimingSettings":
+        """The default ``genfast bench``: fewer blocks, each callable about a second."""
+        return cls(repeats=15, min_block_s=0.05, warmup=2, max_s=1.0)
+
+    @classmethod
     def quick(cls) -> "TimingSettings":
         return cls(repeats=5, min_block_s=0.002, warmup=1, max_s=0.5)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# A measurement whose interquartile range passes this fraction of its median is noisy: the
+# machine's load changed while it was timed.
+NOISY_SPREAD = 0.10
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,17 @@ class Measurement:
     mean: float
     number: int
     blocks: int
+    p20: float
+    p80: float
+
+    @property
+    def spread(self) -> float:
+        """The interquartile range as a fraction of the median."""
+        return self.iqr / self.median if self.median > 0 else 0.0
+
+    @property
+    def noisy(self) -> bool:
+        return self.spread > NOISY_SPREAD
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,10 +94,13 @@ def _calibrate(fn: Callable[[], object], settings: TimingSettings) -> int:
 def _summary(per_call: list[float], number: int) -> Measurement:
     if len(per_call) >= 2:
         q1, _, q3 = statistics.quantiles(per_call, n=4)
+        deciles = statistics.quantiles(per_call, n=10)
+        p20, p80 = deciles[1], deciles[7]
     else:
-        q1 = q3 = per_call[0]
+        q1 = q3 = p20 = p80 = per_call[0]
     return Measurement(median=statistics.median(per_call), iqr=q3 - q1, min=min(per_call),
-                       mean=statistics.fmean(per_call), number=number, blocks=len(per_call))
+                       mean=statistics.fmean(per_call), number=number, blocks=len(per_call),
+                       p20=p20, p80=p80)
 
 
 def measure_interleaved(fns: dict[str, Callable[[], object]],
