@@ -30,8 +30,8 @@ class TimingSettings:
 
     @classmethod
     def standard(cls) -> "TimingSettings":
-        """The default ``genfast bench``: fewer blocks, each callable about a second."""
-        return cls(repeats=15, min_block_s=0.05, warmup=2, max_s=1.0)
+        """The default ``genfast bench``: fewer blocks, each callable about two seconds."""
+        return cls(repeats=21, min_block_s=0.05, warmup=2, max_s=2.0)
 
     @classmethod
     def quick(cls) -> "TimingSettings":
