@@ -40,6 +40,8 @@ def pytest_collection_modifyitems(config, items):
 def _backend_param(name: str, device: str):
     info = genfast.backends()[name]
     marks = [requires_cuda] if device == "cuda" else []
+    if name == "triton" and device == "cpu":
+        marks.append(pytest.mark.slow)  # Triton's CPU interpreter runs a kernel in Python
     if not info.available:
         marks.append(pytest.mark.skip(reason=f"{name} unavailable: {info.reason}"))
     return pytest.param((name, device), id=f"{name}-{device}", marks=marks)

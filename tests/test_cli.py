@@ -73,6 +73,7 @@ def test_bench_writes_json_and_png(quick_bench):
         assert 0 < float(row["p20_s"]) <= float(row["p50_s"]) <= float(row["p80_s"])
 
 
+@pytest.mark.slow
 def test_the_standard_run_times_each_op_once_and_prints_as_it_goes(tmp_path, capsys):
     status = main(["bench", "--quick", "--op", "reparameterize_kl,row_lstm", "--device", "cpu",
                    "--no-progress", "--out", str(tmp_path)])

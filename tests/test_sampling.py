@@ -100,7 +100,8 @@ def test_cached_logits_are_the_networks_bit_for_bit_on_the_cpu_backend(key, data
     partly_drawn_logits(model, model.cached_stepper(n, labels), images, labels, check)
 
 
-@pytest.mark.parametrize("backend_name", ["reference", "triton"])
+@pytest.mark.parametrize("backend_name", [
+    "reference", pytest.param("triton", marks=pytest.mark.slow)])  # the Triton interpreter
 @pytest.mark.parametrize("key", sorted(set(MODELS) - {"independent"}))
 def test_cached_logits_match_the_network_on_every_backend(key, backend_name):
     """The reference backend's PyTorch ops round differently with the shape (vectorised

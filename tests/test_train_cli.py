@@ -122,6 +122,7 @@ def test_every_autoregressive_model_trains_from_the_cli(tmp_path):
         assert 0 < metrics["test"]["nll_bits_per_dim"] < math.log2(17) + 1
 
 
+@pytest.mark.slow
 def test_two_process_ddp_follows_the_one_process_run(tmp_path):
     """Two processes take the halves of each global batch and DDP averages their gradients, so
     after an epoch of real updates they log the same loss and reach the same test NLL as one
@@ -162,6 +163,7 @@ with open(os.path.join(sys.argv[1], f"rank{info.rank}.txt"), "w") as f:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="lists threads through /proc")
+@pytest.mark.slow
 def test_teardown_joins_the_process_groups_threads(tmp_path):
     """After a DDP step, teardown frees the gloo process group, so its threads do not run into
     interpreter exit (where one aborted a worker in CI)."""

@@ -22,6 +22,8 @@ import pytest
 KERNELS_DIR = Path(__file__).resolve().parent.parent / "kernels"
 CAPABILITIES = (80, 90)
 PTXAS = "/usr/local/cuda/bin/ptxas"
+# Compiling every variant for two targets takes about 40 s on 2 cores.
+pytestmark = pytest.mark.slow
 
 # Runs in the subprocess: argv = [kernels dir, output dir, capabilities...]. Writes one .ptx per
 # (variant, capability) and manifest.json listing them, or the error each one raised.
