@@ -28,7 +28,8 @@ def register(subparsers) -> None:
                     "PixelCNN with the cached and the naive method (the naive time estimated); "
                     "--full times every op forward and forward+backward at a small and a large "
                     "size and samples every autoregressive model whole. Prints each result as it "
-                    "is measured, then tables, and writes bench.json and bench.png to --out.")
+                    "is measured, then tables; writes bench.json and bench.png to --out and "
+                    "appends to bench.csv there.")
     parser.add_argument("--op", action="append", type=_comma_list, metavar="NAME[,NAME]",
                         help=f"op or sampling case to time (repeatable; default: all). "
                              f"Choices: {', '.join(case_names() + sampling.case_names())}")
@@ -51,7 +52,8 @@ def register(subparsers) -> None:
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--out", default="bench-results", metavar="DIR",
-                        help="directory for bench.json and bench.png (default: ./bench-results)")
+                        help="directory for bench.json, bench.csv and bench.png (default: "
+                             "./bench-results)")
     parser.add_argument("--check", action="store_true",
                         help="exit with status 1 if an acceptance target fails")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -143,8 +145,8 @@ def run(args) -> int:
         print(sampling.format_sampling_table(sampled))
     settings_record = {
         "quick": args.quick, "full": args.full, "compile": not args.no_compile,
-        "backends": backends,
-        "threads": args.threads, "timing": settings.to_dict(), "elapsed_s": round(elapsed, 2),
+        "backends": backends, "threads": args.threads, "timing": settings.to_dict(),
+        "elapsed_s": round(elapsed, 2),
         "ops": [c.name for c in cases] + [c.name for c in sampling_cases],
     }
     os.makedirs(args.out, exist_ok=True)
