@@ -1,26 +1,45 @@
 """The PixelCNN layer: a drop-in nn.Conv2d whose kernel only sees earlier pixels."""
+import torch
 from torch import nn
 
-from genfast.ops.masked_conv import MASK_TYPES, masked_conv2d, masked_conv2d_on_windows
+from genfast.ops.masked_conv import (MASK_TYPES, conv_mask, masked_conv2d,
+                                     masked_conv2d_on_windows)
 
 
 class MaskedConv2d(nn.Conv2d):
     """nn.Conv2d with a PixelCNN mask, computed without the hidden taps.
 
     Same ``weight`` [out, in, kh, kw] and ``bias`` parameters, initialisation and state_dict keys
-    as nn.Conv2d, so existing checkpoints load. Stride 1 with 'same' padding only: ``padding`` may
-    be "same" or, for odd kernels, kernel_size // 2 * dilation (what PixelCNN code passes).
+    as nn.Conv2d, so existing checkpoints load; a state dict that also carries the ``mask``
+    buffer other PixelCNN code keeps (multiplied into the weight before each forward) loads too,
+    once the mask is checked to be this layer's (:meth:`state_dict_with_mask` writes that form).
+    Stride 1 with 'same' padding only: ``padding`` may be "same" or, for odd kernels,
+    kernel_size // 2 * dilation (what PixelCNN code passes). Takes [B, C, H, W] and, as
+    nn.Conv2d does, unbatched [C, H, W] input.
 
     Args:
-        mask_type: 'A' for the first layer (hides the current pixel), 'B' for the others, 'V'
-            for a Gated PixelCNN vertical stack (sees its own row: shift it down before use).
+        mask_type: 'A' (the default) for the first layer (hides the current pixel), 'B' for the
+            others, 'V' for a Gated PixelCNN vertical stack (sees its own row: shift it down
+            before use).
         data_channels: colour groups of the channels (3 for RGB data, see genfast.masked_conv2d).
         backend: forced backend for this layer, or None for genfast's default.
+        mask_center: instead of mask_type, as other PixelCNN code spells it: True for 'B' (the
+            kernel sees the current pixel), False for 'A'.
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, mask_type="A", data_channels=1,
+    def __init__(self, in_channels, out_channels, kernel_size, mask_type=None, data_channels=1,
                  bias=True, dilation=1, stride=1, padding="same", backend=None,
-                 device=None, dtype=None):
+                 device=None, dtype=None, *, mask_center=None):
+        if isinstance(in_channels, str):
+            raise TypeError(f"genfast: MaskedConv2d takes (in_channels, out_channels, kernel_size, "
+                            f"mask_type='A', ...) and got the mask type {in_channels!r} first: "
+                            f"write MaskedConv2d({out_channels}, {kernel_size}, {mask_type}, "
+                            f"mask_type={in_channels!r})")
+        if mask_center is not None:
+            if mask_type is not None:
+                raise ValueError("genfast: give MaskedConv2d mask_type or mask_center, not both")
+            mask_type = "B" if mask_center else "A"
+        mask_type = "A" if mask_type is None else mask_type
         if mask_type not in MASK_TYPES:
             raise ValueError(f"genfast: mask_type must be 'A', 'B' or 'V', got {mask_type!r}")
         if stride not in (1, (1, 1)):
@@ -43,8 +62,55 @@ class MaskedConv2d(nn.Conv2d):
         self.mask_type, self.data_channels, self.backend = mask_type, data_channels, backend
 
     def forward(self, x, window=None):
+        if isinstance(x, torch.Tensor) and x.dim() == 3:  # unbatched [C, H, W], as nn.Conv2d
+            return self.forward(x.unsqueeze(0), window).squeeze(0)
         return masked_conv2d(x, self.weight, self.bias, self.mask_type, self.data_channels,
                              self.dilation[0], window=window, backend=self.backend)
+
+    def mask(self) -> torch.Tensor:
+        """The 0/1 mask [out, in, kh, kw] of the taps this layer sees, on its weight's device."""
+        return conv_mask(*self.weight.shape, self.mask_type, self.data_channels).to(
+            device=self.weight.device, dtype=self.weight.dtype)
+
+    def state_dict_with_mask(self) -> dict:
+        """The layer in the plain form of other PixelCNN code: nn.Conv2d's ``weight`` (hidden
+        taps zeroed) and ``bias``, plus the ``mask`` buffer they multiply into the weight."""
+        mask = self.mask()
+        state = {"weight": self.weight.detach() * mask, "mask": mask}
+        if self.bias is not None:
+            state["bias"] = self.bias.detach().clone()
+        return state
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # Another PixelCNN's mask buffer: checked against this layer's mask, then dropped (the
+        # kernels never read the taps it hides).
+        key = prefix + "mask"
+        if key in state_dict:
+            problem = self._mask_mismatch(state_dict.pop(key))
+            if problem:
+                error_msgs.append(
+                    f"genfast: {key} is not this MaskedConv2d's mask (mask_type="
+                    f"{self.mask_type!r}, data_channels={self.data_channels}; with colour groups, "
+                    f"channel k of C is in group k * data_channels // C): {problem}")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def _mask_mismatch(self, given) -> str:
+        """Why ``given`` (any shape that broadcasts to the weight's) is not this layer's mask,
+        or ''."""
+        mine = self.mask().bool().cpu()
+        try:
+            given = torch.as_tensor(given).detach().cpu().expand(mine.shape) != 0
+        except RuntimeError:
+            return f"its shape {tuple(given.shape)} does not match the weight's {tuple(mine.shape)}"
+        differ = (given != mine).nonzero()
+        if len(differ) == 0:
+            return ""
+        co, ci, ty, tx = differ[0].tolist()
+        state = "shows" if mine[co, ci, ty, tx] else "hides"
+        return (f"{len(differ)} of {mine.numel()} entries differ, e.g. [{co}, {ci}, {ty}, {tx}], "
+                f"which this layer {state}")
 
     def forward_window(self, x, row0: int, row1: int, col0: int, col1: int):
         """Only the outputs in rows [row0, row1) and columns [col0, col1) of forward(x):
