@@ -12,6 +12,7 @@ import torch
 
 import genfast
 from genfast.cli import main
+from genfast.data.fashion_mnist import DEBIAN_PACKAGE, FASHION_MNIST_DIR
 from genfast.train.checkpoint import load_checkpoint, model_from_checkpoint
 from genfast.train.grid import image_grid
 
@@ -81,6 +82,20 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
             main(argv)
         assert exit_info.value.code == 2 and "genfast does not load" in capsys.readouterr().err
     assert not marker.exists()
+
+
+@pytest.mark.slow  # the evaluation reads all 10,000 test images
+@pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_DIR),
+                    reason=f"{DEBIAN_PACKAGE} is not installed (.ci/run installs it as root on "
+                           f"Debian)")
+def test_a_short_training_run_on_fashion_mnist(tmp_path):
+    metrics = train(tmp_path, "--data", "fashion-mnist", limit=2)
+    assert metrics["history"][0]["images"] == 2 * 32
+    checkpoint = load_checkpoint(str(tmp_path))
+    assert checkpoint["data"] == "fashion-mnist"
+    assert checkpoint["config"]["image_shape"] == (1, 28, 28)
+    assert checkpoint["config"]["levels"] == 256
+    assert math.isfinite(metrics["test"]["nll_bits_per_dim"])
 
 
 def test_resume_continues_exactly(tmp_path):
