@@ -22,6 +22,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -89,15 +90,11 @@ def machine_step():
     info = python_probe(MACHINE_PROBE) or {}
     smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
                           "--format=csv,noheader"], capture_output=True, text=True) \
-        if _has("nvidia-smi") else None
+        if shutil.which("nvidia-smi") else None
     if smi is not None and smi.returncode == 0:
         info["nvidia_smi"] = smi.stdout.strip()
     status = "passed" if info.get("cuda_available") else "failed"
     return {"status": status, **info}
-
-
-def _has(program):
-    return any((Path(d) / program).exists() for d in os.environ.get("PATH", "").split(os.pathsep))
 
 
 def build_step(capability, timeout, rebuild):
@@ -190,12 +187,10 @@ def main(argv=None):
     report["build"] = build_step(capability, left("build"), args.rebuild)
     save()
     for name, step in (("tests", tests_step), ("bench", bench_step)):
-        if report["build"]["status"] != "passed":
-            report[name] = {"status": "skipped", "reason": "the build failed"}
-            continue
-        report[name] = step(out, left(name))
-        save()
-    save()
+        built = report["build"]["status"] == "passed"
+        report[name] = step(out, left(name)) if built else {"status": "skipped",
+                                                             "reason": "the build failed"}
+        save()  # after every step, so an interrupted check still leaves its report
     steps = ("machine", "build", "tests", "bench")
     for name in steps:
         step = report[name]

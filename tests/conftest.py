@@ -23,7 +23,7 @@ if HAS_CUDA:
     # PyTorch may run float32 convolutions (cuDNN's default) and matmuls on TF32 tensor cores,
     # with a 10-bit mantissa: a kernel held to such a "float32" reference at float32 tolerances
     # fails for the wrong reason. The references of the tests run in IEEE float32; genfast's own
-    # kernels compute IEEE float32 whatever these flags say (README, "Precision on a GPU").
+    # kernels compute IEEE float32 whatever these flags say (README, "Building on a GPU machine").
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
 

@@ -164,7 +164,8 @@ def run_sampling_case(case: SamplingCase, device: str, quick: bool = False,
     """Times naive and cached sampling; with ``estimate_naive`` the naive time comes from
     estimate_naive_s, and the two methods are compared at the small (quick) size."""
     model = case_model(case, device, quick)
-    if estimate_naive and not quick:
+    estimated = estimate_naive and not quick  # a quick run's naive pass is short: timed whole
+    if estimated:
         naive_s = estimate_naive_s(model, case, device)
         small = case_model(case, device, quick=True)
         identical = torch.equal(_timed_sample(small, case, "naive", device)[1],
@@ -176,7 +177,7 @@ def run_sampling_case(case: SamplingCase, device: str, quick: bool = False,
         identical = torch.equal(naive, cached)
     times = [_timed_sample(model, case, "cached", device)[0] for _ in range(max(1, repeats))]
     return SamplingResult(case, quick, device, naive_s, times, identical,
-                          naive_estimated=estimate_naive and not quick)
+                          naive_estimated=estimated)
 
 
 def format_sampling_table(results: list[SamplingResult]) -> str:

@@ -234,14 +234,19 @@ def lstm_rows(gates_in, weight, bias=None, h0=None, c0=None, pad_left=None, *, b
     name = _backend.select("lstm_rows", backend, gates_in.device, gates_in.dtype, IMPLEMENTED)
     if name == "reference":
         return lstm_rows_ref(gates_in, weight, bias, h0, c0, pad_left)
-    batch, channels, _, length = gates_in.shape
-    cell = cell_dtype(gates_in.dtype)
-    if h0 is None:
-        h0 = gates_in.new_zeros(batch, channels // 4, length)
-    c0 = gates_in.new_zeros(batch, channels // 4, length, dtype=cell) if c0 is None \
-        else c0.to(cell)
+    h0, c0 = initial_states(gates_in, gates_in.shape[1] // 4, h0, c0)
     h, c, _ = _FORWARD_OPS[name](gates_in, weight, bias, h0, c0, pad_left)
     return h, c
+
+
+def initial_states(like, hidden, h0=None, c0=None):
+    """The (h0, c0) the fused ops take, for a [B, *, R, L] input ``like``: zeros [B, hidden, L]
+    where None, and c0 in the cell's dtype (float32 for float16/bfloat16)."""
+    batch, _, _, length = like.shape
+    cell = cell_dtype(like.dtype)
+    h0 = like.new_zeros(batch, hidden, length) if h0 is None else h0
+    c0 = like.new_zeros(batch, hidden, length, dtype=cell) if c0 is None else c0.to(cell)
+    return h0, c0
 
 
 def lstm_row_step(gates_in_row, h_prev=None, c_prev=None, weight=None, bias=None, pad_left=None,

@@ -199,11 +199,7 @@ def lstm_rows_conv(x, in_weight, weight, bias=None, h0=None, c0=None, in_pad_lef
         return rows(conv_rows(x, in_weight, in_pad_left), weight, bias, h0, c0, pad_left)
     gates_like = x.new_empty(()).expand(x.shape[0], hidden4, x.shape[2], x.shape[3])
     pad_left = lstm_row._check_args(gates_like, weight, bias, h0, c0, pad_left)
-    batch, _, _, length = x.shape
-    cell = lstm_row.cell_dtype(x.dtype)
-    if h0 is None:
-        h0 = x.new_zeros(batch, hidden4 // 4, length)
-    c0 = x.new_zeros(batch, hidden4 // 4, length, dtype=cell) if c0 is None else c0.to(cell)
+    h0, c0 = lstm_row.initial_states(x, hidden4 // 4, h0, c0)
     # AMX tiles only for a call autograd records (training): inference keeps the bits of
     # lstm_rows after a separate convolution, which the cached samplers reproduce.
     recorded = torch.is_grad_enabled() and any(

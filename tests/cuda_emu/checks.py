@@ -98,12 +98,7 @@ def check_masked_conv(case, dtype, window=None, channels_last=False):
 
 def emulated_lstm_rows(gates_in, weight, bias=None, h0=None, c0=None, pad_left=None):
     """lstm_rows' defaults (zero states, float32 cell for float16/bfloat16), then the op."""
-    batch, channels, _, length = gates_in.shape
-    cell = lstm_row.cell_dtype(gates_in.dtype)
-    if h0 is None:
-        h0 = gates_in.new_zeros(batch, channels // 4, length)
-    c0 = gates_in.new_zeros(batch, channels // 4, length, dtype=cell) if c0 is None \
-        else c0.to(cell)
+    h0, c0 = lstm_row.initial_states(gates_in, gates_in.shape[1] // 4, h0, c0)
     h, c, _ = emulated_ops().lstm_rows(gates_in, weight, bias, h0, c0, pad_left)
     return h, c
 
