@@ -62,7 +62,9 @@ def extension():
     # at::parallel_for is inline OpenMP code: without -fopenmp it silently runs on one thread.
     cxx.append("-fopenmp")
     link = ["-fopenmp"]
-    sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
+    # csrc/cpu/isa/ holds one translation unit per CPU ISA level (each sets its own target).
+    sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp")) + sorted(
+        glob.glob("csrc/cpu/isa/*.cpp"))
     if not with_cuda:
         return cpp_extension.CppExtension(
             "genfast._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link)

@@ -24,111 +24,28 @@
 #include <type_traits>
 #include <vector>
 
-#include "cpu/simd_math.h"
+#include "cpu/kernel_table.h"
 #include "gated_common.h"
 
 namespace genfast::gated {
 namespace {
 
 using at::Tensor;
-using simd::kLanes;
-using simd::vfloat;
-using simd::vint;
 
 // Output elements per tile of the gather path, and per parallel task at least.
 constexpr int64_t kTile = 1024;
 constexpr int64_t kGrain = 32768;
 // float rows at least this long are processed in place; shorter ones (channels-last with few
 // channels, dim = -1 on a small last dimension) are gathered into tiles first.
-constexpr int64_t kDirectMinInner = 4 * kLanes;
+constexpr int64_t kDirectMinInner = 4 * cpu::kPadLanes<float>;
 
-// ----------------------------------------------------------------------------- the maths
-
-GENFAST_SIMD_INLINE vfloat abs(vfloat x) {
-  return reinterpret_cast<vfloat>(reinterpret_cast<vint>(x) & 0x7fffffff);
+// The float loops run at the CPU's ISA level (csrc/cpu/kernels/gated.h).
+void forward_floats(const float* a, const float* b, float* y, int64_t n) {
+  cpu::kernels().gated_forward(a, b, y, n);
 }
-GENFAST_SIMD_INLINE vfloat with_sign_of(vfloat magnitude, vfloat sign) {
-  const vint sign_bit = reinterpret_cast<vint>(sign) & static_cast<int32_t>(0x80000000u);
-  return reinterpret_cast<vfloat>(reinterpret_cast<vint>(magnitude) | sign_bit);
-}
-
-struct Gate {
-  vfloat tanh_a;   // tanh(a)
-  vfloat sech2_a;  // 1 - tanh(a)^2 (backward only)
-  vfloat sig_b;    // sigmoid(b)
-  vfloat dsig_b;   // sigmoid(b) * (1 - sigmoid(b)) (backward only)
-};
-
-template <bool kBackward>
-GENFAST_SIMD_INLINE Gate gate(vfloat a, vfloat b) {
-  Gate g;
-  const vfloat abs_a = abs(a);
-  const vfloat t = simd::exp(-2.0f * abs_a);
-  const vfloat r = 1.0f / (1.0f + t);
-  const vfloat z = abs_a * abs_a;
-  vfloat p = simd::splat(-5.7049848004e-3f);
-  p = p * z + 2.0639085375e-2f;
-  p = p * z - 5.3739714545e-2f;
-  p = p * z + 1.3331442192e-1f;
-  p = p * z - 3.3333281942e-1f;
-  const vfloat small = abs_a + abs_a * z * p;
-  const vfloat large = 1.0f - 2.0f * t * r;
-  g.tanh_a = with_sign_of(simd::select(abs_a < simd::splat(0.625f), small, large), a);
-
-  const vfloat e = simd::exp(-abs(b));
-  const vfloat q = 1.0f / (1.0f + e);
-  // b >= 0 is false for NaN, which then flows through e * q.
-  g.sig_b = simd::select(b >= simd::splat(0.0f), q, e * q);
-  if constexpr (kBackward) {
-    g.sech2_a = 4.0f * t * r * r;
-    g.dsig_b = e * q * q;
-  }
-  return g;
-}
-
-// y[k] = tanh(a[k]) * sigmoid(b[k]), k < n; the last partial vector goes through a buffer.
-GENFAST_TARGET_CLONES
-void forward_floats(const float* __restrict a, const float* __restrict b, float* __restrict y,
-                    int64_t n) {
-  int64_t k = 0;
-  for (; k + kLanes <= n; k += kLanes) {
-    const Gate g = gate<false>(simd::load(a + k), simd::load(b + k));
-    simd::store(y + k, g.tanh_a * g.sig_b);
-  }
-  if (k < n) {
-    alignas(64) float ab[kLanes] = {}, bb[kLanes] = {}, yb[kLanes];
-    std::copy(a + k, a + n, ab);
-    std::copy(b + k, b + n, bb);
-    const Gate g = gate<false>(simd::load(ab), simd::load(bb));
-    simd::store(yb, g.tanh_a * g.sig_b);
-    std::copy(yb, yb + (n - k), y + k);
-  }
-}
-
-// dL/da = dL/dy * sigmoid(b) * (1 - tanh(a)^2), dL/db = dL/dy * tanh(a) * sigmoid'(b).
-GENFAST_TARGET_CLONES
-void backward_floats(const float* __restrict a, const float* __restrict b,
-                     const float* __restrict gy, float* __restrict ga, float* __restrict gb,
+void backward_floats(const float* a, const float* b, const float* gy, float* ga, float* gb,
                      int64_t n) {
-  int64_t k = 0;
-  for (; k + kLanes <= n; k += kLanes) {
-    const Gate g = gate<true>(simd::load(a + k), simd::load(b + k));
-    const vfloat dy = simd::load(gy + k);
-    simd::store(ga + k, dy * g.sig_b * g.sech2_a);
-    simd::store(gb + k, dy * g.tanh_a * g.dsig_b);
-  }
-  if (k < n) {
-    alignas(64) float ab[kLanes] = {}, bb[kLanes] = {}, gyb[kLanes] = {}, gab[kLanes], gbb[kLanes];
-    std::copy(a + k, a + n, ab);
-    std::copy(b + k, b + n, bb);
-    std::copy(gy + k, gy + n, gyb);
-    const Gate g = gate<true>(simd::load(ab), simd::load(bb));
-    const vfloat dy = simd::load(gyb);
-    simd::store(gab, dy * g.sig_b * g.sech2_a);
-    simd::store(gbb, dy * g.tanh_a * g.dsig_b);
-    std::copy(gab, gab + (n - k), ga + k);
-    std::copy(gbb, gbb + (n - k), gb + k);
-  }
+  cpu::kernels().gated_backward(a, b, gy, ga, gb, n);
 }
 
 // float64 (gradcheck's dtype): the same identities, one element at a time with std:: maths.

@@ -14,7 +14,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "cpu/conv_tile.h"
+#include "cpu/kernel_table.h"
 #include "cpu/reduction_parts.h"
 #include "cpu/scratch.h"
 #include "cpu/strided_copy.h"
@@ -187,14 +187,15 @@ const acc_t* pack_weight(const Tensor& w, const Geometry& g, bool transposed, in
 template <typename acc_t>
 void gather_row(const acc_t* a_row, const acc_t* b, const std::vector<Segment>& segs,
                 int64_t width, int64_t n_pad, int64_t a_pixel_stride, int64_t k, acc_t* out) {
-  constexpr int64_t lanes = cpu::Vec<acc_t>::kLanes;
-  for (int64_t n0 = 0; n0 < n_pad; n0 += cpu::kMaxVectors * lanes) {
-    const int vectors = static_cast<int>(std::min<int64_t>(cpu::kMaxVectors, (n_pad - n0) / lanes));
-    const EvenTiles tiles(width, cpu::max_rows(vectors));
+  const int64_t lanes = cpu::lanes<acc_t>();
+  for (int64_t n0 = 0; n0 < n_pad; n0 += cpu::kernels().max_vectors * lanes) {
+    const int vectors =
+        static_cast<int>(std::min<int64_t>(cpu::kernels().max_vectors, (n_pad - n0) / lanes));
+    const EvenTiles tiles(width, cpu::kernels().max_rows[vectors]);
     const TileArgs args{a_pixel_stride, 1, n_pad, k, n_pad, false};
     for (int64_t i = 0; i < tiles.count; ++i) {
       const int64_t j0 = tiles.start(i), rows = tiles.start(i + 1) - j0;
-      cpu::conv_tile<acc_t>(static_cast<int>(rows), vectors, true)(
+      cpu::tile_kernel<acc_t>(static_cast<int>(rows), vectors, true)(
           a_row + j0 * a_pixel_stride, b + n0, segs.data(), static_cast<int64_t>(segs.size()),
           args, out + j0 * n_pad + n0);
     }
@@ -243,7 +244,7 @@ template <typename scalar_t>
 Tensor forward_impl(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias,
                     const Geometry& g, const Tensor* prepacked = nullptr) {
   using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-  const Layout l(g, cpu::Vec<acc_t>::kLanes);
+  const Layout l(g, cpu::kPadLanes<acc_t>);
   Tensor y = at::empty({g.batch, g.out_channels, g.out_h(), g.out_w()},
                        x.options().memory_format(x.suggest_memory_format()));
   if (y.numel() == 0) return y;
@@ -315,10 +316,6 @@ Tensor grad_input(const acc_t* q, const Tensor& x, const Tensor& weight,
   return gx;
 }
 
-// Output-channel vectors per grad-weight tile (x 6 input channels): with aligned buffers,
-// 4 measured a few percent faster than 2 (x 12).
-constexpr int64_t kGradWeightVectors = 4;
-
 // Where grad-weight reads the input: image pixel (b, row, col), channel ci is at
 // data + b * sb + (row - row0) * sh + (col - col0) * sw + ci * sc. Either x itself, when it is in
 // the compute dtype with unit stride along channels or along width (channels_last or NCHW: no
@@ -349,11 +346,13 @@ bool readable_in_place(const Tensor& x) {
 template <typename scalar_t, typename acc_t>
 Tensor grad_weight(const InputView<acc_t>& in, const acc_t* q, const Tensor& weight,
                    const Geometry& g, const Layout& l) {
-  constexpr int64_t lanes = cpu::Vec<acc_t>::kLanes;
+  const int64_t lanes = cpu::lanes<acc_t>();
   const int64_t ntaps = static_cast<int64_t>(g.taps.size()), cin = g.in_channels;
   const int64_t part_size = ntaps * cin * l.co_pad;
   cpu::AlignedVector<acc_t> packed(cpu::kReductionParts * part_size, acc_t(0));
-  const int64_t block = kGradWeightVectors * lanes;
+  // Output-channel vectors per grad-weight tile: the level's widest tile.
+  const int64_t max_vectors = cpu::kernels().max_vectors;
+  const int64_t block = max_vectors * lanes;
   const int64_t co_blocks = (l.co_pad + block - 1) / block;
   const int64_t out_rows = g.batch * g.out_h();
   const bool unit_k = in.sw == 1;  // NCHW: pixels contiguous; else channels are (sc == 1)
@@ -370,8 +369,9 @@ Tensor grad_weight(const InputView<acc_t>& in, const acc_t* q, const Tensor& wei
     for (int64_t t = 0; t < ntaps; ++t) {
       for (int64_t cb = 0; cb < co_blocks; ++cb) {
         const int64_t co0 = cb * block;
-        const int vectors = static_cast<int>(std::min<int64_t>(kGradWeightVectors, (l.co_pad - co0) / lanes));
-        const EvenTiles tiles(cin, cpu::max_rows(vectors));
+        const int vectors =
+            static_cast<int>(std::min<int64_t>(max_vectors, (l.co_pad - co0) / lanes));
+        const EvenTiles tiles(cin, cpu::kernels().max_rows[vectors]);
         for (int64_t i = 0; i < tiles.count; ++i)
           tasks.push_back({t, tiles.start(i), tiles.start(i + 1) - tiles.start(i), co0, vectors});
       }
@@ -406,7 +406,7 @@ Tensor grad_weight(const InputView<acc_t>& in, const acc_t* q, const Tensor& wei
             }
             const TileArgs args{unit_k ? in.sc : 1, unit_k ? 1 : in.sw, l.co_pad, j1 - j0,
                                 l.co_pad, c0 > rows0};
-            cpu::conv_tile<acc_t>(static_cast<int>(task.rows), task.vectors, unit_k)(
+            cpu::tile_kernel<acc_t>(static_cast<int>(task.rows), task.vectors, unit_k)(
                 in.data, q, segs.data(), nseg, args,
                 packed.data() + part * part_size + (task.tap * cin + task.ci0) * l.co_pad +
                     task.co0);
@@ -450,7 +450,7 @@ Tensor forward_op(const Tensor& x, const Tensor& weight, const std::optional<Ten
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "masked_conv2d", [&] {
     if (packed != nullptr) {
       using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-      const Layout l(g, cpu::Vec<acc_t>::kLanes);
+      const Layout l(g, cpu::kPadLanes<acc_t>);
       const int64_t size = packed_weight_size<acc_t>(g, false, l.co_pad);
       TORCH_CHECK(packed->scalar_type() == at::CppTypeToScalarType<acc_t>::value &&
                       packed->is_contiguous() && packed->numel() == size,
@@ -482,7 +482,7 @@ Tensor masked_conv2d_pack_weight_cpu(const Tensor& x, const Tensor& weight, int6
   Tensor packed;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "masked_conv2d_pack_weight", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    const Layout l(g, cpu::Vec<acc_t>::kLanes);
+    const Layout l(g, cpu::kPadLanes<acc_t>);
     packed = at::empty({packed_weight_size<acc_t>(g, false, l.co_pad)},
                        x.options().dtype(at::CppTypeToScalarType<acc_t>::value));
     pack_weight_into<scalar_t, acc_t>(weight, g, false, l.co_pad, packed.data_ptr<acc_t>());
@@ -514,7 +514,7 @@ std::tuple<Tensor, Tensor, Tensor> masked_conv2d_backward_cpu(
   const Tensor gy = grad_y.to(x.scalar_type());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "masked_conv2d_backward", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    const Layout l(g, cpu::Vec<acc_t>::kLanes);
+    const Layout l(g, cpu::kPadLanes<acc_t>);
     const acc_t* q = nullptr;
     if (output_mask[0] || output_mask[1]) q = pack_grad_output<scalar_t, acc_t>(gy, g, l);
     gx = output_mask[0] ? grad_input<scalar_t, acc_t>(q, x, weight, g, l) : at::empty({0}, x.options());

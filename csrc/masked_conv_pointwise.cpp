@@ -6,7 +6,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "cpu/conv_tile.h"
+#include "cpu/kernel_table.h"
 #include "cpu/strided_copy.h"
 
 namespace genfast::masked_conv {
@@ -49,21 +49,18 @@ at::Tensor masked_matrix(const at::Tensor& weight, const Geometry& g, at::Scalar
 // thread runs on the calling thread.
 constexpr int64_t kParallelMacs = int64_t{1} << 18;
 
-template <typename acc_t>
-constexpr int64_t kLanes = cpu::Vec<acc_t>::kLanes;
-
 // C[n][j] = bias[n] + sum_{k < kdim} A[n][k] B[k][j], for n < rows and j < cols (a multiple of the
 // vector width, at most kMaxVectors vectors): one column block, tiled over the rows.
 template <typename acc_t>
 void column_block(const acc_t* a, int64_t rows, int64_t kdim, const acc_t* b, int64_t b_stride,
                   int64_t cols, const acc_t* bias, acc_t* c, int64_t c_stride) {
-  const int vectors = static_cast<int>(cols / kLanes<acc_t>);
-  const int64_t most = cpu::max_rows(vectors), count = (rows + most - 1) / most;
+  const int vectors = static_cast<int>(cols / cpu::lanes<acc_t>());
+  const int64_t most = cpu::kernels().max_rows[vectors], count = (rows + most - 1) / most;
   const Segment seg{0, 0};
   const TileArgs args{kdim, 1, b_stride, kdim, c_stride, false};
   for (int64_t i = 0; i < count; ++i) {
     const int64_t n0 = i * rows / count, n1 = (i + 1) * rows / count;
-    cpu::conv_tile<acc_t>(static_cast<int>(n1 - n0), vectors, true)(
+    cpu::tile_kernel<acc_t>(static_cast<int>(n1 - n0), vectors, true)(
         a + n0 * kdim, b, &seg, 1, args, c + n0 * c_stride);
     for (int64_t n = n0; n < n1; ++n)
       for (int64_t j = 0; j < cols; ++j) c[n * c_stride + j] += bias[n];
@@ -75,7 +72,7 @@ void column_block(const acc_t* a, int64_t rows, int64_t kdim, const acc_t* b, in
 template <typename acc_t>
 void columns(const acc_t* a, const Geometry& g, const acc_t* bias, const acc_t* x,
              int64_t x_stride, acc_t* y, int64_t y_stride, int64_t j0, int64_t cols) {
-  constexpr int64_t lanes = kLanes<acc_t>;
+  const int64_t lanes = cpu::lanes<acc_t>();
   const int64_t cin = g.in_channels, cout = g.out_channels;
   const int64_t whole = cols / lanes * lanes, rest = cols - whole;
   if (whole > 0) column_block(a, cout, cin, x + j0, x_stride, whole, bias, y + j0, y_stride);
@@ -89,7 +86,7 @@ void columns(const acc_t* a, const Geometry& g, const acc_t* bias, const acc_t* 
 // The column blocks of `n` columns: whole blocks of kMaxVectors vectors, then the rest.
 template <typename acc_t>
 int64_t blocks_of(int64_t n) {
-  const int64_t block = cpu::kMaxVectors * kLanes<acc_t>;
+  const int64_t block = cpu::kernels().max_vectors * cpu::lanes<acc_t>();
   return (n + block - 1) / block;
 }
 
@@ -98,7 +95,7 @@ template <typename acc_t>
 void forward_in_place(const acc_t* a, const Geometry& g, const acc_t* bias, const at::Tensor& x,
                       at::Tensor& y) {
   const int64_t npix = g.out_h() * g.out_w(), blocks = blocks_of<acc_t>(npix);
-  const int64_t block = cpu::kMaxVectors * kLanes<acc_t>;
+  const int64_t block = cpu::kernels().max_vectors * cpu::lanes<acc_t>();
   const acc_t* xp = x.const_data_ptr<acc_t>() + g.row0 * x.stride(2) + g.col0 * x.stride(3);
   acc_t* yp = y.mutable_data_ptr<acc_t>();
   const int64_t block_macs = std::max<int64_t>(1, block * g.in_channels * g.out_channels);
@@ -118,8 +115,8 @@ void forward_in_place(const acc_t* a, const Geometry& g, const acc_t* bias, cons
 template <typename acc_t>
 void forward_one_pixel(const acc_t* a, const Geometry& g, const acc_t* bias, const at::Tensor& x,
                        at::Tensor& y) {
-  constexpr int64_t lanes = kLanes<acc_t>;
-  const int64_t block = cpu::kMaxVectors * lanes;
+  const int64_t lanes = cpu::lanes<acc_t>();
+  const int64_t block = cpu::kernels().max_vectors * lanes;
   const int64_t cin = g.in_channels, cout = g.out_channels;
   const acc_t* xp = x.const_data_ptr<acc_t>() + g.row0 * x.stride(2) + g.col0 * x.stride(3);
   acc_t* yp = y.mutable_data_ptr<acc_t>();
@@ -149,7 +146,7 @@ bool pointwise_forward_applies(const at::Tensor& x, const Geometry& g) {
   return (f32 || x.scalar_type() == at::kDouble) &&
          x.suggest_memory_format() == at::MemoryFormat::Contiguous && x.stride(3) == 1 &&
          (g.out_h() == 1 || x.stride(2) == g.out_w()) &&
-         g.out_h() * g.out_w() >= (f32 ? kLanes<float> : kLanes<double>);
+         g.out_h() * g.out_w() >= (f32 ? cpu::lanes<float>() : cpu::lanes<double>());
 }
 
 namespace {

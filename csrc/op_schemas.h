@@ -7,6 +7,15 @@
 namespace genfast {
 
 inline void define_op_schemas(torch::Library& m) {
+  // The CPU kernels' ISA level (csrc/cpu/isa.h): the one in use, the ones this CPU can run
+  // (lowest first), and a switch to another of those, for tests and benchmarks.
+  m.def("cpu_isa() -> str");
+  m.def("cpu_isa_levels() -> str[]");
+  m.def("set_cpu_isa(str level) -> ()");
+  // fn(x) for float32 x with the CPU kernels' vector maths at the level in use, for its
+  // accuracy tests; fn is exp, log, sigmoid, tanh, sin_turns or cos_turns (of 2 pi x).
+  m.def("cpu_vector_math(Tensor x, str fn) -> Tensor");
+
   // Reparameterized Gaussian sampling fused with KL(N(mu, exp(logvar)) || N(0, I)).
   //   eps: explicit noise shaped like z, or None to draw it in-kernel from `seed`.
   //   seed: int64[2] CPU tensor (philox key, counter offset) drawn from a torch Generator.

@@ -19,7 +19,7 @@
 #endif
 
 #include "cpu/gaussian_noise.h"
-#include "cpu/simd_math.h"
+#include "cpu/kernel_table.h"
 #include "reparam_common.h"
 
 namespace genfast::reparam {
@@ -27,7 +27,7 @@ namespace {
 
 using at::Tensor;
 using cpu::NoiseStream;
-using simd::kLanes;
+constexpr int64_t kLanes = cpu::kPadLanes<float>;  // tiles padded to 64 bytes
 
 constexpr int64_t kTile = 1024;
 // Below this many tiles the whole op runs on one thread: waking the pool costs more.
@@ -80,32 +80,11 @@ void store_tile(const acc_t* src, int64_t n, scalar_t* dst, bool streaming) {
   }
 }
 
-// std = exp(logvar / 2) and, if kl is given, the elementwise KL. Returns the KL summed over the
-// first n elements (the rest of the padded tile is zeros and is ignored).
-GENFAST_TARGET_CLONES
-float std_and_kl(const float* __restrict mu, const float* __restrict logvar, int64_t n,
-                 float* __restrict std_out, float* __restrict kl) {
-  simd::vfloat kl_sum = simd::splat(0.0f);
-  const int64_t padded = round_up_to_lanes(n);
-  for (int64_t k = 0; k < padded; k += kLanes) {
-    simd::vfloat m = simd::load(mu + k), lv = simd::load(logvar + k);
-    simd::vfloat s = simd::exp(0.5f * lv);
-    simd::store(std_out + k, s);
-    if (kl != nullptr) {
-      simd::vfloat d = 0.5f * (m * m + s * s - 1.0f - lv);
-      simd::store(kl + k, d);
-      if (k + kLanes <= n) {
-        kl_sum += d;
-      } else {
-        for (int64_t l = 0; l < n - k; ++l) kl_sum[l] += d[l];
-      }
-    }
-  }
-  float total = 0.0f;
-  for (int l = 0; l < kLanes; ++l) total += kl_sum[l];
-  return total;
+// The float steps run at the CPU's ISA level (csrc/cpu/kernels/reparam.h); double (used for
+// gradcheck) takes the plain loops here.
+float std_and_kl(const float* mu, const float* logvar, int64_t n, float* std_out, float* kl) {
+  return cpu::kernels().reparam_std_and_kl(mu, logvar, n, std_out, kl);
 }
-
 double std_and_kl(const double* mu, const double* logvar, int64_t n, double* std_out, double* kl) {
   double total = 0.0;
   for (int64_t k = 0; k < n; ++k) {
@@ -118,57 +97,36 @@ double std_and_kl(const double* mu, const double* logvar, int64_t n, double* std
   return total;
 }
 
-// The elementwise steps of the tiles. Float versions are multiversioned so they run at the
-// machine's SIMD width; double (used for gradcheck) takes the plain loop.
-template <typename T>
-GENFAST_SIMD_INLINE void sample_loop(const T* __restrict mu, const T* __restrict std_dev,
-                                     T* __restrict noise_to_z, int64_t n) {
-  for (int64_t k = 0; k < n; ++k) noise_to_z[k] = mu[k] + std_dev[k] * noise_to_z[k];
-}
-GENFAST_TARGET_CLONES void sample(const float* mu, const float* std_dev, float* z, int64_t n) {
-  sample_loop(mu, std_dev, z, n);
+void sample(const float* mu, const float* std_dev, float* z, int64_t n) {
+  cpu::kernels().reparam_sample(mu, std_dev, z, n);
 }
 void sample(const double* mu, const double* std_dev, double* z, int64_t n) {
-  sample_loop(mu, std_dev, z, n);
+  for (int64_t k = 0; k < n; ++k) z[k] = mu[k] + std_dev[k] * z[k];
 }
 
-template <typename T>
-GENFAST_SIMD_INLINE void accumulate_loop(const T* __restrict grad_z, const T* __restrict noise,
-                                         T* __restrict sum_g, T* __restrict sum_gn, int64_t n) {
+void accumulate(const float* grad_z, const float* noise, float* sum_g, float* sum_gn,
+                int64_t n) {
+  cpu::kernels().reparam_accumulate(grad_z, noise, sum_g, sum_gn, n);
+}
+void accumulate(const double* grad_z, const double* noise, double* sum_g, double* sum_gn,
+                int64_t n) {
   for (int64_t k = 0; k < n; ++k) {
     sum_g[k] += grad_z[k];
     sum_gn[k] += grad_z[k] * noise[k];
   }
 }
-GENFAST_TARGET_CLONES void accumulate(const float* grad_z, const float* noise, float* sum_g,
-                                      float* sum_gn, int64_t n) {
-  accumulate_loop(grad_z, noise, sum_g, sum_gn, n);
-}
-void accumulate(const double* grad_z, const double* noise, double* sum_g, double* sum_gn,
-                int64_t n) {
-  accumulate_loop(grad_z, noise, sum_g, sum_gn, n);
-}
 
-// d/dmu: dz/dmu = 1, dKL/dmu = mu.  d/dlogvar: dz/dlogvar = std * eps / 2 and
-// dKL/dlogvar = (exp(logvar) - 1) / 2 = (std^2 - 1) / 2.
-template <typename T>
-GENFAST_SIMD_INLINE void grads_loop(const T* __restrict mu, const T* __restrict std_dev,
-                                    const T* __restrict sum_g, const T* __restrict sum_gn,
-                                    const T* __restrict grad_kl, T* __restrict grad_mu,
-                                    T* __restrict grad_logvar, int64_t n) {
-  for (int64_t k = 0; k < n; ++k) {
-    grad_mu[k] = sum_g[k] + grad_kl[k] * mu[k];
-    grad_logvar[k] = T(0.5) * (std_dev[k] * sum_gn[k] + grad_kl[k] * (std_dev[k] * std_dev[k] - T(1)));
-  }
-}
-GENFAST_TARGET_CLONES void grads(const float* mu, const float* std_dev, const float* sum_g,
-                                 const float* sum_gn, const float* grad_kl, float* grad_mu,
-                                 float* grad_logvar, int64_t n) {
-  grads_loop(mu, std_dev, sum_g, sum_gn, grad_kl, grad_mu, grad_logvar, n);
+// See csrc/cpu/kernels/reparam.h for the derivatives.
+void grads(const float* mu, const float* std_dev, const float* sum_g, const float* sum_gn,
+           const float* grad_kl, float* grad_mu, float* grad_logvar, int64_t n) {
+  cpu::kernels().reparam_grads(mu, std_dev, sum_g, sum_gn, grad_kl, grad_mu, grad_logvar, n);
 }
 void grads(const double* mu, const double* std_dev, const double* sum_g, const double* sum_gn,
            const double* grad_kl, double* grad_mu, double* grad_logvar, int64_t n) {
-  grads_loop(mu, std_dev, sum_g, sum_gn, grad_kl, grad_mu, grad_logvar, n);
+  for (int64_t k = 0; k < n; ++k) {
+    grad_mu[k] = sum_g[k] + grad_kl[k] * mu[k];
+    grad_logvar[k] = 0.5 * (std_dev[k] * sum_gn[k] + grad_kl[k] * (std_dev[k] * std_dev[k] - 1));
+  }
 }
 
 // The noise of stream elements [first, first + n): from eps if given, else from philox.

@@ -13,20 +13,14 @@
 #include <limits>
 #include <vector>
 
-#include "cpu/simd_math.h"
+#include "cpu/kernel_table.h"
 #include "masked_conv_common.h"
 #include "masked_conv_pointwise.h"
 
 namespace genfast::sampling {
 namespace {
 
-using simd::kLanes;
-
-// e[l] = exp(e[l]) for whole vectors (n a multiple of kLanes).
-GENFAST_TARGET_CLONES
-void exp_in_place(float* e, int64_t n) {
-  for (int64_t l = 0; l < n; l += kLanes) simd::store(e + l, simd::exp(simd::load(e + l)));
-}
+constexpr int64_t kLanes = cpu::kPadLanes<float>;  // exp_in_place takes whole 64-byte blocks
 
 // The level drawn from one row of logits (`stride` apart) with uniform u in [0, 1).
 // Probabilities exp(l - max) in float32 (float64 for float64 logits), sums in float64.
@@ -40,7 +34,7 @@ int64_t draw_row(const T* logits, int64_t stride, int64_t levels, double u) {
   for (int64_t l = 0; l < levels; ++l) top = std::max(top, static_cast<acc_t>(logits[l * stride]));
   for (int64_t l = 0; l < levels; ++l) e[l] = static_cast<acc_t>(logits[l * stride]) - top;
   if constexpr (std::is_same_v<acc_t, float>) {
-    exp_in_place(e.data(), padded);
+    cpu::kernels().exp_in_place(e.data(), padded);
   } else {
     for (int64_t l = 0; l < levels; ++l) e[l] = std::exp(e[l]);
   }

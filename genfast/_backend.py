@@ -41,6 +41,7 @@ class BackendInfo:
     reason: str  # why it is unavailable; empty when available
     devices: tuple[str, ...]
     dtypes: tuple[torch.dtype, ...]
+    auto_skips: str = ""  # why ``auto`` passes over it here although it is usable; else empty
 
 
 def _triton_importable() -> bool:
@@ -101,11 +102,25 @@ def _device_reason(name: str, device: torch.device, dtype: torch.dtype) -> str:
     return ""
 
 
+def _auto_skip_reason(name: str, device_type: str) -> str:
+    """Why ``auto`` should not pick a usable backend on this device, or ''."""
+    if name == "cpu" and device_type == "cpu" and _ext.has_op("cpu_isa"):
+        from genfast import isa
+
+        if isa.cpu_isa() == "baseline":
+            return ("its kernels have no tuned path for this CPU (ISA level 'baseline': no AVX2, "
+                    "or not x86-64), where the reference is faster; backend='cpu' still runs "
+                    "them")
+    return ""
+
+
 def backends() -> dict[str, BackendInfo]:
-    """Each backend, whether it is usable on this machine, and if not, why."""
+    """Each backend, whether it is usable on this machine, and if not, why; and where ``auto``
+    passes over a usable one (the cpu backend on a CPU without a tuned path), why."""
     return {
         name: BackendInfo(name, not _missing_reason(name), _missing_reason(name),
-                          _devices(name), FLOAT_DTYPES)
+                          _devices(name), FLOAT_DTYPES,
+                          "" if _missing_reason(name) else _auto_skip_reason(name, "cpu"))
         for name in BACKENDS
     }
 
@@ -128,7 +143,9 @@ def _check_name(name: str) -> None:
 
 def _auto(device: torch.device, dtype: torch.dtype, implemented: tuple[str, ...]) -> str:
     for name in AUTO_ORDER.get(device.type, ("reference",)):
-        if name in implemented and not _missing_reason(name) and not _device_reason(name, device, dtype):
+        if (name in implemented and not _missing_reason(name)
+                and not _device_reason(name, device, dtype)
+                and not _auto_skip_reason(name, device.type)):
             return name
     return "reference"
 

@@ -1,6 +1,8 @@
 """Loads the compiled extension genfast._C once and remembers why, if it could not."""
 import warnings
 
+import torch  # noqa: F401  (loads libtorch and libc10, which _C links against)
+
 try:
     from genfast import _C  # noqa: F401  (importing it registers the genfast:: C++ ops)
 

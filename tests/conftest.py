@@ -37,20 +37,33 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def _backend_param(name: str, device: str):
+def _backend_param(name: str, device: str, cpu_isa: str | None = None):
     info = genfast.backends()[name]
     marks = [requires_cuda] if device == "cuda" else []
     if name == "triton" and device == "cpu":
         marks.append(pytest.mark.slow)  # Triton's CPU interpreter runs a kernel in Python
     if not info.available:
         marks.append(pytest.mark.skip(reason=f"{name} unavailable: {info.reason}"))
-    return pytest.param((name, device), id=f"{name}-{device}", marks=marks)
+    suffix = f"-{cpu_isa}" if cpu_isa else ""
+    return pytest.param((name, device, cpu_isa), id=f"{name}-{device}{suffix}", marks=marks)
+
+
+def _lower_cpu_isas() -> list[str]:
+    """The CPU kernels' ISA levels below the one in use that this CPU can run (csrc/cpu/isa.h):
+    every cpu-backend test runs at each of them too."""
+    try:
+        levels = genfast.cpu_isa_levels()
+        return levels[: levels.index(genfast.cpu_isa())]
+    except RuntimeError:  # no extension: the cpu backend params skip anyway
+        return []
 
 
 # Every fast backend with the device it is tested on here; the triton kernels run on the
-# interpreter without a GPU, and compiled on a GPU machine.
+# interpreter without a GPU, and compiled on a GPU machine. The cpu backend runs at the best ISA
+# level of this CPU (id cpu-cpu) and at each lower one (id cpu-cpu-avx2, ...).
 FAST_BACKENDS = [
     _backend_param("cpu", "cpu"),
+    *[_backend_param("cpu", "cpu", level) for level in _lower_cpu_isas()],
     _backend_param("triton", "cuda" if HAS_CUDA else "cpu"),
     _backend_param("cuda", "cuda"),
 ]
@@ -113,8 +126,14 @@ def assert_all_close(fast, ref, ref64, dtype):
 
 @pytest.fixture(params=FAST_BACKENDS)
 def backend(request):
-    """(backend name, device) for each fast backend, skipped where it cannot run."""
-    return request.param
+    """(backend name, device) for each fast backend, skipped where it cannot run; the cpu
+    backend at each ISA level this CPU has, set for the test's duration."""
+    name, device, cpu_isa = request.param
+    if cpu_isa is None:
+        yield name, device
+    else:
+        with genfast.use_cpu_isa(cpu_isa):
+            yield name, device
 
 
 def check_compiled_training(model, reference, x, lr, steps):

@@ -11,24 +11,14 @@
 #include <utility>
 
 #include "simd_math.h"
+#include "tile_types.h"
 
 namespace genfast::cpu {
-
-struct Segment {
-  int64_t a, b;  // offsets into A and B
-};
 
 template <typename T>
 struct Vec {
   static constexpr int kLanes = 64 / sizeof(T);  // one 512-bit vector (or two 256-bit halves)
   typedef T type __attribute__((vector_size(64)));
-};
-
-struct TileArgs {
-  int64_t rs, ks, bs;  // strides of A's rows, of A along k, of B along k
-  int64_t k;           // length of every segment
-  int64_t cs;          // stride of C's rows
-  bool accumulate;     // add to C rather than overwrite it
 };
 
 // kUnitK: A is contiguous along k (ks == 1, forward and grad-input) rather than along rows
@@ -71,9 +61,6 @@ GENFAST_SIMD_INLINE void conv_tile_body(const T* __restrict A, const T* __restri
 // 6 x 4). On narrower targets the compiler splits each vector and spills a little.
 constexpr int max_rows(int v) { return v == 4 ? 6 : v == 3 ? 8 : v == 2 ? 12 : 14; }
 constexpr int kMaxVectors = 4;
-
-template <typename T>
-using TileFn = void (*)(const T*, const T*, const Segment*, int64_t, const TileArgs&, T*);
 
 // One function per (rows, vectors, unit stride); float versions are cloned per x86 ISA level.
 template <int R, int V, bool kUnitK>

@@ -13,6 +13,7 @@ from genfast.benchmark.cases import FWD_BWD, case_names, get_cases
 from genfast.benchmark.runner import (default_device, implementations, plan, run_case,
                                       torch_threads)
 from genfast.benchmark.timing import TimingSettings
+from genfast.isa import LEVELS, set_cpu_isa
 
 
 def _comma_list(text: str) -> list[str]:
@@ -51,6 +52,10 @@ def register(subparsers) -> None:
                              f"with --full, {TimingSettings.quick().repeats} with --quick)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--cpu-isa", choices=LEVELS, default=None, metavar="LEVEL",
+                        help="run the cpu backend's kernels at this ISA level, one of "
+                             f"{', '.join(LEVELS)} (default: the best this CPU has; the "
+                             "environment's GENFAST_CPU_ISA otherwise)")
     parser.add_argument("--out", default="bench-results", metavar="DIR",
                         help="directory for bench.json, bench.csv and bench.png (default: "
                              "./bench-results)")
@@ -100,11 +105,18 @@ def run(args) -> int:
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     started = time.perf_counter()
     results = []
+    if args.cpu_isa is not None:
+        try:
+            set_cpu_isa(args.cpu_isa)
+        except (ValueError, RuntimeError) as exc:
+            args.parser.error(str(exc).split("\n")[0])
     with torch_threads(args.threads):
         machine = report.machine_info(device)
-        amx = ", AMX tiles on" if device == "cpu" and machine["cpu_amx"] else ""
+        isa = (f", cpu kernels at {machine['genfast_cpu_isa']} of "
+               f"{'/'.join(machine['genfast_cpu_isa_levels'])}"
+               if machine["genfast_cpu_isa"] else "")
         scope = "full" if args.full else "standard"
-        print(f"genfast bench on {device} ({machine['device_name']}{amx}), torch "
+        print(f"genfast bench on {device} ({machine['device_name']}{isa}), torch "
               f"{machine['torch_version']}, {machine['torch_threads']} threads, {scope} "
               f"{'quick ' if args.quick else ''}run", flush=True)
         load = machine["load_average_1min"]

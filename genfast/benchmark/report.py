@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 import genfast
-from genfast._ext import cpu_amx_enabled
+from genfast.isa import cpu_isa, cpu_isa_levels
 from genfast.benchmark.cases import OpCase, Target
 from genfast.benchmark.runner import COMPILE, REFERENCE, Result
 from genfast.benchmark.timing import NOISY_SPREAD
@@ -52,6 +52,13 @@ def _genfast_commit() -> str:
     return (commit + ("+changes" if changed else "")) if commit else "unknown"
 
 
+def _cpu_isa_or_none(query):
+    try:
+        return query()
+    except RuntimeError:  # no extension: the cpu backend is off anyway
+        return None
+
+
 def machine_info(device: str) -> dict:
     """Where the numbers come from: device, versions, cores, threads and genfast's build."""
     info = {
@@ -64,8 +71,9 @@ def machine_info(device: str) -> dict:
         # other work on the machine skews CPU timings; this records how busy it was at start
         "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        # whether the cpu backend's float32 kernels may use AMX tiles (cpu/amx_split.h)
-        "cpu_amx": cpu_amx_enabled(),
+        # the ISA level genfast's CPU kernels ran at (genfast.cpu_isa), and what the CPU has
+        "genfast_cpu_isa": _cpu_isa_or_none(cpu_isa),
+        "genfast_cpu_isa_levels": _cpu_isa_or_none(cpu_isa_levels),
         "torch_version": torch.__version__,
         "torch_cuda_version": torch.version.cuda,
         "python_version": platform.python_version(),

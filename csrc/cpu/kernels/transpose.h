@@ -1,12 +1,13 @@
-#include "transpose.h"
-
+// Float32 2-D transpose in 8x8 register blocks: the NCHW <-> pixel-major moves of the CPU
+// convolutions, which a plain strided loop does one element at a time. Eight floats are one
+// AVX2 register, two SSE ones, half an AVX-512 one: the 8x8 block suits every level.
+#pragma once
 #include <algorithm>
-#include <cstring>
 
-#include "simd_math.h"
+#include "vector_math.h"
 
-namespace genfast::cpu {
-namespace {
+namespace genfast::cpu::GENFAST_ISA_NS {
+namespace transpose_blocks {
 
 typedef float v8 __attribute__((vector_size(32)));
 
@@ -33,9 +34,8 @@ GENFAST_SIMD_INLINE void transpose_8x8(const float* src, int64_t src_stride, flo
   }
 }
 
-}  // namespace
+}  // namespace transpose_blocks
 
-GENFAST_TARGET_CLONES
 void transpose(const float* src, int64_t src_stride, float* dst, int64_t dst_stride,
                int64_t rows, int64_t cols) {
   if (rows < 8 || cols < 8) {
@@ -50,9 +50,9 @@ void transpose(const float* src, int64_t src_stride, float* dst, int64_t dst_str
     const int64_t r = std::min(r0, rows - 8);
     for (int64_t c0 = 0; c0 < cols; c0 += 8) {
       const int64_t c = std::min(c0, cols - 8);
-      transpose_8x8(src + r * src_stride + c, src_stride, dst + c * dst_stride + r, dst_stride);
+      transpose_blocks::transpose_8x8(src + r * src_stride + c, src_stride, dst + c * dst_stride + r, dst_stride);
     }
   }
 }
 
-}  // namespace genfast::cpu
+}  // namespace genfast::cpu::GENFAST_ISA_NS

@@ -1,20 +1,22 @@
-#include "gaussian_noise.h"
-
+// genfast's Gaussian stream (csrc/philox.h) at this ISA level's width: one philox block per
+// lane, Box-Muller on the vector maths layer, the normals stored in stream order, so every
+// level draws the same stream (to the last bits of its maths).
+#pragma once
 #include <algorithm>
-#include <cstring>
+#include <utility>
 
-#include "../philox.h"
-#include "simd_math.h"
+#include "../../philox.h"
+#include "../gaussian_noise.h"
+#include "vector_math.h"
 
-namespace genfast::cpu {
-namespace {
+namespace genfast::cpu::GENFAST_ISA_NS::noise {
 
 using simd::kLanes;
 using simd::vfloat;
 using simd::vint;
 using simd::vuint;
-using simd::vulong;
 
+typedef uint64_t vulong __attribute__((vector_size(kLanes * sizeof(uint64_t))));
 typedef uint64_t vulong_half __attribute__((vector_size(kLanes * sizeof(uint32_t))));
 
 // 32 x 32 -> 64-bit products of every lane with a constant, split into high and low words.
@@ -28,7 +30,7 @@ GENFAST_SIMD_INLINE void mul_hi_lo(vuint x, uint32_t factor, vuint* hi, vuint* l
   *lo = reinterpret_cast<vuint>((even & low_word) | (odd << 32));
 }
 
-// Philox blocks for groups [group, group + kChains * 16): one block per lane. Each round
+// Philox blocks for groups [group, group + kChains * kLanes): one block per lane. Each round
 // depends on the one before, so kChains independent vectors go through the rounds together
 // to hide the multiply latency.
 constexpr int kChains = 4;
@@ -84,19 +86,37 @@ GENFAST_SIMD_INLINE void box_muller(vuint a, vuint b, vfloat* n0, vfloat* n1) {
   *n1 = radius * s;
 }
 
-// Stores normals n[0..3] of 16 groups in stream order, out[4 * lane + j] = n[j][lane]. The
-// 4 x 16 transpose is done with shuffles: a scalar scatter spills every vector to the stack.
+// Shuffles of two vectors whose lane i takes lane Pick::at(i) of the pair.
+template <typename Pick, int... I>
+GENFAST_SIMD_INLINE vfloat shuffle(vfloat a, vfloat b, std::integer_sequence<int, I...>) {
+  return __builtin_shufflevector(a, b, Pick::at(I)...);
+}
+template <typename Pick>
+GENFAST_SIMD_INLINE vfloat shuffle(vfloat a, vfloat b) {
+  return shuffle<Pick>(a, b, std::make_integer_sequence<int, kLanes>{});
+}
+// a0 b0 a1 b1 ... from the first (kHalf = 0) or second half of a and b.
+template <int kHalf>
+struct Pairs {
+  static constexpr int at(int i) { return (i % 2 ? kLanes : 0) + kHalf * kLanes / 2 + i / 2; }
+};
+// From two outputs of Pairs, p and q: p0 p1 q0 q1 p2 p3 q2 q3 ... from the first or second half.
+template <int kHalf>
+struct Quads {
+  static constexpr int at(int i) {
+    return (i % 4 < 2 ? 0 : kLanes) + 2 * (i / 4 + kHalf * kLanes / 4) + i % 2;
+  }
+};
+
+// Stores normals n[0..3] of kLanes groups in stream order, out[4 * lane + j] = n[j][lane]. The
+// 4 x kLanes transpose is done with shuffles: a scalar scatter spills every vector to the stack.
 GENFAST_SIMD_INLINE void store_interleaved(const vfloat n[4], float* out) {
-  const vint lo_pairs{0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23};
-  const vint hi_pairs{8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-  const vint first_quads{0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23};
-  const vint last_quads{8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31};
-  vfloat n01_lo = __builtin_shuffle(n[0], n[1], lo_pairs), n01_hi = __builtin_shuffle(n[0], n[1], hi_pairs);
-  vfloat n23_lo = __builtin_shuffle(n[2], n[3], lo_pairs), n23_hi = __builtin_shuffle(n[2], n[3], hi_pairs);
-  simd::store(out, __builtin_shuffle(n01_lo, n23_lo, first_quads));
-  simd::store(out + kLanes, __builtin_shuffle(n01_lo, n23_lo, last_quads));
-  simd::store(out + 2 * kLanes, __builtin_shuffle(n01_hi, n23_hi, first_quads));
-  simd::store(out + 3 * kLanes, __builtin_shuffle(n01_hi, n23_hi, last_quads));
+  const vfloat n01_lo = shuffle<Pairs<0>>(n[0], n[1]), n01_hi = shuffle<Pairs<1>>(n[0], n[1]);
+  const vfloat n23_lo = shuffle<Pairs<0>>(n[2], n[3]), n23_hi = shuffle<Pairs<1>>(n[2], n[3]);
+  simd::store(out, shuffle<Quads<0>>(n01_lo, n23_lo));
+  simd::store(out + kLanes, shuffle<Quads<1>>(n01_lo, n23_lo));
+  simd::store(out + 2 * kLanes, shuffle<Quads<0>>(n01_hi, n23_hi));
+  simd::store(out + 3 * kLanes, shuffle<Quads<1>>(n01_hi, n23_hi));
 }
 
 // The kBlockNormals normals of groups [group, group + kBlockGroups), in stream order.
@@ -111,9 +131,6 @@ GENFAST_SIMD_INLINE void normals_block(NoiseStream stream, uint64_t group, float
   }
 }
 
-}  // namespace
-
-GENFAST_TARGET_CLONES
 void gaussian_noise(NoiseStream stream, int64_t first, int64_t count, float* out) {
   constexpr int kBlock = kBlockNormals;
   uint64_t group = static_cast<uint64_t>(first) / 4;
@@ -134,4 +151,4 @@ void gaussian_noise(NoiseStream stream, int64_t first, int64_t count, float* out
   }
 }
 
-}  // namespace genfast::cpu
+}  // namespace genfast::cpu::GENFAST_ISA_NS::noise
