@@ -134,3 +134,21 @@ def test_python_dash_m_genfast():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "--no-compile" in done.stdout and "reparameterize_kl" in done.stdout
+
+
+def test_bench_at_another_cpu_isa_level(tmp_path, capsys):
+    """--cpu-isa runs the cpu kernels at that level for the run, says so in the header and the
+    CSV, and restores the level after; a level this CPU lacks is a clear error."""
+    import genfast
+
+    before = genfast.cpu_isa()
+    assert main(["bench", "--quick", "--op", "gated_activation", "--cpu-isa", "baseline",
+                 "--backends", "cpu", "--no-compile", "--no-progress",
+                 "--out", str(tmp_path)]) == 0
+    assert "cpu kernels at baseline of baseline/" in capsys.readouterr().out
+    assert genfast.cpu_isa() == before
+    with open(tmp_path / "bench.csv", newline="") as f:
+        assert {row["genfast_cpu_isa"] for row in csv.DictReader(f)} == {"baseline"}
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--cpu-isa", "avx3"])
+    assert exc.value.code == 2 and "invalid choice: 'avx3'" in capsys.readouterr().err

@@ -13,7 +13,7 @@ from genfast.benchmark.cases import FWD_BWD, case_names, get_cases
 from genfast.benchmark.runner import (default_device, implementations, plan, run_case,
                                       torch_threads)
 from genfast.benchmark.timing import TimingSettings
-from genfast.isa import LEVELS, set_cpu_isa
+from genfast.isa import LEVELS, cpu_isa_levels, use_cpu_isa
 
 
 def _comma_list(text: str) -> list[str]:
@@ -97,19 +97,24 @@ def _validate(args) -> tuple[list, list, str, list[str] | None, TimingSettings]:
 
 
 def run(args) -> int:
-    from tqdm import tqdm
-
     cases, sampling_cases, device, backends, settings = _validate(args)
     # torch.compile's C++ toolchain setup warns on every GPU-less machine with a CUDA build of
     # torch that no CUDA runtime is found; irrelevant to CPU timings, and it breaks the table.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     started = time.perf_counter()
-    results = []
     if args.cpu_isa is not None:
-        try:
-            set_cpu_isa(args.cpu_isa)
-        except (ValueError, RuntimeError) as exc:
-            args.parser.error(str(exc).split("\n")[0])
+        if args.cpu_isa not in cpu_isa_levels():
+            args.parser.error(f"this CPU cannot run the {args.cpu_isa!r} kernels; it supports "
+                              f"{', '.join(cpu_isa_levels())}")
+        with use_cpu_isa(args.cpu_isa):
+            return _run(args, cases, sampling_cases, device, backends, settings, started)
+    return _run(args, cases, sampling_cases, device, backends, settings, started)
+
+
+def _run(args, cases, sampling_cases, device, backends, settings, started) -> int:
+    from tqdm import tqdm
+
+    results = []
     with torch_threads(args.threads):
         machine = report.machine_info(device)
         isa = (f", cpu kernels at {machine['genfast_cpu_isa']} of "
