@@ -14,6 +14,7 @@
 #define GENFAST_ISA_TABLE kAvx2Kernels
 #define GENFAST_VECTOR_BYTES 32
 #define GENFAST_VECTOR_REGISTERS 16
+#define GENFAST_VECTOR_FMA 1
 #include "kernels.inc"
 
 #if defined(__clang__)

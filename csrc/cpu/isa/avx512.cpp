@@ -15,6 +15,7 @@
 #define GENFAST_ISA_TABLE kAvx512Kernels
 #define GENFAST_VECTOR_BYTES 64
 #define GENFAST_VECTOR_REGISTERS 32
+#define GENFAST_VECTOR_FMA 1
 #include "kernels.inc"
 
 #if defined(__clang__)

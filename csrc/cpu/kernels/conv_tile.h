@@ -21,14 +21,13 @@ struct Vec {
 
 // The tile shape follows from the register file. Each k step loads V vectors of B and
 // broadcasts R elements of A for R x V FMAs, so a tile of R rows and V vectors needs
-//   R * V accumulators + V loaded vectors + 1 broadcast + 1 spare <= registers
-// (the spare holds a product where there is no FMA; without it GCC keeps most of the 4 x 3
-// AVX2 tile's accumulators on the stack). Among the V that fit, the one whose largest tile does
-// the most FMAs per load, R V / (R + V), is the widest used (AVX-512: 6 x 4; AVX2 and SSE:
-// 6 x 2); narrower tiles serve the last columns. Rows are capped at 14: more gain nothing.
-constexpr int kRegisters = GENFAST_VECTOR_REGISTERS;
+//   R * V accumulators + V loaded vectors + 1 broadcast (+ 1 for the product without FMA)
+// registers at most. Among the V that fit, the one whose largest tile does the most FMAs per
+// load, R V / (R + V), is the widest used (AVX-512: 6 x 4; AVX2: 4 x 3; SSE2: 6 x 2); narrower
+// tiles serve the last columns. Rows are capped at 14: more gain nothing.
+constexpr int kRegisters = GENFAST_VECTOR_REGISTERS - (GENFAST_VECTOR_FMA ? 0 : 1);
 constexpr int max_rows(int v) {
-  const int fit = (kRegisters - 1 - v - 1) / v;
+  const int fit = (kRegisters - v - 1) / v;
   return fit < 14 ? fit : 14;
 }
 constexpr int best_vectors() {
@@ -48,28 +47,36 @@ void conv_tile(const T* __restrict A, const T* __restrict B, const Segment* segs
                const TileArgs& t, T* __restrict C) {
   using vec = typename Vec<T>::type;
   constexpr int L = Vec<T>::kLanes;
+  // Accumulators start at zero and C is added at the end, and B's vectors are loaded where
+  // they are used (the compiler keeps them in registers across the rows or folds the loads into
+  // the FMAs): either way round, GCC kept most accumulators of a full register file (AVX2's
+  // 4 x 3) on the stack.
   vec acc[R][V];
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < V; ++v) {
-      if (t.accumulate) {
-        std::memcpy(&acc[r][v], C + r * t.cs + v * L, sizeof(vec));
-      } else {
-        acc[r][v] = vec{};
-      }
-    }
+    for (int v = 0; v < V; ++v) acc[r][v] = vec{};
   for (int64_t s = 0; s < nseg; ++s) {
     const T* a = A + segs[s].a;
     const T* b = B + segs[s].b;
     for (int64_t k = 0; k < t.k; ++k) {
-      vec w[V];
-      for (int v = 0; v < V; ++v) std::memcpy(&w[v], b + k * t.bs + v * L, sizeof(vec));
       for (int r = 0; r < R; ++r) {
         // s - 0 is s for every s (-0 included), so this folds to a plain broadcast load;
         // 0 + s would not (it turns -0 into +0) and costs an add before every broadcast.
         const vec x = (kUnitK ? a[r * t.rs + k] : a[r + k * t.ks]) - vec{};
-        for (int v = 0; v < V; ++v) acc[r][v] += x * w[v];
+        for (int v = 0; v < V; ++v) {
+          vec w;
+          std::memcpy(&w, b + k * t.bs + v * L, sizeof(vec));
+          acc[r][v] += x * w;
+        }
       }
     }
+  }
+  if (t.accumulate) {
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < V; ++v) {
+        vec before;
+        std::memcpy(&before, C + r * t.cs + v * L, sizeof(vec));
+        acc[r][v] += before;
+      }
   }
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < V; ++v) std::memcpy(C + r * t.cs + v * L, &acc[r][v], sizeof(vec));
