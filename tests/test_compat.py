@@ -318,7 +318,9 @@ def test_cropped_gated_layers(backend, mask_type, k, cin, dtype):
     (their 1x1 ``skip`` of the gated horizontal features), so a model that sums skips cannot
     swap it in layer for layer; and genfast's vertical kernel is k x k with the rows below the
     centre hidden, their (k//2 + 1) x k the visible rows alone, so the checkpoint goes through
-    genfast_gated_state rather than loading as it is."""
+    genfast_gated_state rather than loading as it is. Not covered: code that shifts the vertical
+    stack by padding k//2 + 1 rows on top instead of inserting a zero row; its row 0 link then
+    reads the vertical bias where genfast's reads zeros, so that code differs in row 0."""
     name, device = backend
     torch.manual_seed(5)
     theirs = CroppedGatedLayer(cin, 4, k, mask_type).to(device, dtype)
