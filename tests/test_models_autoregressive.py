@@ -33,14 +33,16 @@ def test_registry_has_the_autoregressive_models():
     assert {"pixelcnn", "gated_pixelcnn", "pixelrnn", "independent"} <= set(MODELS)
 
 
-@pytest.mark.parametrize("colours", [1, 3])
+@pytest.mark.parametrize("colours,layout", [(1, "contiguous"), (3, "contiguous"),
+                                            (3, "interleaved")])
 @pytest.mark.parametrize("key", NETWORKS)
-def test_logits_depend_on_earlier_pixels_and_colours_only(key, colours):
+def test_logits_depend_on_earlier_pixels_and_colours_only(key, colours, layout):
     """d logits[colour c at pixel p] / d input is zero at every pixel after p and at colours
-    >= c of p, and nonzero at the pixels left of and above p (the model does look back)."""
+    >= c of p, and nonzero at the pixels left of and above p (the model does look back). Per
+    colour layout: the layers and the logits' reshape must agree on where each colour is."""
     torch.manual_seed(0)
     h, w = 5, 6
-    model = tiny(key, (colours, h, w), 4).double()
+    model = tiny(key, (colours, h, w), 4, colour_layout=layout).double()
     # Several random images, so that a ReLU dead at one input does not hide a dependence.
     x = (torch.rand(6, colours, h, w, dtype=torch.float64) * 2 - 1).requires_grad_()
     logits = model.network(x, torch.arange(6))

@@ -24,10 +24,12 @@ def _skip_unimplemented(name):
 
 
 def _layer(kind, in_channels, hidden, mask_type="B", data_channels=1, kernel_size=3,
-           backend="reference"):
+           backend="reference", colour_layout="contiguous"):
     if kind == "row":
-        return RowLSTM(in_channels, hidden, kernel_size, mask_type, data_channels, backend=backend)
-    return DiagonalBiLSTM(in_channels, hidden, mask_type, data_channels, backend=backend)
+        return RowLSTM(in_channels, hidden, kernel_size, mask_type, data_channels, backend=backend,
+                       colour_layout=colour_layout)
+    return DiagonalBiLSTM(in_channels, hidden, mask_type, data_channels, backend=backend,
+                          colour_layout=colour_layout)
 
 
 def _raster(h, w, i, j):
@@ -59,9 +61,12 @@ def test_skew_moves_row_r_right_by_r_and_unskew_inverts_it(shape):
 
 # ----------------------------------------------------------------------------- causality
 
-# (layer, mask, data_channels): the Diagonal BiLSTM's 1x1 mask A needs colour groups to see.
-CAUSAL = [("row", "A", 1), ("row", "B", 1), ("row", "A", 3), ("row", "B", 3),
-          ("diagonal", "B", 1), ("diagonal", "A", 3), ("diagonal", "B", 3)]
+# (layer, mask, data_channels, colour layout): the Diagonal BiLSTM's 1x1 mask A needs colour
+# groups to see.
+CAUSAL = [("row", "A", 1, "contiguous"), ("row", "B", 1, "contiguous"),
+          ("diagonal", "B", 1, "contiguous")] + [
+    (kind, mask_type, 3, layout) for layout in ("contiguous", "interleaved")
+    for kind, mask_type in (("row", "A"), ("row", "B"), ("diagonal", "A"), ("diagonal", "B"))]
 
 
 def _seen(layer, x, i, j):
@@ -71,12 +76,13 @@ def _seen(layer, x, i, j):
     return g.abs().sum(dim=(0, 1)) != 0
 
 
-@pytest.mark.parametrize("kind,mask_type,data_channels", CAUSAL)
+@pytest.mark.parametrize("kind,mask_type,data_channels,layout", CAUSAL)
 @pytest.mark.parametrize("hw", [(4, 5), (5, 2)], ids=str)
-def test_no_future_and_some_past(kind, mask_type, data_channels, hw):
-    _seed("causal", kind, mask_type, data_channels, hw)
+def test_no_future_and_some_past(kind, mask_type, data_channels, layout, hw):
+    layout_key = () if layout == "contiguous" else (layout,)  # the seeds of before the layouts
+    _seed("causal", kind, mask_type, data_channels, hw, *layout_key)
     h, w = hw
-    layer = _layer(kind, 3, 6, mask_type, data_channels).double()
+    layer = _layer(kind, 3, 6, mask_type, data_channels, colour_layout=layout).double()
     x = torch.randn(2, 3, h, w, dtype=torch.float64)
     for i in range(h):
         for j in range(w):
@@ -120,55 +126,64 @@ def test_row_lstm_receptive_field_is_the_triangle_above(mask_type, kernel_size):
 
 # ----------------------------------------------------------------------------- colour groups
 
-def _groups(channels):
+LAYOUTS = ["contiguous", "interleaved"]
+
+
+def _groups(channels, layout="contiguous"):
+    if layout == "interleaved":
+        return torch.arange(channels) % 3
     return torch.arange(channels) * 3 // channels
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("kind", ["row", "diagonal"])
 @pytest.mark.parametrize("mask_type", ["A", "B"])
-def test_colour_groups_at_the_current_pixel(kind, mask_type):
+def test_colour_groups_at_the_current_pixel(kind, mask_type, layout):
     """Output group g reads the current pixel's input groups < g (mask A) or <= g (mask B)."""
-    _seed("colour", kind, mask_type)
+    _seed("colour", kind, mask_type, layout)
     cin, hidden = 7, 9  # input groups of 3, 2, 2 channels: uneven on purpose
-    layer = _layer(kind, cin, hidden, mask_type, 3).double()
+    layer = _layer(kind, cin, hidden, mask_type, 3, colour_layout=layout).double()
     x = torch.randn(2, cin, 4, 5, dtype=torch.float64)
     i, j = 2, 3
     for co in range(hidden):
         x_req = x.detach().requires_grad_()
         (g,) = torch.autograd.grad(layer(x_req)[:, co, i, j].sum(), x_req)
         seen = g[:, :, i, j].abs().sum(0) != 0
-        group = _groups(hidden)[co]
-        allowed = _groups(cin) < group if mask_type == "A" else _groups(cin) <= group
+        group = _groups(hidden, layout)[co]
+        groups_in = _groups(cin, layout)
+        allowed = groups_in < group if mask_type == "A" else groups_in <= group
         assert torch.equal(seen, allowed), f"output channel {co}: {seen} vs {allowed}"
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("mask_type", ["A", "B"])
-def test_diagonal_colour_streams_stay_apart_through_the_recurrence(mask_type):
+def test_diagonal_colour_streams_stay_apart_through_the_recurrence(mask_type, layout):
     """With 1x1 input kernels and the masked state weight, output group g depends on input
     groups < g (A) / <= g (B) at every pixel, earlier ones included."""
-    _seed("streams", mask_type)
-    layer = _layer("diagonal", 3, 6, mask_type, 3).double()
+    _seed("streams", mask_type, layout)
+    layer = _layer("diagonal", 3, 6, mask_type, 3, colour_layout=layout).double()
     x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
     y = layer(x)
     for co in range(6):
         (g,) = torch.autograd.grad(y[:, co].sum(), x, retain_graph=True)
         seen = g.abs().sum(dim=(0, 2, 3)) != 0  # per input channel (= colour), any pixel
-        group = _groups(6)[co]
+        group = _groups(6, layout)[co]
         allowed = torch.arange(3) < group if mask_type == "A" else torch.arange(3) <= group
         assert torch.equal(seen, allowed), f"output channel {co}: {seen} vs {allowed}"
 
 
-def test_row_lstm_state_groups_feed_their_own_and_later_colours():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_row_lstm_state_groups_feed_their_own_and_later_colours(layout):
     """Output group g reads the initial state's groups <= g only (the state weight's mask)."""
-    _seed("state groups")
+    _seed("state groups", layout)
     hidden = 6
-    layer = _layer("row", 3, hidden, "B", 3).double()
+    layer = _layer("row", 3, hidden, "B", 3, colour_layout=layout).double()
     x = torch.randn(2, 3, 3, 5, dtype=torch.float64)
     h0, c0 = (torch.randn(2, hidden, 5, dtype=torch.float64, requires_grad=True) for _ in "hc")
     y = layer(x, (h0, c0))
     for co in range(hidden):
         grads = torch.autograd.grad(y[:, co].sum(), (h0, c0), retain_graph=True)
-        allowed = _groups(hidden) <= _groups(hidden)[co]
+        allowed = _groups(hidden, layout) <= _groups(hidden, layout)[co]
         for name, g in zip(("h0", "c0"), grads):
             seen = g.abs().sum(dim=(0, 2)) != 0
             assert torch.equal(seen, allowed), f"output channel {co}, {name}: {seen}"
@@ -241,9 +256,9 @@ LAYERS = [("row", "A", 3), ("row", "B", 2), ("row", "B", 5), ("diagonal", "B", N
 INTERPRETED = {0, 2}
 
 
-def _pair(kind, mask_type, kernel_size, case, name, device, dtype):
+def _pair(kind, mask_type, kernel_size, case, name, device, dtype, colour_layout):
     batch, cin, hidden, h, w, dc = case
-    kwargs = dict(mask_type=mask_type, data_channels=dc)
+    kwargs = dict(mask_type=mask_type, data_channels=dc, colour_layout=colour_layout)
     if kind == "row":
         kwargs["kernel_size"] = kernel_size
     ref = _layer(kind, cin, hidden, backend="reference", **kwargs).to(device, dtype)
@@ -260,6 +275,19 @@ PARITY = [(layer, i) for layer in LAYERS for i in range(len(SHAPES))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("layer_case,case_index", PARITY, ids=str)
 def test_fast_backends_match_the_reference(backend, layer_case, case_index, dtype):
+    _check_parity(backend, layer_case, case_index, dtype, "contiguous")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("layer_case,case_index",
+                         [(layer, i) for layer, i in PARITY if SHAPES[i][5] == 3], ids=str)
+def test_fast_backends_match_the_reference_interleaved(backend, layer_case, case_index, dtype):
+    """The fast backends permute interleaved channels into the kernels' colour groups (and the
+    cpu backend's fused input convolution with them); the reference masks them in place."""
+    _check_parity(backend, layer_case, case_index, dtype, "interleaved")
+
+
+def _check_parity(backend, layer_case, case_index, dtype, colour_layout):
     name, device = backend
     _skip_unimplemented(name)
     kind, mask_type, kernel_size = layer_case
@@ -267,8 +295,10 @@ def test_fast_backends_match_the_reference(backend, layer_case, case_index, dtyp
     if name == "triton" and device == "cpu" and (case_index not in INTERPRETED
                                                  or dtype == torch.float64):
         pytest.skip("the Triton interpreter is slow: a few float32 cases only")
-    _seed("parity", layer_case, case, str(dtype))
-    ref, fast = _pair(kind, mask_type, kernel_size, case, name, device, dtype)
+    # The contiguous cases keep the seeds they had before the layouts.
+    layout_key = () if colour_layout == "contiguous" else (colour_layout,)
+    _seed("parity", layer_case, case, str(dtype), *layout_key)
+    ref, fast = _pair(kind, mask_type, kernel_size, case, name, device, dtype, colour_layout)
     batch, cin, hidden, h, w, _ = case
     x = torch.randn(batch, cin, h, w, device=device, dtype=dtype)
     state = None

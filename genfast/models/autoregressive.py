@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from genfast.models.base import GenerativeModel
 from genfast.models.sampling import METHODS, NaiveStepper, PixelStepper, draw_images
+from genfast.ops.masked_conv import check_colour_layout
 
 SUPPORTED_CHANNELS = (1, 3)
 
@@ -137,11 +138,18 @@ def multiple_of(value: int | None, default: int, step: int) -> int:
     return -(-default // step) * step if value is None else value
 
 
-def split_colour_logits(out: torch.Tensor, channels: int, levels: int) -> torch.Tensor:
-    """[B, C * levels, H, W] -> [B, levels, C, H, W].
+def split_colour_logits(out: torch.Tensor, channels: int, levels: int,
+                        colour_layout: str = "contiguous") -> torch.Tensor:
+    """[B, C * levels, H, W] -> [B, levels, C, H, W], read with the colour layout the masked
+    layers grouped the output channels by.
 
-    genfast's masked layers group their output channels by colour in contiguous blocks (block
-    c holds colour c's features), so block c of the last layer is colour c's logits.
+    Contiguous (the default): block c of the last layer holds colour c's features, so channel
+    c * levels + l is colour c's logit of value l. Interleaved: channel k is in colour group
+    k % C, so channel l * C + c is colour c's logit of value l. Reading the logits with another
+    layout than the layers' would let a colour's logits see the current pixel's later colours.
     """
+    check_colour_layout(colour_layout)
     b, _, h, w = out.shape
+    if colour_layout == "interleaved":
+        return out.view(b, levels, channels, h, w)
     return out.view(b, channels, levels, h, w).transpose(1, 2)

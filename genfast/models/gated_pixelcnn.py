@@ -9,7 +9,8 @@ Colours. GatedPixelCNNLayer has no colour groups: its mask A hides every colour 
 pixel, so its features describe the pixels before it only. For RGB data the head therefore
 also reads the current pixel through a 1x1 mask-A convolution with colour groups (colour c
 sees colours < c), and the head's 1x1 layers keep the groups apart (mask B). With one channel
-that path would see nothing and is left out.
+that path would see nothing and is left out. ``colour_layout`` places the groups in those
+layers and in the logits (contiguous blocks by default, or interleaved).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from genfast.models.autoregressive import AutoregressiveModel, multiple_of, spli
 from genfast.models.base import register
 from genfast.models.pixelcnn import check_divisible, pointwise
 from genfast.nn import GatedPixelCNNLayer, MaskedConv2d
+from genfast.ops.masked_conv import check_colour_layout
 
 
 @register("gated_pixelcnn")
@@ -38,14 +40,24 @@ class GatedPixelCNN(AutoregressiveModel):
             RGB).
         num_classes: number of classes to condition on, or None (unconditional).
         backend: genfast backend of every masked conv and gated activation.
+        colour_layout: where each colour's channels sit in the colour-aware layers (the
+            current-pixel path and the head) and the logits: "contiguous" (the default:
+            channel k of C in group k * colours // C, so the output holds colour c's logits
+            in block c) or "interleaved" (group k % colours, so output channel
+            l * colours + c is colour c's logit of value l), as other PixelCNN code lays them
+            out. The same with one colour.
     """
 
     def __init__(self, image_shape, levels, channels: int = 32, layers: int = 5,
                  first_kernel: int = 7, kernel_size: int = 3, head_channels: int | None = None,
-                 num_classes: int | None = None, backend: str | None = None):
+                 num_classes: int | None = None, backend: str | None = None,
+                 colour_layout: str = "contiguous"):
         super().__init__(image_shape, levels, channels=channels, layers=layers,
                          first_kernel=first_kernel, kernel_size=kernel_size,
-                         head_channels=head_channels, num_classes=num_classes, backend=backend)
+                         head_channels=head_channels, num_classes=num_classes, backend=backend,
+                         colour_layout=colour_layout)
+        check_colour_layout(colour_layout)
+        self.colour_layout = colour_layout
         colours = self.image_shape[0]
         head_channels = multiple_of(head_channels, 64, colours)
         if layers < 1:
@@ -61,8 +73,10 @@ class GatedPixelCNN(AutoregressiveModel):
                                   backend=backend) for _ in range(layers - 1)])
         self.features_to_head = pointwise(channels, head_channels, 1, backend)
         self.current_pixel = (MaskedConv2d(colours, head_channels, 1, "A", colours,
-                                           backend=backend) if colours > 1 else None)
-        self.head_out = pointwise(head_channels, colours * self.levels, colours, backend)
+                                           backend=backend, colour_layout=colour_layout)
+                              if colours > 1 else None)
+        self.head_out = pointwise(head_channels, colours * self.levels, colours, backend,
+                                  colour_layout)
 
     def _one_hot(self, labels: torch.Tensor | None, batch: int) -> torch.Tensor | None:
         if self.num_classes is None:
@@ -85,7 +99,7 @@ class GatedPixelCNN(AutoregressiveModel):
         if self.current_pixel is not None:
             hidden = hidden + self.current_pixel(x)
         out = self.head_out(torch.relu(hidden))
-        return split_colour_logits(out, self.image_shape[0], self.levels)
+        return split_colour_logits(out, self.image_shape[0], self.levels, self.colour_layout)
 
     def cached_stepper(self, n, labels):
         from genfast.models.gated_pixelcnn_sampler import GatedPixelCNNStepper

@@ -5,7 +5,8 @@ A 7x7 mask-A convolution to 2h channels, then LSTM layers (genfast.nn.RowLSTM or
 DiagonalBiLSTM, mask B, h hidden units) each followed by a 1x1 mask-B convolution back to 2h
 channels and a residual connection (section 3.4), then the PixelCNN output head
 (ReLU - 1x1 - ReLU - 1x1) to ``levels`` logits per pixel and colour. Colour groups run through
-every layer, so RGB data is modelled colour by colour.
+every layer, so RGB data is modelled colour by colour; ``colour_layout`` places them (contiguous
+blocks by default, or interleaved) from the first layer to the logits.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from genfast.models.autoregressive import AutoregressiveModel, multiple_of, spli
 from genfast.models.base import register
 from genfast.models.pixelcnn import OutputHead, check_divisible, pointwise
 from genfast.nn import DiagonalBiLSTM, MaskedConv2d, RowLSTM
+from genfast.ops.masked_conv import check_colour_layout
 
 LAYER_TYPES = ("row", "diagonal")
 
@@ -23,13 +25,15 @@ class ResidualLSTM(nn.Module):
     """x [B, 2h, H, W] -> x + 1x1(LSTM(x)), same shape."""
 
     def __init__(self, layer: str, channels: int, hidden: int, kernel_size: int, colours: int,
-                 backend: str | None):
+                 backend: str | None, colour_layout: str = "contiguous"):
         super().__init__()
         if layer == "row":
-            self.lstm = RowLSTM(channels, hidden, kernel_size, "B", colours, backend=backend)
+            self.lstm = RowLSTM(channels, hidden, kernel_size, "B", colours, backend=backend,
+                                colour_layout=colour_layout)
         else:
-            self.lstm = DiagonalBiLSTM(channels, hidden, "B", colours, backend=backend)
-        self.out = pointwise(hidden, channels, colours, backend)
+            self.lstm = DiagonalBiLSTM(channels, hidden, "B", colours, backend=backend,
+                                       colour_layout=colour_layout)
+        self.out = pointwise(hidden, channels, colours, backend, colour_layout)
 
     def forward(self, x):
         return x + self.out(self.lstm(x))
@@ -52,14 +56,23 @@ class PixelRNN(AutoregressiveModel):
         head_channels: width of the hidden output layer (a multiple of C; default 64, 66 for
             RGB).
         backend: genfast backend of every masked conv and LSTM recurrence.
+        colour_layout: where each colour's channels sit in every layer, from the first to the
+            logits: "contiguous" (the default: channel k of C in group k * colours // C, so the
+            output holds colour c's logits in block c) or "interleaved" (group k % colours, so
+            output channel l * colours + c is colour c's logit of value l), as other PixelCNN
+            code lays them out. The same with one colour.
     """
 
     def __init__(self, image_shape, levels, layer: str = "row", hidden: int | None = None,
                  layers: int = 2, first_kernel: int = 7, kernel_size: int = 3,
-                 head_channels: int | None = None, backend: str | None = None):
+                 head_channels: int | None = None, backend: str | None = None,
+                 colour_layout: str = "contiguous"):
         super().__init__(image_shape, levels, layer=layer, hidden=hidden, layers=layers,
                          first_kernel=first_kernel, kernel_size=kernel_size,
-                         head_channels=head_channels, backend=backend)
+                         head_channels=head_channels, backend=backend,
+                         colour_layout=colour_layout)
+        check_colour_layout(colour_layout)
+        self.colour_layout = colour_layout
         if layer not in LAYER_TYPES:
             raise ValueError(f"genfast: PixelRNN layer must be 'row' or 'diagonal', "
                              f"got {layer!r}")
@@ -71,14 +84,17 @@ class PixelRNN(AutoregressiveModel):
         check_divisible("PixelRNN", "hidden", hidden, colours)
         check_divisible("PixelRNN", "head_channels", head_channels, colours)
         self.first = MaskedConv2d(colours, 2 * hidden, first_kernel, "A", colours,
-                                  backend=backend)
+                                  backend=backend, colour_layout=colour_layout)
         self.lstms = nn.Sequential(*(ResidualLSTM(layer, 2 * hidden, hidden, kernel_size,
-                                                  colours, backend) for _ in range(layers)))
-        self.head = OutputHead(2 * hidden, head_channels, colours, self.levels, backend)
+                                                  colours, backend, colour_layout)
+                                     for _ in range(layers)))
+        self.head = OutputHead(2 * hidden, head_channels, colours, self.levels, backend,
+                               colour_layout)
 
     def network(self, x, labels=None):
         features = self.lstms(self.first(x))
-        return split_colour_logits(self.head(features), self.image_shape[0], self.levels)
+        return split_colour_logits(self.head(features), self.image_shape[0], self.levels,
+                                   self.colour_layout)
 
     def cached_stepper(self, n, labels):
         from genfast.models.pixelrnn_sampler import PixelRNNStepper

@@ -111,25 +111,30 @@ class CachedStepper(PixelStepper):
                               dtype=self.dtype)
         conv = masked_conv.masked_conv2d_on_windows(
             example, layer.weight, layer.bias, layer.mask_type, layer.data_channels,
-            layer.dilation[0], backend=layer.backend)
+            layer.dilation[0], backend=layer.backend, colour_layout=layer.colour_layout)
         return lambda x: conv(x, [])  # no window: the whole (one-pixel) input
 
     def output_layer(self, layer) -> tuple[Callable, Callable]:
-        """A sampler's last 1x1 MaskedConv2d (C * levels outputs, colour-major) as
-        ``logits(x, k)`` -> colour k's logits [n, levels] and ``draw(x, k, uniform)`` -> int64
-        [n], for x [n, C_in, 1, 1] (after its ReLU). ``draw`` is one call of
-        genfast::pointwise_categorical_draw (colour k's outputs only, then the draw) when the
-        layer runs on the cpu backend, whose bits that op reproduces."""
+        """A sampler's last 1x1 MaskedConv2d (C * levels outputs, grouped by colour as
+        split_colour_logits reads them) as ``logits(x, k)`` -> colour k's logits [n, levels]
+        and ``draw(x, k, uniform)`` -> int64 [n], for x [n, C_in, 1, 1] (after its ReLU).
+        ``draw`` is one call of genfast::pointwise_categorical_draw (colour k's outputs only,
+        then the draw) when the layer runs on the cpu backend, whose bits that op reproduces,
+        and its outputs are colour-major (the contiguous layout) as that op reads them."""
         colours, levels = self.model.image_shape[0], self.model.levels
         at_pixel = self.at_pixel(layer)
+        interleaved = layer.colour_layout == "interleaved"
 
         def logits(x, k):
-            # The output channels are colour-major (see split_colour_logits).
+            # Colour-major outputs, or level-major when interleaved (see split_colour_logits).
+            if interleaved:
+                return at_pixel(x).view(len(x), levels, colours)[:, :, k]
             return at_pixel(x).view(len(x), colours, levels)[:, k]
 
         backend = _backend.select("masked_conv2d", layer.backend, self.device, self.dtype,
                                   masked_conv.IMPLEMENTED)
         if (backend != "cpu" or layer.mask_type != "B" or layer.data_channels != colours
+                or (interleaved and colours > 1)
                 or not sample_draw.has_cpu_kernels(self.device, self.dtype)):
             return logits, lambda x, k, uniform: draw_categorical(logits(x, k), uniform=uniform)
 

@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from genfast.ops.masked_conv import (MASK_TYPES, conv_mask, masked_conv2d,
+from genfast.ops.masked_conv import (MASK_TYPES, check_interleaving, conv_mask, masked_conv2d,
                                      masked_conv2d_on_windows)
 
 
@@ -25,11 +25,15 @@ class MaskedConv2d(nn.Conv2d):
         backend: forced backend for this layer, or None for genfast's default.
         mask_center: instead of mask_type, as other PixelCNN code spells it: True for 'B' (the
             kernel sees the current pixel), False for 'A'.
+        colour_layout: where the colour groups sit among the channels: "contiguous" (the
+            default: channel k of C in group k * data_channels // C, blocks R..., G..., B...)
+            or "interleaved" (group k % data_channels: R, G, B, R, G, B, ..., as some other
+            PixelCNN code lays them out). Same weight shape either way; only the mask moves.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, mask_type=None, data_channels=1,
                  bias=True, dilation=1, stride=1, padding="same", backend=None,
-                 device=None, dtype=None, *, mask_center=None):
+                 device=None, dtype=None, *, mask_center=None, colour_layout="contiguous"):
         if isinstance(in_channels, str):
             raise TypeError(f"genfast: MaskedConv2d takes (in_channels, out_channels, kernel_size, "
                             f"mask_type='A', ...) and got the mask type {in_channels!r} first: "
@@ -59,17 +63,21 @@ class MaskedConv2d(nn.Conv2d):
         if not 1 <= data_channels <= min(in_channels, out_channels):
             raise ValueError(f"genfast: data_channels must be between 1 and "
                              f"min(in_channels, out_channels), got {data_channels}")
+        check_interleaving(colour_layout, mask_type, data_channels, in_channels, out_channels)
         self.mask_type, self.data_channels, self.backend = mask_type, data_channels, backend
+        self.colour_layout = colour_layout
 
     def forward(self, x, window=None):
         if isinstance(x, torch.Tensor) and x.dim() == 3:  # unbatched [C, H, W], as nn.Conv2d
             return self.forward(x.unsqueeze(0), window).squeeze(0)
         return masked_conv2d(x, self.weight, self.bias, self.mask_type, self.data_channels,
-                             self.dilation[0], window=window, backend=self.backend)
+                             self.dilation[0], window=window, backend=self.backend,
+                             colour_layout=self.colour_layout)
 
     def mask(self) -> torch.Tensor:
         """The 0/1 mask [out, in, kh, kw] of the taps this layer sees, on its weight's device."""
-        return conv_mask(*self.weight.shape, self.mask_type, self.data_channels).to(
+        return conv_mask(*self.weight.shape, self.mask_type, self.data_channels,
+                         self.colour_layout).to(
             device=self.weight.device, dtype=self.weight.dtype)
 
     def state_dict_with_mask(self) -> dict:
@@ -89,10 +97,13 @@ class MaskedConv2d(nn.Conv2d):
         if key in state_dict:
             problem = self._mask_mismatch(state_dict.pop(key))
             if problem:
+                group = ("k * data_channels // C" if self.colour_layout == "contiguous"
+                         else "k % data_channels")
                 error_msgs.append(
                     f"genfast: {key} is not this MaskedConv2d's mask (mask_type="
-                    f"{self.mask_type!r}, data_channels={self.data_channels}; with colour groups, "
-                    f"channel k of C is in group k * data_channels // C): {problem}")
+                    f"{self.mask_type!r}, data_channels={self.data_channels}, colour_layout="
+                    f"{self.colour_layout!r}: with colour groups, channel k of C is in group "
+                    f"{group}): {problem}")
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
@@ -128,7 +139,7 @@ class MaskedConv2d(nn.Conv2d):
         cpu backend packs the weight once, again only if it changes in place)."""
         conv = masked_conv2d_on_windows(example, self.weight, self.bias, self.mask_type,
                                         self.data_channels, self.dilation[0],
-                                        backend=self.backend)
+                                        backend=self.backend, colour_layout=self.colour_layout)
         kh, kw = self.kernel_size
         d = self.dilation[0]
         above, left_of, right_of = (kh - 1) // 2 * d, (kw - 1) // 2 * d, kw // 2 * d
@@ -141,5 +152,7 @@ class MaskedConv2d(nn.Conv2d):
         return evaluate
 
     def extra_repr(self) -> str:
+        layout = (f", colour_layout={self.colour_layout!r}"
+                  if self.colour_layout != "contiguous" else "")
         return (f"{super().extra_repr()}, mask_type={self.mask_type!r}, "
-                f"data_channels={self.data_channels}")
+                f"data_channels={self.data_channels}{layout}")

@@ -27,14 +27,18 @@ skewed map is about half padding). The padding states left of each row depend on
 as a learnt boundary and carry no pixel.
 
 Colour groups (data_channels = n > 1, 3 for RGB data). Hidden channels split into n equal
-contiguous groups (hidden_channels must be a multiple of n), the grouping every genfast masked
-layer uses for its input channels, so these layers stack with MaskedConv2d. Output group j at a
-pixel reads the current pixel's colours < j (mask A) or <= j (mask B) and nothing else of it:
+groups (hidden_channels must be a multiple of n), laid out as every genfast masked layer lays
+out its channels (``colour_layout``): contiguous blocks by default (hidden channel e in group
+e * n // D), or interleaved (group e % n), so these layers stack with MaskedConv2d of the same
+layout. Output group j at a pixel reads the current pixel's colours < j (mask A) or <= j (mask
+B) and nothing else of it:
 
-* input-to-state: MaskedConv2d(data_channels=n) groups its 4D output channels into n contiguous
-  blocks. Block j holds the i, f, o and g pre-activations of hidden group j (colour-major); the
-  layer reorders them to the gate-major order lstm_rows reads, so the four gates of a hidden
-  channel all belong to its colour.
+* input-to-state: MaskedConv2d(data_channels=n) groups its 4D output channels by colour.
+  Contiguous: n blocks, block j holding the i, f, o and g pre-activations of hidden group j
+  (colour-major), which the layer reorders to the gate-major order lstm_rows reads.
+  Interleaved: output channel q D + e is gate q of hidden channel e, whose group (q D + e) % n =
+  e % n is that hidden channel's (n divides D), so gate-major order needs no reordering. Either
+  way the four gates of a hidden channel all belong to its colour.
 * state-to-state: the weight is multiplied by a fixed 0/1 buffer ``state_mask`` so that the
   gates of group j read the previous step's hidden groups <= j only (mask B's rule, applied to
   the state). The state only describes pixels before the current one, whose colours are all
@@ -58,7 +62,8 @@ from genfast.nn.gated_pixelcnn import shift_down
 from genfast.nn.masked_conv import MaskedConv2d
 from genfast.ops import lstm_row_conv as fused
 from genfast.ops.lstm_row import IMPLEMENTED, lstm_rows
-from genfast.ops.masked_conv import conv_mask
+from genfast.ops.masked_conv import (check_colour_layout, colour_groups, conv_mask,
+                                     group_order, select_channels)
 
 __all__ = ["RowLSTM", "DiagonalBiLSTM", "skew", "unskew"]
 
@@ -166,8 +171,9 @@ class _LSTMLayer(nn.Module):
 
     def __init__(self, layer: str, in_channels: int, hidden_channels: int, conv_kernel,
                  state_kernel: int, mask_type: str, data_channels: int, backend: str | None,
-                 device=None, dtype=None):
+                 device=None, dtype=None, colour_layout: str = "contiguous"):
         super().__init__()
+        check_colour_layout(colour_layout)
         if hidden_channels < 1 or in_channels < 1:
             raise ValueError(f"genfast: {layer} needs in_channels and hidden_channels >= 1, got "
                              f"{in_channels} and {hidden_channels}")
@@ -182,31 +188,40 @@ class _LSTMLayer(nn.Module):
         factory = {"device": device, "dtype": dtype}
         self.in_channels, self.hidden_channels = in_channels, hidden_channels
         self.mask_type, self.data_channels, self.backend = mask_type, data_channels, backend
+        self.colour_layout = colour_layout
         d = hidden_channels
         self.input_to_state = MaskedConv2d(in_channels, 4 * d, conv_kernel, mask_type,
-                                           data_channels, bias=False, backend=backend, **factory)
+                                           data_channels, bias=False, backend=backend,
+                                           colour_layout=colour_layout, **factory)
         self.state_weight = nn.Parameter(torch.empty(4 * d, d, state_kernel, **factory))
         self.bias = nn.Parameter(torch.empty(4 * d, **factory))
-        self.register_buffer("state_mask", self._colour_mask(d, data_channels, device),
+        self.register_buffer("state_mask",
+                             self._colour_mask(d, data_channels, colour_layout, device),
                              persistent=False)
         # The input kernel's mask on its visible taps (from the left end to the centre), for
         # genfast.ops.lstm_rows_conv: found once here, so that forward has no data-dependent
         # branch for torch.compile.
         conv = self.input_to_state
-        mask = conv_mask(*conv.weight.shape, mask_type, data_channels)[:, :, 0]
+        mask = conv_mask(*conv.weight.shape, mask_type, data_channels, colour_layout)[:, :, 0]
         self.visible_taps = int(mask.amax(dim=(0, 1)).count_nonzero())
         self.register_buffer("input_mask", mask[:, :, :self.visible_taps].to(**factory),
                              persistent=False)
         # One colour group's visible taps are all seen: no multiplication (and its backward).
         self.input_mask_is_ones = bool(mask[:, :, :self.visible_taps].all())
+        # Interleaved input channels in colour group order, the order MaskedConv2d hands them
+        # to its kernels in: the fused path sums them in that order too, so that its bits stay
+        # the masked convolution's, which cached sampling relies on.
+        order = (group_order(in_channels, data_channels, device)
+                 if colour_layout == "interleaved" and data_channels > 1 else None)
+        self.register_buffer("input_order", order, persistent=False)
         self.reset_parameters()
 
     @staticmethod
-    def _colour_mask(d: int, groups: int, device) -> torch.Tensor | None:
+    def _colour_mask(d: int, groups: int, colour_layout: str, device) -> torch.Tensor | None:
         """[4D, D, 1] 0/1: gate channel (q, d') reads hidden channel e iff group(e) <= group(d')."""
         if groups == 1:
             return None
-        group = torch.arange(d, device=device) * groups // d
+        group = colour_groups(d, groups, colour_layout).to(device)
         allowed = (group[None, :] <= group[:, None]).repeat(4, 1)
         return allowed[:, :, None].float()
 
@@ -225,7 +240,7 @@ class _LSTMLayer(nn.Module):
     def _gate_major(self, gates: torch.Tensor) -> torch.Tensor:
         """input_to_state's output [B, 4D, ...] reordered to gate-major (i, f, o, g)."""
         n = self.data_channels
-        if n == 1:
+        if n == 1 or self.colour_layout == "interleaved":  # already gate-major (module doc)
             return gates
         # colour-major [n groups][4 gates][D / n] -> gate-major [4 gates][n groups][D / n]
         b, _, *spatial = gates.shape
@@ -233,12 +248,13 @@ class _LSTMLayer(nn.Module):
                 .reshape(b, 4 * self.hidden_channels, *spatial))
 
     def _fused_input(self, x: torch.Tensor):
-        """(in_weight, in_pad_left) for genfast.ops.lstm_rows_conv, or None to run the masked
-        convolution and lstm_rows apart: when lstm_rows would not run on the cpu backend, which
-        alone has the fused kernel, or when the mask hides every tap.
+        """(x, in_weight, in_pad_left) for genfast.ops.lstm_rows_conv, or None to run the
+        masked convolution and lstm_rows apart: when lstm_rows would not run on the cpu backend,
+        which alone has the fused kernel, or when the mask hides every tap.
 
         in_weight is the masked kernel's visible taps, rows in gate-major order; tap 0 reads
-        k // 2 columns left of the output.
+        k // 2 columns left of the output. x and in_weight's input channels come in colour
+        group order (``input_order``) when interleaved.
         """
         if not fused.HAS_CPU_KERNEL or self.visible_taps == 0 or _backend.select(
                 "lstm_rows", self.backend, x.device, x.dtype, IMPLEMENTED) != "cpu":
@@ -247,9 +263,13 @@ class _LSTMLayer(nn.Module):
         masked = conv.weight[:, :, 0, :self.visible_taps]
         if not self.input_mask_is_ones:
             masked = masked * self.input_mask.to(conv.weight.dtype)
+        if self.input_order is not None:
+            x = select_channels(x, self.input_order)
+            masked = masked.index_select(1, self.input_order)
         # Contiguous once here, not by the op's forward and again by its backward.
         masked = masked.contiguous()
-        return self._gate_major(masked.unsqueeze(0)).squeeze(0), (conv.kernel_size[1] - 1) // 2
+        in_weight = self._gate_major(masked.unsqueeze(0)).squeeze(0)
+        return x, in_weight, (conv.kernel_size[1] - 1) // 2
 
     def _weight(self) -> torch.Tensor:
         if self.state_mask is None:
@@ -257,8 +277,14 @@ class _LSTMLayer(nn.Module):
         return self.state_weight * self.state_mask.to(self.state_weight.dtype)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.hidden_channels}, mask_type={self.mask_type!r}, "
-                f"data_channels={self.data_channels}")
+        return _extra_repr(self)
+
+
+def _extra_repr(layer) -> str:
+    layout = (f", colour_layout={layer.colour_layout!r}"
+              if layer.colour_layout != "contiguous" else "")
+    return (f"{layer.in_channels}, {layer.hidden_channels}, mask_type={layer.mask_type!r}, "
+            f"data_channels={layer.data_channels}{layout}")
 
 
 class RowLSTM(_LSTMLayer):
@@ -273,6 +299,9 @@ class RowLSTM(_LSTMLayer):
         data_channels: colour groups (3 for RGB); see the module docstring.
         backend: forced backend for the masked convolution and lstm_rows, or None for the
             default.
+        colour_layout: "contiguous" (the default: channel k of C in colour group
+            k * data_channels // C) or "interleaved" (group k % data_channels), for the input,
+            the hidden channels and the gates alike; see the module docstring.
 
     Parameters: ``input_to_state.weight`` [4D, C, 1, k] (a MaskedConv2d without bias),
     ``state_weight`` [4D, D, k] and ``bias`` [4D], gates in the order i, f, o, g.
@@ -280,12 +309,12 @@ class RowLSTM(_LSTMLayer):
 
     def __init__(self, in_channels: int, hidden_channels: int, kernel_size: int = 3,
                  mask_type: str = "B", data_channels: int = 1, backend: str | None = None,
-                 device=None, dtype=None):
+                 device=None, dtype=None, *, colour_layout: str = "contiguous"):
         if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1:
             raise ValueError(f"genfast: RowLSTM kernel_size must be a positive int, "
                              f"got {kernel_size!r}")
         super().__init__("RowLSTM", in_channels, hidden_channels, (1, kernel_size), kernel_size,
-                         mask_type, data_channels, backend, device, dtype)
+                         mask_type, data_channels, backend, device, dtype, colour_layout)
         self.kernel_size = kernel_size
 
     def forward(self, x: torch.Tensor, state=None, return_state: bool = False):
@@ -303,8 +332,8 @@ class RowLSTM(_LSTMLayer):
             h, c = lstm_rows(self._gates(x), self._weight(), self.bias, h0, c0,
                              pad_left=self.kernel_size // 2, backend=self.backend)
         else:  # the masked 1 x k convolution inside the recurrence, row by row
-            in_weight, in_pad_left = fused_input
-            h, c = fused.lstm_rows_conv(x, in_weight, self._weight(), self.bias, h0, c0,
+            x_in, in_weight, in_pad_left = fused_input
+            h, c = fused.lstm_rows_conv(x_in, in_weight, self._weight(), self.bias, h0, c0,
                                         in_pad_left, self.kernel_size // 2, backend="cpu")
         if return_state:  # copies, so that the state does not hold all of c alive
             return h, (h[:, :, -1].contiguous(), c[:, :, -1].contiguous())
@@ -330,9 +359,9 @@ class _DiagonalLSTM(_LSTMLayer):
     """One direction of the Diagonal BiLSTM: the pixels above and to the left, x -> [B, D, H, W]."""
 
     def __init__(self, in_channels, hidden_channels, mask_type, data_channels, backend,
-                 device=None, dtype=None):
+                 device=None, dtype=None, colour_layout="contiguous"):
         super().__init__("DiagonalBiLSTM", in_channels, hidden_channels, 1, 2, mask_type,
-                         data_channels, backend, device, dtype)
+                         data_channels, backend, device, dtype, colour_layout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         width = x.shape[3]
@@ -346,8 +375,8 @@ class _DiagonalLSTM(_LSTMLayer):
             # The 1 x 1 convolution inside the recurrence, on the skewed input (C channels where
             # the skewed gates have 4D), each step computing its pixels and one padding position
             # only (skew_width): about half the skewed map.
-            in_weight, in_pad_left = fused_input
-            h, _ = fused.lstm_rows_conv(_skew_steps(x), in_weight, self._weight(), self.bias,
+            x_in, in_weight, in_pad_left = fused_input
+            h, _ = fused.lstm_rows_conv(_skew_steps(x_in), in_weight, self._weight(), self.bias,
                                         in_pad_left=in_pad_left, pad_left=1, skew_width=width,
                                         backend="cpu")
         return _unskew_steps(h, width)
@@ -366,23 +395,29 @@ class DiagonalBiLSTM(nn.Module):
             since a 1 x 1 mask A hides every input of a single colour group.
         data_channels: colour groups (3 for RGB); see the module docstring.
         backend: forced backend for the masked convolutions and lstm_rows, or None.
+        colour_layout: "contiguous" (the default: channel k of C in colour group
+            k * data_channels // C) or "interleaved" (group k % data_channels), for the input,
+            the hidden channels and the gates alike; see the module docstring.
 
     Parameters: ``left_to_right`` and ``right_to_left`` hold each an ``input_to_state`` 1 x 1
     MaskedConv2d without bias, a ``state_weight`` [4D, D, 2] and a ``bias`` [4D].
     """
 
     def __init__(self, in_channels: int, hidden_channels: int, mask_type: str = "B",
-                 data_channels: int = 1, backend: str | None = None, device=None, dtype=None):
+                 data_channels: int = 1, backend: str | None = None, device=None, dtype=None,
+                 *, colour_layout: str = "contiguous"):
         super().__init__()
         if mask_type == "A" and data_channels == 1:
             raise ValueError("genfast: DiagonalBiLSTM with mask_type 'A' and one colour group "
                              "sees no input (a 1 x 1 mask A hides the only pixel it reads); put a "
                              "mask-A convolution first and use mask 'B' here, as PixelRNN does")
-        args = (in_channels, hidden_channels, mask_type, data_channels, backend, device, dtype)
+        args = (in_channels, hidden_channels, mask_type, data_channels, backend, device, dtype,
+                colour_layout)
         self.left_to_right = _DiagonalLSTM(*args)
         self.right_to_left = _DiagonalLSTM(*args)
         self.in_channels, self.hidden_channels = in_channels, hidden_channels
         self.mask_type, self.data_channels, self.backend = mask_type, data_channels, backend
+        self.colour_layout = colour_layout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.in_channels, "DiagonalBiLSTM")
@@ -391,5 +426,4 @@ class DiagonalBiLSTM(nn.Module):
         return self.left_to_right(x) + shift_down(right)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.hidden_channels}, mask_type={self.mask_type!r}, "
-                f"data_channels={self.data_channels}")
+        return _extra_repr(self)

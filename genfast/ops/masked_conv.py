@@ -5,14 +5,19 @@ A masked convolution is a stride-1, 'same'-padded convolution whose kernel only 
 before the current one in raster order. The kernel's centre is tap ((kh-1)//2, (kw-1)//2), as
 nn.Conv2d's padding="same" places it. Visible taps: every row above the centre, the taps left of
 the centre in its row, and the centre itself for the channel pairs the colour rule allows. With
-``data_channels`` colour groups (3 for RGB), channel k of C belongs to group k * data_channels // C;
-mask A lets an output group see strictly earlier input groups at the centre (G sees R, B sees R
-and G), mask B also its own group. With one group, mask A hides the centre and mask B shows it.
+``data_channels`` colour groups (3 for RGB), channel k of C belongs to group k * data_channels // C
+(``colour_layout="contiguous"``, the default: blocks R..., G..., B...) or to group
+k % data_channels (``"interleaved"``: R, G, B, R, G, B, ..., the layout of some other PixelCNN
+code); mask A lets an output group see strictly earlier input groups at the centre (G sees R, B
+sees R and G), mask B also its own group. With one group, mask A hides the centre and mask B
+shows it.
 Mask V is the Gated PixelCNN's vertical stack: the centre row and every row above it, whole; it
 sees the current row, so its output must be shifted down a row before a causal layer reads it.
 
 The reference multiplies the weight by the mask and runs a dense convolution, as public PixelCNN
 code does. The fast kernels never touch the hidden taps, in forward and in both backward passes.
+They compute the colour groups themselves, contiguous ones, from (mask_type, data_channels);
+the interleaved layout reaches them as a channel permutation (the colour layouts section).
 ``window`` evaluates only part of the output, for samplers that need one new row or pixel.
 """
 from __future__ import annotations
@@ -29,9 +34,31 @@ MASK_TYPES = {"A": 0, "B": 1, "V": 2}
 
 # ----------------------------------------------------------------------------- reference
 
+COLOUR_LAYOUTS = ("contiguous", "interleaved")
+
+
+def check_colour_layout(colour_layout) -> None:
+    if colour_layout not in COLOUR_LAYOUTS:
+        raise ValueError(f"genfast: colour_layout must be 'contiguous' or 'interleaved', got "
+                         f"{colour_layout!r}")
+
+
+def colour_groups(channels: int, data_channels: int,
+                  colour_layout: str = "contiguous") -> torch.Tensor:
+    """The colour group of each of ``channels`` channels: int64 [channels], k * data_channels //
+    channels (contiguous) or k % data_channels (interleaved)."""
+    check_colour_layout(colour_layout)
+    k = torch.arange(channels)
+    if colour_layout == "interleaved":
+        return k % data_channels
+    return k * data_channels // max(channels, 1)
+
+
 def conv_mask(out_channels: int, in_channels: int, kh: int, kw: int, mask_type: str,
-              data_channels: int = 1) -> torch.Tensor:
-    """The [out, in, kh, kw] 0/1 float mask of a PixelCNN kernel (see the module docstring)."""
+              data_channels: int = 1, colour_layout: str = "contiguous") -> torch.Tensor:
+    """The [out, in, kh, kw] 0/1 float mask of a PixelCNN kernel (see the module docstring);
+    ``colour_layout`` "contiguous" (the default) or "interleaved" places the colour groups."""
+    check_colour_layout(colour_layout)
     cy, cx = (kh - 1) // 2, (kw - 1) // 2
     mask = torch.zeros(out_channels, in_channels, kh, kw)
     if mask_type == "V":
@@ -39,8 +66,8 @@ def conv_mask(out_channels: int, in_channels: int, kh: int, kw: int, mask_type: 
         return mask
     mask[:, :, :cy, :] = 1
     mask[:, :, cy, :cx] = 1
-    group_in = torch.arange(in_channels) * data_channels // max(in_channels, 1)
-    group_out = torch.arange(out_channels) * data_channels // max(out_channels, 1)
+    group_in = colour_groups(in_channels, data_channels, colour_layout)
+    group_out = colour_groups(out_channels, data_channels, colour_layout)
     if mask_type == "A":
         allowed = group_in[None, :] < group_out[:, None]
     else:
@@ -50,9 +77,10 @@ def conv_mask(out_channels: int, in_channels: int, kh: int, kw: int, mask_type: 
 
 
 def masked_conv2d_ref(x, weight, bias=None, mask_type="B", data_channels=1, dilation=1,
-                      window=None):
+                      window=None, colour_layout="contiguous"):
     """Dense convolution with the masked weight, then the window cut out of the output."""
-    mask = conv_mask(*weight.shape, mask_type, data_channels).to(weight.device, weight.dtype)
+    mask = conv_mask(*weight.shape, mask_type, data_channels, colour_layout).to(weight.device,
+                                                                              weight.dtype)
     if x.shape[1] == 0:
         # F.conv2d gives no output channels without input channels; each output is an empty
         # sum (x.sum() + weight.sum(), which keeps both in the graph), plus the bias.
@@ -185,7 +213,8 @@ if _ext.has_op("masked_conv2d_prepacked"):
 
 # ----------------------------------------------------------------------------- public API
 
-def _check_args(x, weight, bias, mask_type, data_channels, dilation, window):
+def _check_args(x, weight, bias, mask_type, data_channels, dilation, window,
+                colour_layout="contiguous"):
     for name, t in (("x", x), ("weight", weight)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"genfast: {name} must be a torch.Tensor, got {type(t).__name__}")
@@ -220,6 +249,8 @@ def _check_args(x, weight, bias, mask_type, data_channels, dilation, window):
     if not isinstance(data_channels, int) or not 1 <= data_channels <= max(channels, 1):
         raise ValueError(f"genfast: data_channels must be an int between 1 and the number of "
                          f"input and output channels ({channels}), got {data_channels!r}")
+    check_interleaving(colour_layout, mask_type, data_channels, weight.shape[1],
+                       weight.shape[0])
     if not isinstance(dilation, int) or isinstance(dilation, bool) or dilation < 1:
         raise ValueError(f"genfast: dilation must be an int >= 1, got {dilation!r}")
     if window is not None:
@@ -231,7 +262,7 @@ def _check_args(x, weight, bias, mask_type, data_channels, dilation, window):
 
 
 def masked_conv2d(x, weight, bias=None, mask_type="B", data_channels=1, dilation=1, *,
-                  window=None, backend=None):
+                  window=None, backend=None, colour_layout="contiguous"):
     """PixelCNN masked convolution, stride 1, 'same' padding.
 
     Args:
@@ -243,21 +274,27 @@ def masked_conv2d(x, weight, bias=None, mask_type="B", data_channels=1, dilation
         dilation: spacing of the kernel taps.
         window: optional (row0, row1, col0, col1): compute only that part of the output.
         backend: 'auto', 'reference' or 'cpu' (default: see genfast.backends).
+        colour_layout: "contiguous" (the default: channel k of C in colour group
+            k * data_channels // C) or "interleaved" (group k % data_channels).
     Returns:
         [B, C_out, H, W], or [B, C_out, row1 - row0, col1 - col0] with a window, in x's memory
         format.
     """
-    _check_args(x, weight, bias, mask_type, data_channels, dilation, window)
+    _check_args(x, weight, bias, mask_type, data_channels, dilation, window, colour_layout)
     window = tuple(int(v) for v in window) if window is not None else None
     name = _backend.select("masked_conv2d", backend, x.device, x.dtype, IMPLEMENTED)
     if name == "reference":
-        return masked_conv2d_ref(x, weight, bias, mask_type, data_channels, dilation, window)
-    return _FORWARD_OPS[name](x, weight, bias, MASK_TYPES[mask_type], data_channels, dilation,
-                              list(window or ()))
+        return masked_conv2d_ref(x, weight, bias, mask_type, data_channels, dilation, window,
+                                 colour_layout)
+    op_args = (MASK_TYPES[mask_type], data_channels, dilation, list(window or ()))
+    if permutes_channels(colour_layout, mask_type, data_channels, *weight.shape[:2]):
+        return _interleaved_call(lambda *tensors: _FORWARD_OPS[name](*tensors, *op_args),
+                                 x, weight, bias, data_channels)
+    return _FORWARD_OPS[name](x, weight, bias, *op_args)
 
 
 def masked_conv2d_on_windows(example, weight, bias=None, mask_type="B", data_channels=1,
-                             dilation=1, *, backend=None):
+                             dilation=1, *, backend=None, colour_layout="contiguous"):
     """masked_conv2d with its checks and backend choice done once, for a sampler that calls it
     for every pixel: returns ``conv(x, window)`` = masked_conv2d(x, weight, bias, ...,
     window=window) for inputs x like ``example`` (same channels, dtype and device).
@@ -268,13 +305,16 @@ def masked_conv2d_on_windows(example, weight, bias=None, mask_type="B", data_cha
     backend packs the weight for its kernel once rather than per call (see
     _prepacked_windows).
     """
-    _check_args(example, weight, bias, mask_type, data_channels, dilation, None)
+    _check_args(example, weight, bias, mask_type, data_channels, dilation, None, colour_layout)
     name = _backend.select("masked_conv2d", backend, example.device, example.dtype, IMPLEMENTED)
     if name == "reference":
         def conv(x, window):
             return masked_conv2d_ref(x, weight, bias, mask_type, data_channels, dilation,
-                                     window or None)
+                                     window or None, colour_layout)
         return conv
+    if permutes_channels(colour_layout, mask_type, data_channels, *weight.shape[:2]):
+        return _interleaved_windows(example, weight, bias, mask_type, data_channels, dilation,
+                                    name)
     op, code = _FORWARD_OPS[name].default, MASK_TYPES[mask_type]
     if name == "cpu" and _ext.has_op("masked_conv2d_prepacked"):
         return _prepacked_windows(example, weight, bias, code, data_channels, dilation, op)
@@ -288,8 +328,8 @@ def _prepacked_windows(example, weight, bias, code, data_channels, dilation, op)
     """masked_conv2d_on_windows's conv for the cpu backend. Under torch.inference_mode() (a
     sampler) the kernel's packed copy of the weight is made once, and again only when the
     weight changes in place (its version counter moves): packing was 60% of a one-pixel
-    64 -> 64 3x3 call (25 -> 10 us). With autograd on, or an inference-mode weight (no version counter), each
-    call packs as masked_conv2d does."""
+    64 -> 64 3x3 call (25 -> 10 us). With autograd on, or an inference-mode weight (no version
+    counter), each call packs as masked_conv2d does."""
     pack = torch.ops.genfast.masked_conv2d_pack_weight.default
     prepacked = torch.ops.genfast.masked_conv2d_prepacked.default
     packed = {}  # weight._version -> the packed weight of that version
@@ -302,4 +342,115 @@ def _prepacked_windows(example, weight, bias, code, data_channels, dilation, op)
             packed.clear()
             packed[version] = pack(example, weight, code, data_channels, dilation)
         return prepacked(x, packed[version], weight, bias, code, data_channels, dilation, window)
+    return conv
+
+
+# ----------------------------------------------------------------------------- colour layouts
+# The fast kernels (C++, CUDA, Triton) find the colour groups themselves from (mask_type,
+# data_channels), as contiguous blocks; they take no mask. An interleaved layer is the same
+# convolution with its channels listed in another order, so permuting the input channels, the
+# weight's in and out channels and the bias into group order, and the output back, gives the
+# interleaved result on every backend with the kernels unchanged. The permutations are exact
+# (no rounding) and autograd carries them into the backward; the price is one copy of x and
+# one of y per call. The reference builds the interleaved mask instead, so the tests hold the
+# permuted kernels to an independent oracle.
+
+def _group_sizes(channels: int, data_channels: int, colour_layout: str) -> list[int]:
+    """Channels per colour group, from the sizes alone (plain ints for torch.compile)."""
+    if colour_layout == "interleaved":
+        return [(channels - g + data_channels - 1) // data_channels
+                for g in range(data_channels)]
+    # Contiguous group g holds the k with ceil(g C / D) <= k < ceil((g + 1) C / D).
+    starts = [-(-g * channels // data_channels) for g in range(data_channels + 1)]
+    return [starts[g + 1] - starts[g] for g in range(data_channels)]
+
+
+def check_interleaving(colour_layout, mask_type, data_channels, in_channels,
+                       out_channels) -> None:
+    """A clear error for a colour layout the kernels cannot run: an unknown name, or
+    interleaved groups whose sizes no channel permutation turns into contiguous blocks
+    (possible with more than 3 groups only, e.g. 6 channels in 4 groups: 2, 2, 1, 1
+    interleaved against 2, 1, 2, 1 contiguous)."""
+    check_colour_layout(colour_layout)
+    if colour_layout == "contiguous" or mask_type == "V" or data_channels == 1:
+        return
+    for side, channels in (("input", in_channels), ("output", out_channels)):
+        if (_group_sizes(channels, data_channels, "interleaved")
+                != _group_sizes(channels, data_channels, "contiguous")):
+            raise ValueError(f"genfast: colour_layout='interleaved' cannot split {channels} "
+                             f"{side} channels into {data_channels} colour groups (the kernels "
+                             f"need the group sizes of the contiguous layout); use a multiple "
+                             f"of {data_channels} channels")
+
+
+def permutes_channels(colour_layout, mask_type, data_channels, out_channels,
+                      in_channels) -> bool:
+    """Whether the fast kernels need the channels permuted: interleaved colour groups that
+    differ from contiguous ones (more channels than groups; mask V has no groups)."""
+    return (colour_layout == "interleaved" and mask_type != "V" and data_channels > 1
+            and max(out_channels, in_channels) > data_channels)
+
+
+def group_order(channels: int, data_channels: int, device) -> torch.Tensor | None:
+    """The interleaved channels in contiguous group order (x[:, order] lists group 0's
+    channels, then group 1's, ...), or None when none moves."""
+    if channels <= data_channels:
+        return None
+    k = torch.arange(channels, device=device)
+    return torch.argsort(k % data_channels * channels + k)
+
+
+def select_channels(t: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """t[:, order] in t's memory format (index_select alone returns NCHW)."""
+    if suggest_memory_format(t) == torch.channels_last:
+        return t.permute(0, 2, 3, 1).index_select(3, order).permute(0, 3, 1, 2)
+    return t.index_select(1, order)
+
+
+def _grouped(weight, bias, in_order, out_order):
+    """The weight and bias of the interleaved layer with channels in group order."""
+    if in_order is not None:
+        weight = weight.index_select(1, in_order)
+    if out_order is not None:
+        weight = weight.index_select(0, out_order)
+        bias = None if bias is None else bias.index_select(0, out_order)
+    return weight, bias
+
+
+def _interleaved_call(conv, x, weight, bias, data_channels):
+    """``conv(x, weight, bias)``, a fast contiguous-layout masked convolution, run on an
+    interleaved layer's tensors (see the comment above _group_sizes)."""
+    in_order = group_order(weight.shape[1], data_channels, x.device)
+    out_order = group_order(weight.shape[0], data_channels, x.device)
+    weight, bias = _grouped(weight, bias, in_order, out_order)
+    y = conv(x if in_order is None else select_channels(x, in_order), weight, bias)
+    return y if out_order is None else select_channels(y, torch.argsort(out_order))
+
+
+def _interleaved_windows(example, weight, bias, mask_type, data_channels, dilation, name):
+    """masked_conv2d_on_windows's conv for an interleaved layer on a fast backend.
+
+    Under torch.inference_mode() (a sampler) the grouped weight is made once per version of
+    the weight and bias, outside inference mode, so that it has a version counter and the cpu
+    backend keeps its packed copy too (_prepacked_windows). Otherwise each call groups the
+    weight, as masked_conv2d does, so that autograd sees the permutation."""
+    in_order = group_order(weight.shape[1], data_channels, example.device)
+    out_order = group_order(weight.shape[0], data_channels, example.device)
+    out_inverse = None if out_order is None else torch.argsort(out_order)
+    prepared = {}  # (weight version, bias version) -> the grouped layer's conv
+
+    def conv(x, window):
+        if not torch.is_inference_mode_enabled() or weight.is_inference():
+            return masked_conv2d(x, weight, bias, mask_type, data_channels, dilation,
+                                 window=window or None, backend=name,
+                                 colour_layout="interleaved")
+        key = (weight._version, None if bias is None else bias._version)
+        if key not in prepared:
+            prepared.clear()
+            with torch.inference_mode(False), torch.no_grad():
+                grouped = _grouped(weight, bias, in_order, out_order)
+            prepared[key] = masked_conv2d_on_windows(example, *grouped, mask_type,
+                                                     data_channels, dilation, backend=name)
+        y = prepared[key](x if in_order is None else select_channels(x, in_order), window)
+        return y if out_inverse is None else select_channels(y, out_inverse)
     return conv
