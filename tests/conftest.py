@@ -44,8 +44,10 @@ def _backend_param(name: str, device: str, cpu_isa: str | None = None):
         marks.append(pytest.mark.slow)  # Triton's CPU interpreter runs a kernel in Python
     if not info.available:
         marks.append(pytest.mark.skip(reason=f"{name} unavailable: {info.reason}"))
+    if cpu_isa is not None:
+        marks.append(pytest.mark.cpu_isa(cpu_isa))  # _cpu_isa_level sets it for the test
     suffix = f"-{cpu_isa}" if cpu_isa else ""
-    return pytest.param((name, device, cpu_isa), id=f"{name}-{device}{suffix}", marks=marks)
+    return pytest.param((name, device), id=f"{name}-{device}{suffix}", marks=marks)
 
 
 def _lower_cpu_isas() -> list[str]:
@@ -127,13 +129,20 @@ def assert_all_close(fast, ref, ref64, dtype):
 @pytest.fixture(params=FAST_BACKENDS)
 def backend(request):
     """(backend name, device) for each fast backend, skipped where it cannot run; the cpu
-    backend at each ISA level this CPU has, set for the test's duration."""
-    name, device, cpu_isa = request.param
-    if cpu_isa is None:
-        yield name, device
+    backend at each ISA level this CPU has."""
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _cpu_isa_level(request):
+    """Runs a test marked cpu_isa(level) (FAST_BACKENDS' lower-level cpu params, however a
+    module parametrizes them) with the CPU kernels at that level."""
+    marker = request.node.get_closest_marker("cpu_isa")
+    if marker is None:
+        yield
     else:
-        with genfast.use_cpu_isa(cpu_isa):
-            yield name, device
+        with genfast.use_cpu_isa(marker.args[0]):
+            yield
 
 
 def check_compiled_training(model, reference, x, lr, steps):

@@ -179,3 +179,14 @@ def test_auto_passes_over_the_baseline_level_and_says_why():
         with genfast.use_cpu_isa(level):
             assert genfast.backends()["cpu"].auto_skips == ""
             assert select("masked_conv2d", None, cpu, torch.float32) == "cpu"
+
+
+def test_cpu_backend_params_run_at_their_level(backend, request):
+    """The cpu-cpu-<level> params of conftest really run the kernels at <level>."""
+    name, _ = backend
+    marker = request.node.get_closest_marker("cpu_isa")
+    if name == "cpu":
+        assert genfast.cpu_isa() == (marker.args[0] if marker else LEVELS_HERE[-1])
+        assert request.node.callspec.id.endswith(marker.args[0] if marker else "cpu-cpu")
+    else:
+        assert marker is None
