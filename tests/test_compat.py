@@ -15,7 +15,10 @@ from genfast.ops.masked_conv import conv_mask
 from conftest import FAST_BACKENDS
 
 # The reference too: it masks interleaved channels in place where the fast backends permute them.
-ALL_BACKENDS = [pytest.param(("reference", "cpu"), id="reference-cpu"), *FAST_BACKENDS]
+# Through the backend fixture (indirect), which unpacks (name, device, cpu_isa) and runs the
+# cpu backend at each ISA level.
+ALL_BACKENDS = [pytest.param(("reference", "cpu", None), id="reference-cpu"),
+                *FAST_BACKENDS]
 
 
 class BufferMaskedConv2d(nn.Conv2d):
@@ -142,7 +145,7 @@ def _interleaved_genfast(mask_type, cin, cout, k, backend="reference"):
                                    backend=backend, colour_layout="interleaved")
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("mask_type,cin,cout,k", [("A", 3, 12, 5), ("B", 12, 12, 3),
                                                   ("B", 6, 9, 3), ("A", 12, 6, 3)])
@@ -197,7 +200,7 @@ class RGBPixelCNN(nn.Module):
         return F.cross_entropy(logits.view(b, self.levels, 3, h, w), images)
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
 def test_interleaved_rgb_training_follows_theirs(backend):
     name, device = backend
     torch.manual_seed(4)
@@ -309,7 +312,7 @@ def _stack_state(theirs):
     return state
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("mask_type,k,cin", [("A", 5, 3), ("B", 3, 4), ("B", 5, 4)])
 def test_cropped_gated_layers(backend, mask_type, k, cin, dtype):
@@ -357,7 +360,7 @@ def test_cropped_gated_layers(backend, mask_type, k, cin, dtype):
     assert torch.count_nonzero(ours_grads["horizontal.weight"][..., first_hidden:]) == 0
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
 def test_cropped_gated_training_follows_theirs(backend):
     name, device = backend
     torch.manual_seed(6)
