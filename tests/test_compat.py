@@ -2,9 +2,9 @@
 layers are written here in our own code: an nn.Conv2d with a registered ``mask`` buffer
 multiplied into its weight before each forward (with ``mask_center=``, or as
 ``MaskedConv2d(mask_type, in, out, k)`` with RGB masks over interleaved channels), and the
-cropped-convolution Gated PixelCNN layer. genfast must give their outputs, their gradients on
-the taps the mask shows and their training losses, and load their checkpoints; also unbatched
-input and a clear error for their positional argument order."""
+cropped-convolution Gated PixelCNN layer with its skip output. genfast must give their
+outputs, their gradients on the taps the mask shows and their training losses, and load their
+checkpoints; also unbatched input and a clear error for their positional argument order."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,7 +15,10 @@ from genfast.ops.masked_conv import conv_mask
 from conftest import FAST_BACKENDS
 
 # The reference too: it masks interleaved channels in place where the fast backends permute them.
-ALL_BACKENDS = [pytest.param(("reference", "cpu"), id="reference-cpu"), *FAST_BACKENDS]
+# Through the backend fixture (indirect), which unpacks (name, device, cpu_isa) and runs the
+# cpu backend at each ISA level.
+ALL_BACKENDS = [pytest.param(("reference", "cpu", None), id="reference-cpu"),
+                *FAST_BACKENDS]
 
 
 class BufferMaskedConv2d(nn.Conv2d):
@@ -142,7 +145,7 @@ def _interleaved_genfast(mask_type, cin, cout, k, backend="reference"):
                                    backend=backend, colour_layout="interleaved")
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("mask_type,cin,cout,k", [("A", 3, 12, 5), ("B", 12, 12, 3),
                                                   ("B", 6, 9, 3), ("A", 12, 6, 3)])
@@ -197,7 +200,7 @@ class RGBPixelCNN(nn.Module):
         return F.cross_entropy(logits.view(b, self.levels, 3, h, w), images)
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
 def test_interleaved_rgb_training_follows_theirs(backend):
     name, device = backend
     torch.manual_seed(4)
@@ -237,17 +240,18 @@ class CroppedGatedLayer(nn.Module):
     first layer) zeroes its last tap, the current pixel, through a mask buffer multiplied into
     the weight. Both gated as tanh(first half) * sigmoid(second half); h_out is a 1x1
     convolution of the gated horizontal features plus h (the residual, mask B with equal
-    widths), skip another 1x1 convolution of them.
+    widths), skip another 1x1 convolution of the same gated features (before the residual) to
+    skip_channels (default: channels), which a model sums over its layers into its head.
     """
 
-    def __init__(self, in_channels, channels, k, mask_type):
+    def __init__(self, in_channels, channels, k, mask_type, skip_channels=None):
         super().__init__()
         self.mask_type, self.residual = mask_type, mask_type == "B" and in_channels == channels
         self.v_conv = nn.Conv2d(in_channels, 2 * channels, (k // 2 + 1, k), padding=k // 2)
         self.h_conv = nn.Conv2d(in_channels, 2 * channels, (1, k // 2 + 1), padding=(0, k // 2))
         self.v_to_h = nn.Conv2d(2 * channels, 2 * channels, 1)
         self.h_fc = nn.Conv2d(channels, channels, 1)
-        self.skip = nn.Conv2d(channels, channels, 1)
+        self.skip = nn.Conv2d(channels, skip_channels or channels, 1)
         if mask_type == "A":
             mask = torch.ones(1, 1, 1, k // 2 + 1)
             mask[..., -1] = 0
@@ -264,18 +268,19 @@ class CroppedGatedLayer(nn.Module):
         return _gate(v_pre), h_out, self.skip(h_gated)
 
 
-def genfast_gated_state(state, k):
+def genfast_gated_state(state, k, skip):
     """Their layer's state dict (or anything keyed as it, such as its gradients) as
-    genfast.nn.GatedPixelCNNLayer's, to load with strict=True.
+    genfast.nn.GatedPixelCNNLayer's, to load with strict=True: with their skip convolution
+    (``skip``: a genfast layer built with skip_channels) or without it (one built without).
 
     The vertical (k//2 + 1) x k kernel is the top of genfast's k x k mask-V kernel, the
     horizontal 1 x (k//2 + 1) kernel the left of its 1 x k mask-A/B kernel; the taps below and
-    to the right are hidden (zeros here). Their mask-A tap is hidden in both. Not mapped: their
-    skip convolution, which genfast's layer does not have (see test_cropped_gated_layers).
+    to the right are hidden (zeros here). Their mask-A tap is hidden in both. The 1x1 layers,
+    the skip one included (same keys), map as they are.
     """
     vertical = state["v_conv.weight"]
     horizontal = state["h_conv.weight"]
-    return {
+    mapped = {
         "vertical.weight": F.pad(vertical, (0, 0, 0, k - vertical.shape[2])),
         "vertical.bias": state["v_conv.bias"],
         "horizontal.weight": F.pad(horizontal, (0, k - horizontal.shape[3])),
@@ -285,66 +290,91 @@ def genfast_gated_state(state, k):
         "horizontal_out.weight": state["h_fc.weight"],
         "horizontal_out.bias": state["h_fc.bias"],
     }
+    if skip:
+        mapped["skip.weight"], mapped["skip.bias"] = state["skip.weight"], state["skip.bias"]
+    return mapped
 
 
 class GatedStack(nn.Module):
-    """A mask-A gated layer, a mask-B one and a 1x1 Bernoulli head on h."""
+    """A mask-A gated layer, a mask-B one and a small Bernoulli head (1x1, ReLU, 1x1). With
+    skip_channels the head reads the sum of both layers' skips, as in common Gated PixelCNN
+    code; without, the last h."""
 
-    def __init__(self, make, k=5, channels=6):
+    def __init__(self, make, skip_channels=None, k=5, channels=6):
         super().__init__()
-        self.first, self.second = make(1, channels, k, "A"), make(channels, channels, 3, "B")
-        self.head = nn.Conv2d(channels, 1, 1)
+        self.skip_channels = skip_channels
+        self.first = make(1, channels, k, "A", skip_channels)
+        self.second = make(channels, channels, 3, "B", skip_channels)
+        width = skip_channels or channels
+        self.head = nn.Sequential(nn.Conv2d(width, 3, 1), nn.ReLU(), nn.Conv2d(3, 1, 1))
 
     def loss(self, x):
-        v, h = self.first(x, x)[:2]
-        v, h = self.second(v, h)[:2]
-        return F.binary_cross_entropy_with_logits(self.head(torch.relu(h)), x)
+        first = self.first(x, x)
+        second = self.second(*first[:2])
+        features = first[2] + second[2] if self.skip_channels else second[1]
+        return F.binary_cross_entropy_with_logits(self.head(torch.relu(features)), x)
 
 
 def _stack_state(theirs):
     state = {f"head.{key}": value for key, value in theirs.head.state_dict().items()}
     for name, k in (("first", 5), ("second", 3)):
-        for key, value in genfast_gated_state(getattr(theirs, name).state_dict(), k).items():
+        layer_state = getattr(theirs, name).state_dict()
+        for key, value in genfast_gated_state(layer_state, k, theirs.skip_channels).items():
             state[f"{name}.{key}"] = value
     return state
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def _genfast_gated(name):
+    return lambda i, c, k, m, s: genfast.nn.GatedPixelCNNLayer(i, c, k, m, backend=name,
+                                                               skip_channels=s)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("mask_type,k,cin", [("A", 5, 3), ("B", 3, 4), ("B", 5, 4)])
-def test_cropped_gated_layers(backend, mask_type, k, cin, dtype):
-    """genfast.nn.GatedPixelCNNLayer with their weights mapped across gives their v and h and
-    the gradients of their visible taps. What differs: genfast's layer has no skip output
-    (their 1x1 ``skip`` of the gated horizontal features), so a model that sums skips cannot
-    swap it in layer for layer; and genfast's vertical kernel is k x k with the rows below the
-    centre hidden, their (k//2 + 1) x k the visible rows alone, so the checkpoint goes through
-    genfast_gated_state rather than loading as it is. Not covered: code that shifts the vertical
-    stack by padding k//2 + 1 rows on top instead of inserting a zero row; its row 0 link then
-    reads the vertical bias where genfast's reads zeros, so that code differs in row 0."""
+@pytest.mark.parametrize("skip_channels", [None, 5], ids=["no-skip", "skip5"])
+def test_cropped_gated_layers(backend, mask_type, k, cin, dtype, skip_channels):
+    """genfast.nn.GatedPixelCNNLayer with their weights mapped across gives their v and h, with
+    skip_channels their skip too, and the gradients of their visible taps. Without
+    skip_channels genfast's layer has no skip (their 1x1 ``skip`` is then not mapped) and suits
+    models that do not sum skips. What differs: genfast's vertical kernel is k x k with the
+    rows below the centre hidden, their (k//2 + 1) x k the visible rows alone, so the
+    checkpoint goes through genfast_gated_state rather than loading as it is. Not covered: code
+    that shifts the vertical stack by padding k//2 + 1 rows on top instead of inserting a zero
+    row; its row 0 link then reads the vertical bias where genfast's reads zeros, so that code
+    differs in row 0."""
     name, device = backend
     torch.manual_seed(5)
-    theirs = CroppedGatedLayer(cin, 4, k, mask_type).to(device, dtype)
-    ours = genfast.nn.GatedPixelCNNLayer(cin, 4, k, mask_type, backend=name).to(device, dtype)
-    ours.load_state_dict(genfast_gated_state(theirs.state_dict(), k), strict=True)
+    with_skip = skip_channels is not None
+    theirs = CroppedGatedLayer(cin, 4, k, mask_type, skip_channels).to(device, dtype)
+    ours = genfast.nn.GatedPixelCNNLayer(cin, 4, k, mask_type, backend=name,
+                                         skip_channels=skip_channels).to(device, dtype)
+    ours.load_state_dict(genfast_gated_state(theirs.state_dict(), k, with_skip), strict=True)
     assert ours.residual == theirs.residual
     v = torch.randn(2, cin, 5, 7, device=device, dtype=dtype)
     h = torch.randn(2, cin, 5, 7, device=device, dtype=dtype)
-    cotangents = [torch.randn(2, 4, 5, 7, device=device, dtype=dtype) for _ in range(2)]
+    widths = (4, 4, skip_channels) if with_skip else (4, 4)
+    cotangents = [torch.randn(2, c, 5, 7, device=device, dtype=dtype) for c in widths]
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
     outputs = []
     for layer in (theirs, ours):
         v_in, h_in = v.clone().requires_grad_(), h.clone().requires_grad_()
-        v_out, h_out = layer(v_in, h_in)[:2]
-        grads = torch.autograd.grad((v_out, h_out), (v_in, h_in, *layer.parameters()),
-                                    cotangents, allow_unused=True)
-        outputs.append((v_out, h_out, *grads))
-    for got, want in zip(outputs[1][:4], outputs[0][:4]):  # v_out, h_out and their inputs' grads
+        results = layer(v_in, h_in)
+        assert len(results) == (3 if layer is theirs or with_skip else 2)
+        results = results[:len(widths)]  # their skip, unused when ours has none
+        grads = torch.autograd.grad(results, (v_in, h_in, *layer.parameters()), cotangents,
+                                    allow_unused=True)
+        outputs.append((*results, *grads))
+    n_compared = len(widths) + 2  # the outputs and their inputs' gradients
+    for got, want in zip(outputs[1][:n_compared], outputs[0][:n_compared]):
         torch.testing.assert_close(got, want, **tol)
     # Parameter gradients, mapped as the weights are (their mask-A tap: theirs leaks into it).
-    theirs_grads = dict(zip((n for n, _ in theirs.named_parameters()), outputs[0][4:]))
-    ours_grads = dict(zip((n for n, _ in ours.named_parameters()), outputs[1][4:]))
-    assert theirs_grads.pop("skip.weight") is None and theirs_grads.pop("skip.bias") is None
-    mapped = genfast_gated_state(theirs_grads, k)
+    theirs_grads = dict(zip((n for n, _ in theirs.named_parameters()), outputs[0][n_compared:]))
+    ours_grads = dict(zip((n for n, _ in ours.named_parameters()), outputs[1][n_compared:]))
+    if not with_skip:
+        assert theirs_grads.pop("skip.weight") is None and theirs_grads.pop("skip.bias") is None
+    mapped = genfast_gated_state(theirs_grads, k, with_skip)
+    assert mapped.keys() == ours_grads.keys()
     centre = k // 2
     if mask_type == "A":
         mapped["horizontal.weight"][..., centre] = 0
@@ -357,15 +387,17 @@ def test_cropped_gated_layers(backend, mask_type, k, cin, dtype):
     assert torch.count_nonzero(ours_grads["horizontal.weight"][..., first_hidden:]) == 0
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
-def test_cropped_gated_training_follows_theirs(backend):
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("skip_channels", [None, 5], ids=["no-skip", "skip5"])
+def test_cropped_gated_training_follows_theirs(backend, dtype, skip_channels):
     name, device = backend
     torch.manual_seed(6)
-    theirs = GatedStack(lambda i, c, k, m: CroppedGatedLayer(i, c, k, m)).to(device)
-    ours = GatedStack(lambda i, c, k, m: genfast.nn.GatedPixelCNNLayer(
-        i, c, k, m, backend=name)).to(device)
+    theirs = GatedStack(CroppedGatedLayer, skip_channels).to(device, dtype)
+    ours = GatedStack(_genfast_gated(name), skip_channels).to(device, dtype)
     ours.load_state_dict(_stack_state(theirs), strict=True)
-    x = (torch.rand(4, 1, 6, 5, device=device) > 0.5).float()
+    x = (torch.rand(4, 1, 6, 5, device=device) > 0.5).to(dtype)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
     opts = [torch.optim.Adam(model.parameters(), lr=1e-2) for model in (theirs, ours)]
     for _ in range(3):
         losses = []
@@ -375,5 +407,36 @@ def test_cropped_gated_training_follows_theirs(backend):
             loss.backward()
             opt.step()
             losses.append(loss.detach())
-        torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(ours.loss(x), theirs.loss(x), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(losses[1], losses[0], **tol)
+    torch.testing.assert_close(ours.loss(x), theirs.loss(x), **tol)
+
+
+def test_a_skip_layer_state_dict():
+    """skip_channels adds skip.weight and skip.bias after the other keys, shaped as their 1x1
+    skip convolution; None and 0 add nothing, so checkpoints of layers built before the option
+    load with strict=True and give the same outputs."""
+    base = ["vertical.weight", "vertical.bias", "horizontal.weight", "horizontal.bias",
+            "vertical_to_horizontal.weight", "vertical_to_horizontal.bias",
+            "horizontal_out.weight", "horizontal_out.bias", "conditioning.weight"]
+    torch.manual_seed(7)
+    layer = genfast.nn.GatedPixelCNNLayer(3, 4, 5, "A", conditioning_dim=2, skip_channels=7)
+    state = layer.state_dict()
+    assert list(state) == base + ["skip.weight", "skip.bias"]
+    assert state["skip.weight"].shape == (7, 4, 1, 1) and state["skip.bias"].shape == (7,)
+    assert layer.skip_channels == 7 and "skip_channels=7" in repr(layer)
+    # Their skip convolution's keys and shapes are the same: it loads without a mapping.
+    layer.skip.load_state_dict(CroppedGatedLayer(3, 4, 5, "A", 7).skip.state_dict(), strict=True)
+    v, h = torch.randn(2, 3, 5, 6), torch.randn(2, 3, 5, 6)
+    condition = torch.randn(2, 2)
+    for off in (None, 0):
+        plain = genfast.nn.GatedPixelCNNLayer(3, 4, 5, "A", conditioning_dim=2,
+                                              skip_channels=off)
+        assert list(plain.state_dict()) == base and plain.skip is None
+        assert plain.skip_channels is None and "skip" not in repr(plain)
+        # The state of a skip layer without its skip keys: that of a layer without the option.
+        plain.load_state_dict({k: t for k, t in state.items() if not k.startswith("skip.")},
+                              strict=True)
+        outputs = plain(v, h, condition)
+        assert len(outputs) == 2
+        for got, want in zip(outputs, layer(v, h, condition)[:2]):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)  # the same ops, same bits

@@ -5,23 +5,31 @@ from torch import nn
 
 import genfast
 from genfast.nn.gated_pixelcnn import GatedPixelCNNLayer
+from genfast.models import build_model
 from conftest import assert_close
 
 H, W = 6, 7
 
 
 class GatedStack(nn.Module):
-    def __init__(self, depth, channels=4, conditioning_dim=None, backend=None):
+    """Returns the last h, or with skip_channels the sum of every layer's skip output (what a
+    model that sums skips feeds to its head)."""
+
+    def __init__(self, depth, channels=4, conditioning_dim=None, backend=None,
+                 skip_channels=None):
         super().__init__()
         self.layers = nn.ModuleList(
             [GatedPixelCNNLayer(1 if i == 0 else channels, channels, 3, "A" if i == 0 else "B",
-                                conditioning_dim, backend=backend) for i in range(depth)])
+                                conditioning_dim, backend=backend, skip_channels=skip_channels)
+             for i in range(depth)])
 
     def forward(self, x, conditioning=None):
         v = h = x
+        skips = []
         for layer in self.layers:
-            v, h = layer(v, h, conditioning)
-        return h
+            v, h, *skip = layer(v, h, conditioning)  # skip: [] without skip_channels
+            skips += skip
+        return sum(skips) if skips else h
 
 
 class PlainStack(nn.Module):
@@ -49,10 +57,11 @@ def _raster(i, j):
     return order < i * W + j, order >= i * W + j
 
 
+@pytest.mark.parametrize("skip_channels", [None, 3], ids=["h", "skip-sum"])
 @pytest.mark.parametrize("position", [(0, 0), (2, 3), (4, 3), (5, 6), (3, 0)])
-def test_no_future_and_no_blind_spot(position):
+def test_no_future_and_no_blind_spot(position, skip_channels):
     torch.manual_seed(0)
-    gated = GatedStack(depth=6).double()
+    gated = GatedStack(depth=6, skip_channels=skip_channels).double()
     past, future = _raster(*position)
     seen = _seen_from(gated, *position)
     assert not seen[future].any(), "the gated stack sees the current or a future pixel"
@@ -81,14 +90,17 @@ def test_conditioning_changes_the_output_and_keeps_causality():
         GatedStack(depth=1).double()(x, one_hot[[0, 1]])
 
 
-def test_fast_backends_match_the_reference(backend):
+@pytest.mark.parametrize("skip_channels", [None, 3], ids=["h", "skip-sum"])
+def test_fast_backends_match_the_reference(backend, skip_channels):
     name, device = backend
     for op in (genfast.ops.masked_conv, genfast.ops.gated):
         if name not in op.IMPLEMENTED:
             pytest.skip(f"{op.__name__} has no {name} backend yet")
     torch.manual_seed(0)
-    ref = GatedStack(depth=2, channels=5, conditioning_dim=3, backend="reference")
-    fast = GatedStack(depth=2, channels=5, conditioning_dim=3, backend=name)
+    ref = GatedStack(depth=2, channels=5, conditioning_dim=3, backend="reference",
+                     skip_channels=skip_channels)
+    fast = GatedStack(depth=2, channels=5, conditioning_dim=3, backend=name,
+                      skip_channels=skip_channels)
     fast.load_state_dict(ref.state_dict())
     ref, fast = ref.to(device), fast.to(device)
     x = torch.randn(2, 1, 5, 4, device=device)
@@ -98,6 +110,10 @@ def test_fast_backends_match_the_reference(backend):
     y_ref.square().sum().backward()
     y_fast.square().sum().backward()
     for (n, p_ref), p_fast in zip(ref.named_parameters(), fast.parameters()):
+        if p_ref.grad is None:  # summing skips, the last layer's horizontal_out feeds nothing
+            assert skip_channels and n.startswith("layers.1.horizontal_out."), n
+            assert p_fast.grad is None
+            continue
         assert_close(p_fast.grad, p_ref.grad)
 
 
@@ -108,3 +124,25 @@ def test_bad_arguments():
         GatedPixelCNNLayer(4, 4, mask_type="V")
     with pytest.raises(ValueError, match="residual"):
         GatedPixelCNNLayer(3, 4, residual=True)
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="skip_channels must be a positive int, 0 or None"):
+            GatedPixelCNNLayer(4, 4, skip_channels=bad)
+
+
+@pytest.mark.parametrize("kwargs,conditioned,rgb", [
+    (dict(image_shape=(1, 7, 5), levels=4, layers=2), False, False),
+    (dict(image_shape=(3, 5, 7), levels=4, layers=3, num_classes=3), True, True)])
+def test_the_model_state_dict_is_unchanged_by_the_skip_option(kwargs, conditioned, rgb):
+    """The gated_pixelcnn model builds its layers without skip_channels: its state dict keys
+    are those it had before the option existed (written out here), so its checkpoints load."""
+    model = build_model("gated_pixelcnn", **kwargs)
+    per_layer = ["vertical.weight", "vertical.bias", "horizontal.weight", "horizontal.bias",
+                 "vertical_to_horizontal.weight", "vertical_to_horizontal.bias",
+                 "horizontal_out.weight", "horizontal_out.bias"]
+    per_layer += ["conditioning.weight"] if conditioned else []
+    expected = [f"layers.{i}.{key}" for i in range(kwargs["layers"]) for key in per_layer]
+    expected += ["features_to_head.weight", "features_to_head.bias"]
+    expected += ["current_pixel.weight", "current_pixel.bias"] if rgb else []
+    expected += ["head_out.weight", "head_out.bias"]
+    assert list(model.state_dict()) == expected
+    assert all(layer.skip is None for layer in model.layers)
