@@ -16,10 +16,8 @@ from genfast.ops.masked_conv import IMPLEMENTED
 from conftest import FAST_BACKENDS, assert_close, check_compiled_training
 
 LAYOUTS = ["contiguous", "interleaved"]
-# Through the backend fixture (indirect), which unpacks (name, device, cpu_isa) and runs the
-# cpu backend at each ISA level.
-ALL_BACKENDS = [pytest.param(("reference", "cpu", None), id="reference-cpu"),
-                *FAST_BACKENDS]
+# FAST_BACKENDS runs the cpu backend at each ISA level (conftest's cpu_isa marks).
+ALL_BACKENDS = [pytest.param(("reference", "cpu"), id="reference-cpu"), *FAST_BACKENDS]
 # (in, out) channels: 6 and 12 are where the layouts differ (with 3 channels they agree); 7 and
 # 8 split unevenly into 3, 2, 2 and 3, 3, 2, which both layouts accept.
 CHANNELS = [(6, 12), (12, 6), (12, 12), (7, 8)]
@@ -77,7 +75,7 @@ def _output_and_gradients(layer, x, grad_y):
 @pytest.mark.parametrize("channels", CHANNELS, ids=str)
 @pytest.mark.parametrize("mask_type", ["A", "B"])
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_each_layout_matches_a_plain_masked_conv2d(backend, layout, mask_type, channels, dtype):
     """genfast's layer against nn.Conv2d with the mask above multiplied into its weight, same
     weights: the output and the gradients of x, the weight and the bias."""
@@ -110,7 +108,7 @@ def _seen_at(fn, x, co, i, j):
 
 @pytest.mark.parametrize("mask_type", ["A", "B"])
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_causality_per_layout(backend, layout, mask_type):
     """Output group g at pixel p depends on no later pixel and, at p, on exactly the input
     groups < g (mask A) or <= g (mask B) of this layout; it does see earlier pixels."""
@@ -135,7 +133,7 @@ def test_causality_per_layout(backend, layout, mask_type):
 
 
 @pytest.mark.parametrize("mask_type", ["A", "B"])
-@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_a_contiguous_layer_read_interleaved_leaks_and_an_interleaved_one_does_not(backend,
                                                                                    mask_type):
     """The failure the layout option exists for: a 3 -> 12 contiguous layer whose outputs are
@@ -153,7 +151,7 @@ def test_a_contiguous_layer_read_interleaved_leaks_and_an_interleaved_one_does_n
     assert leaks == {"contiguous": True, "interleaved": False}
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_window_evaluator_is_the_full_output(backend):
     """The samplers' window calls on an interleaved layer: with autograd, under
     inference_mode (the cached grouped weight), and again after the weight changes in place."""
