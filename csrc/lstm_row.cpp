@@ -41,11 +41,6 @@
 // computes each row's pixels and one padding position only, in a column layout that changes
 // from row to row (forward_chunk_skewed).
 //
-// When the Python wrapper passes allow_tiles (autograd records the call: training), float32 on a
-// CPU with AMX computes each row's two gathers of lstm_rows_conv as one sum on AMX tiles
-// (cpu/amx_split.h, tile_gathers): pre-activations in different bits from the FMA path's, so
-// inference never takes them and the samplers keep the network's bits.
-//
 // This file holds the forward; lstm_row_backward.cpp the backward, lstm_row_weight_grad.cpp the
 // weights' gradients, lstm_row_common.h what they share.
 #include <ATen/Dispatch.h>
@@ -60,7 +55,6 @@
 #include <type_traits>
 #include <vector>
 
-#include "cpu/amx_split.h"
 #include "cpu/interleave.h"
 #include "cpu/lstm_cell.h"
 #include "cpu/simd_math.h"
@@ -93,10 +87,6 @@ struct ForwardArgs {
   // [4D][L] and a vector more: bias[n] along a row, the cell maths' bias runs (a flat run's
   // too, R being 1 there), readable a vector past any run's start.
   std::vector<acc_t> bias_runs;
-  // lstm_rows_conv asked for tiles (allow_tiles): float32 where the CPU has AMX then runs each
-  // row's two gathers as one on the tiles (use_amx, tile_gathers), with these weights.
-  bool allow_tiles = false, amx = false;
-  const cpu::amx::SplitRows *amx_weight = nullptr, *amx_in_weight = nullptr;
 };
 
 // Rounds x[0, n) to T and back.
@@ -215,29 +205,6 @@ void forward_chunk(const ForwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
   }
 }
 
-// A row's two gathers on AMX tiles: pre = in_weight (*) x_cols + weight (*) state (state null:
-// the first term alone), `count` columns in one pass over the tiles. Both buffers hold ps
-// columns; pre's rows are out_stride apart.
-template <typename acc_t>
-void tile_gathers(const ForwardArgs<acc_t>& p, const acc_t* x_cols,
-                  const std::vector<Segment>& in_segs, const acc_t* state,
-                  const std::vector<Segment>& segs, int64_t ps, int64_t count, acc_t* pre,
-                  int64_t out_stride) {
-  if constexpr (std::is_same_v<acc_t, float>) {
-    namespace amx = cpu::amx;
-    const amx::SplitColumns x = amx::split_columns(x_cols, p.s.in_channels, ps, ps,
-                                                   amx::columns_read(in_segs, count), 0);
-    if (!state) {
-      amx::gather(*p.amx_in_weight, x, in_segs, count, pre, out_stride);
-      return;
-    }
-    const amx::SplitColumns h =
-        amx::split_columns(state, p.s.hidden, ps, ps, amx::columns_read(segs, count), 1);
-    amx::gather({amx::Term{*p.amx_in_weight, x, in_segs}, amx::Term{*p.amx_weight, h, segs}},
-                count, pre, out_stride);
-  }
-}
-
 // lstm_rows_conv on an unskewed map: the chunk in batch-minor columns (Interleaved), which fill
 // whole vectors where forward_chunk's pad each element's row. Every output sums the same terms
 // in the same order as there, so the bits are the same. The input's convolution goes to a
@@ -257,12 +224,10 @@ void forward_chunk_interleaved(const ForwardArgs<acc_t>& p, int64_t b0, int64_t 
   // straight into their tensors (ForwardRun::images), where a pass after them would copy them.
   const bool store_direct = std::is_same_v<acc_t, float> && nb == 4 && n >= kLanes &&
                             p.h_type == at::kFloat;
-  // On AMX the tiles write whole blocks of 32 rows, and sum both convolutions into pre: x_pre
-  // stays zero.
-  acc_t* pre = scratch<acc_t>(kSlot0, (p.amx ? cpu::amx::round_up_block(G) : G) * count);
+  acc_t* pre = scratch<acc_t>(kSlot0, G * count);
   acc_t* state = scratch<acc_t>(kSlot1, D * ps);
   acc_t* x_cols = scratch<acc_t>(kSlot2, C * ps);
-  acc_t* x_pre = scratch<acc_t>(kSlot3, G * count, p.amx);
+  acc_t* x_pre = scratch<acc_t>(kSlot3, G * count, false);
   acc_t* c_prev = scratch<acc_t>(kSlot4, 2 * D * count, false);
   acc_t* c_next = c_prev + D * count;
   acc_t* gates = store_direct ? nullptr : scratch<acc_t>(kSlot5, G * count, false);
@@ -287,13 +252,9 @@ void forward_chunk_interleaved(const ForwardArgs<acc_t>& p, int64_t b0, int64_t 
     cpu::interleave(p.x + run(s, b0, C, 0, r), C * R * L, R * L, C, nb, L, x_cols + first, ps);
     // A zero initial state (the default) adds nothing to the first row.
     const bool with_state = r > 0 || !h0_zero;
-    if (p.amx) {
-      tile_gathers(p, x_cols, in_segs, with_state ? state : nullptr, segs, ps, count, pre, count);
-    } else {
-      gather(p.in_weight.data(), G, s.in_taps * C, C, x_cols, ps, in_segs, count, x_pre, count);
-      if (with_state)  // else pre stays zero
-        gather(p.weight.data(), G, s.taps * D, D, state, ps, segs, count, pre, count);
-    }
+    gather(p.in_weight.data(), G, s.in_taps * C, C, x_cols, ps, in_segs, count, x_pre, count);
+    if (with_state)  // else pre stays zero
+      gather(p.weight.data(), G, s.taps * D, D, state, ps, segs, count, pre, count);
     for (int64_t d = 0; d < D; ++d) {
       for (int g = 0; g < 4; ++g) {
         const int64_t i = g * D + d;
@@ -338,11 +299,10 @@ void forward_chunk_skewed(const ForwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
   const int64_t D = s.hidden, G = s.gates, L = s.length, C = s.in_channels;
   constexpr int64_t kVector = cpu::Vec<acc_t>::kLanes;
   const int64_t stride = round_up(nb * (L + 1), kVector), ps = stride + 2 * kVector;
-  // On AMX as in forward_chunk_interleaved: whole blocks of rows, x_pre zero.
-  acc_t* pre = scratch<acc_t>(kSlot0, (p.amx ? cpu::amx::round_up_block(G) : G) * stride);
+  acc_t* pre = scratch<acc_t>(kSlot0, G * stride);
   acc_t* state = scratch<acc_t>(kSlot1, D * ps);  // zero: the state before row 0
   acc_t* x_cols = scratch<acc_t>(kSlot2, C * ps);
-  acc_t* x_pre = scratch<acc_t>(kSlot3, G * stride, p.amx);
+  acc_t* x_pre = scratch<acc_t>(kSlot3, G * stride, false);
   ForwardRun<acc_t> q;
   for (int64_t r = 0; r < s.rows; ++r) {
     const int64_t first = s.first(r), n = s.computed(r), span = n + 1;
@@ -354,12 +314,8 @@ void forward_chunk_skewed(const ForwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
         std::fill(dst + live, dst + n, acc_t(0));
       }
     // The taps at columns j and j + 1 (p.segs, p.in_segs as for the other rows).
-    if (p.amx) {
-      tile_gathers(p, x_cols, p.in_segs, state, p.segs, ps, count, pre, stride);
-    } else {
-      gather(p.in_weight.data(), G, C, C, x_cols, ps, p.in_segs, count, x_pre, stride);
-      gather(p.weight.data(), G, 2 * D, D, state, ps, p.segs, count, pre, stride);
-    }
+    gather(p.in_weight.data(), G, C, C, x_cols, ps, p.in_segs, count, x_pre, stride);
+    gather(p.weight.data(), G, 2 * D, D, state, ps, p.segs, count, pre, stride);
     // The next row's layout: where this row's positions go in the state it reads.
     const bool next = r + 1 < s.rows;
     const int64_t next_first = next ? s.first(r + 1) : first;
@@ -418,22 +374,6 @@ void transpose_taps(const acc_t* w, int64_t G, int64_t D, int64_t k, acc_t* out)
   }
 }
 
-// Switches lstm_rows_conv's row loops (forward_chunk_interleaved, forward_chunk_skewed) to AMX
-// tiles where allowed and the CPU has them (float32 only); after the weights are laid out.
-void use_amx(ForwardArgs<double>&) {}
-void use_amx(ForwardArgs<float>& p) {
-  const Shape& s = p.s;
-  if (!p.allow_tiles || !p.x || !cpu::amx::enabled()) return;
-  // Kept per calling thread, so that each call reuses the last one's memory.
-  thread_local cpu::amx::SplitRows weight, in_weight;
-  weight.assign(p.weight.data(), s.gates, s.taps * s.hidden, s.hidden, p.segs);
-  in_weight.assign(p.in_weight.data(), s.gates, s.in_taps * s.in_channels, s.in_channels,
-                   p.in_segs);
-  p.amx_weight = &weight;
-  p.amx_in_weight = &in_weight;
-  p.amx = true;
-}
-
 template <typename acc_t>
 void forward(ForwardArgs<acc_t>& p, const acc_t* w, const acc_t* w_in) {
   const Shape& s = p.s;
@@ -447,7 +387,6 @@ void forward(ForwardArgs<acc_t>& p, const acc_t* w, const acc_t* w_in) {
     transpose_taps(w_in, G, C, s.in_taps, p.in_weight.data());
     for (int64_t t = 0; t < s.in_taps; ++t) p.in_segs.push_back({t * C, t});
   }
-  use_amx(p);
   p.bias_runs.assign(G * s.length + kLanes, acc_t(0));
   if (p.bias)
     for (int64_t n = 0; n < G; ++n)
@@ -471,8 +410,7 @@ std::tuple<Tensor, Tensor, Tensor> run_forward(const Shape& s, const Tensor& gat
                                                const Tensor& x, const Tensor& in_weight,
                                                const Tensor& weight,
                                                const std::optional<Tensor>& bias,
-                                               const Tensor& h0, const Tensor& c0,
-                                               bool allow_tiles = false) {
+                                               const Tensor& h0, const Tensor& c0) {
   if (bias.has_value())
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == s.gates && bias->device().is_cpu(),
                 "genfast: bias must be a CPU tensor of shape [", s.gates, "]");
@@ -513,7 +451,6 @@ std::tuple<Tensor, Tensor, Tensor> run_forward(const Shape& s, const Tensor& gat
                               {}};
       p.x = x.defined() ? xc.const_data_ptr<scalar_t>() : nullptr;
       p.gl = gl;
-      p.allow_tiles = allow_tiles;
       forward(p, w.const_data_ptr<scalar_t>(),
               x.defined() ? wi.const_data_ptr<scalar_t>() : nullptr);
     });
@@ -534,10 +471,10 @@ std::tuple<Tensor, Tensor, Tensor> lstm_rows_conv_cpu(const Tensor& x, const Ten
                                                        const std::optional<Tensor>& bias,
                                                        const Tensor& h0, const Tensor& c0,
                                                        int64_t in_pad_left, int64_t pad_left,
-                                                       int64_t skew_width, bool allow_tiles) {
+                                                       int64_t skew_width) {
   const Shape s =
       check_conv_shapes(x, in_weight, weight, h0, c0, in_pad_left, pad_left, skew_width);
-  return run_forward(s, Tensor(), x, in_weight, weight, bias, h0, c0, allow_tiles);
+  return run_forward(s, Tensor(), x, in_weight, weight, bias, h0, c0);
 }
 
 }  // namespace

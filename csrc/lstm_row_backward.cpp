@@ -1,10 +1,7 @@
 // CPU backward of genfast::lstm_rows and lstm_rows_conv: backpropagation through the rows in
 // reverse, then the weights' gradients as one reduction over every pixel each
 // (lstm_row_weight_grad.cpp). The design (layout, chunks, determinism) is described at the top
-// of lstm_row.cpp. Where the CPU has AMX, float32 runs the row loops' gathers (row_gathers) on
-// AMX tiles (cpu/amx_split.h): they do not feed a sampler, so they need not have the forward's
-// bits. On the Row LSTM bench shape they take 7.2 ms of thread time a call against the FMA
-// gathers' 10.5, splitting included.
+// of lstm_row.cpp.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -15,7 +12,6 @@
 #include <type_traits>
 #include <vector>
 
-#include "cpu/amx_split.h"
 #include "cpu/interleave.h"
 #include "cpu/lstm_cell.h"
 #include "cpu/simd_math.h"
@@ -55,9 +51,6 @@ struct BackwardArgs {
   GateLayout gl{};  // of gates and grad_gates_in
   cpu::AlignedVector<acc_t> in_weight;
   std::vector<Segment> in_segs;
-  // float32 where the CPU has AMX (use_amx): weight and in_weight split for row_gathers.
-  bool amx = false;
-  const cpu::amx::SplitRows *amx_weight = nullptr, *amx_in_weight = nullptr;
 };
 
 // dL/dpre of pixel (b, l) sits at column b * Lp + dpre_shift + l of backward_chunk's buffer: far
@@ -75,33 +68,15 @@ inline std::vector<Segment> mirrored_segments(const Shape& s, int64_t taps, int6
   return segs;
 }
 
-// The rows a gather's output buffer needs: AMX tiles write whole blocks of 32.
-template <typename acc_t>
-int64_t gather_rows(const BackwardArgs<acc_t>& p, int64_t rows) {
-  return p.amx ? cpu::amx::round_up_block(rows) : rows;
-}
-
 // A row's gathers from the zero-bordered gate gradients dpre (ps columns, `count` computed):
 // dL/dh_{r-1} through the weight (dh null: none) and, for lstm_rows_conv, dL/dx through
-// in_weight (in_segs null: none). On AMX tiles both come from one split of dpre; the outputs
-// then need gather_rows rows and `count` rounded up to 16 columns.
+// in_weight (in_segs null: none).
 template <typename acc_t>
 void row_gathers(const BackwardArgs<acc_t>& p, const acc_t* dpre, int64_t ps, int64_t count,
                  const std::vector<Segment>& segs, acc_t* dh, int64_t dh_stride,
                  const std::vector<Segment>* in_segs, acc_t* dx, int64_t dx_stride) {
   const Shape& s = p.s;
   const int64_t G = s.gates;
-  if (p.amx) {
-    if constexpr (std::is_same_v<acc_t, float>) {
-      // One split for both gathers: as many columns as either reads.
-      int64_t columns = cpu::amx::columns_read(segs, count);
-      if (in_segs) columns = std::max(columns, cpu::amx::columns_read(*in_segs, count));
-      const cpu::amx::SplitColumns split = cpu::amx::split_columns(dpre, G, ps, ps, columns);
-      if (dh) cpu::amx::gather(*p.amx_weight, split, segs, count, dh, dh_stride);
-      if (in_segs) cpu::amx::gather(*p.amx_in_weight, split, *in_segs, count, dx, dx_stride);
-    }
-    return;
-  }
   if (dh) gather(p.weight.data(), s.hidden, s.taps * G, G, dpre, ps, segs, count, dh, dh_stride);
   if (in_segs)
     gather(p.in_weight.data(), s.in_channels, s.in_taps * G, G, dpre, ps, *in_segs, count, dx,
@@ -148,7 +123,7 @@ void backward_chunk(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
   const int64_t D = s.hidden, G = s.gates, L = s.length;
   const Columns<acc_t> col(s, nb);
   const int64_t shift = dpre_shift(s), ps = col.pad_stride;
-  acc_t* dh = scratch<acc_t>(kSlot0, gather_rows(p, D) * col.stride);
+  acc_t* dh = scratch<acc_t>(kSlot0, D * col.stride);
   acc_t* dpre = scratch<acc_t>(kSlot1, G * ps);
   acc_t* bias_sum = scratch<acc_t>(kSlot2, G * ps);  // dpre summed over the rows, per column
   acc_t* dc_in = scratch<acc_t>(kSlot3, nb * D * L);  // [nb][D][L]
@@ -241,12 +216,12 @@ void backward_chunk_interleaved(const BackwardArgs<acc_t>& p, int64_t b0, int64_
   const bool direct = std::is_same_v<acc_t, float> && nb == 4 && L >= 4;
   // The cells sum dpre for dL/dbias too where their vectors do not overlap.
   const bool sum_in_cells = direct && nb * L % cpu::Vec<acc_t>::kLanes == 0;
-  acc_t* dh_cols = scratch<acc_t>(kSlot0, gather_rows(p, D) * count, direct);
+  acc_t* dh_cols = scratch<acc_t>(kSlot0, D * count, direct);
   acc_t* dpre = scratch<acc_t>(kSlot1, G * ps);
   acc_t* bias_sum = scratch<acc_t>(kSlot2, G * ps);  // dpre summed over the rows, per column
   acc_t* dc_in = scratch<acc_t>(kSlot3, nb * D * L);
   acc_t* dc_out = scratch<acc_t>(kSlot4, nb * D * L);
-  acc_t* dx = scratch<acc_t>(kSlot5, gather_rows(p, C) * count, false);
+  acc_t* dx = scratch<acc_t>(kSlot5, C * count, false);
   acc_t* dh = direct ? nullptr : scratch<acc_t>(kSlot6, nb * D * L);  // zero after the last row
   // Output column j reads tap t's gradients at j + (offset + t) * nb (as mirrored_segments).
   const auto segments = [&](int64_t taps, int64_t pad_left) {
@@ -292,22 +267,6 @@ void backward_chunk_interleaved(const BackwardArgs<acc_t>& p, int64_t b0, int64_
   }
 }
 
-// Switches row_gathers to AMX tiles where the CPU has them (float32 only); after the weights.
-void use_amx(BackwardArgs<double>&) {}
-void use_amx(BackwardArgs<float>& p) {
-  if (!cpu::amx::enabled()) return;
-  const Shape& s = p.s;
-  // Kept per calling thread, so that each call reuses the last one's memory.
-  thread_local cpu::amx::SplitRows weight, in_weight;
-  weight.assign(p.weight.data(), s.hidden, s.taps * s.gates, s.gates, p.segs);
-  p.amx_weight = &weight;
-  if (!p.in_segs.empty()) {
-    in_weight.assign(p.in_weight.data(), s.in_channels, s.in_taps * s.gates, s.gates, p.in_segs);
-    p.amx_in_weight = &in_weight;
-  }
-  p.amx = true;
-}
-
 // The backward of forward_chunk_skewed (lstm_row.cpp), rows in reverse. Row r's gate gradients
 // go into the layout of the gather that makes dL/dh_{r-1}: batch element bi's positions
 // first(r - 1)..last(r - 1) + 2 at columns bi * span + (l - first(r - 1)), span = computed(r - 1)
@@ -322,12 +281,12 @@ void backward_chunk_skewed(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb)
   constexpr int64_t kVector = cpu::Vec<acc_t>::kLanes;
   const int64_t stride = round_up(nb * (L + 2), kVector), ps = stride + 2 * kVector;
   // dL/dh_r, zero after the last row
-  acc_t* dh = scratch<acc_t>(kSlot0, gather_rows(p, D) * stride);
+  acc_t* dh = scratch<acc_t>(kSlot0, D * stride);
   acc_t* dpre = scratch<acc_t>(kSlot1, G * ps);
   acc_t* bias_sum = scratch<acc_t>(kSlot2, nb * G * L);  // [nb][4D][L]: dpre summed over rows
   acc_t* dc_in = scratch<acc_t>(kSlot3, nb * D * L);  // [nb][D][L]
   acc_t* dc_out = scratch<acc_t>(kSlot4, nb * D * L);
-  acc_t* dx = scratch<acc_t>(kSlot5, gather_rows(p, C) * stride, false);
+  acc_t* dx = scratch<acc_t>(kSlot5, C * stride, false);
   BackwardRun<acc_t> q;
   q.grad_h_value = p.grad_h_value;
   q.grad_c_value = p.grad_c_value;
@@ -486,7 +445,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> run_backward(
         p.in_segs = mirrored_segments(s, s.in_taps, s.in_pad_left);
       }
       const bool interleaved = conv && !s.skew_width;
-      use_amx(p);
       for_each_chunk(s, interleaved ? cpu::Vec<acc_t>::kLanes : 0, [&](int64_t b0, int64_t nb) {
         if (s.skew_width) {
           backward_chunk_skewed(p, b0, nb);

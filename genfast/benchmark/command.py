@@ -102,9 +102,8 @@ def run(args) -> int:
     results = []
     with torch_threads(args.threads):
         machine = report.machine_info(device)
-        amx = ", AMX tiles on" if device == "cpu" and machine["cpu_amx"] else ""
         scope = "full" if args.full else "standard"
-        print(f"genfast bench on {device} ({machine['device_name']}{amx}), torch "
+        print(f"genfast bench on {device} ({machine['device_name']}), torch "
               f"{machine['torch_version']}, {machine['torch_threads']} threads, {scope} "
               f"{'quick ' if args.quick else ''}run", flush=True)
         load = machine["load_average_1min"]

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 
 import genfast
-from genfast._ext import cpu_amx_enabled
 from genfast.benchmark.cases import OpCase, Target
 from genfast.benchmark.runner import COMPILE, REFERENCE, Result
 from genfast.benchmark.timing import NOISY_SPREAD
@@ -64,8 +63,6 @@ def machine_info(device: str) -> dict:
         # other work on the machine skews CPU timings; this records how busy it was at start
         "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        # whether the cpu backend's float32 kernels may use AMX tiles (cpu/amx_split.h)
-        "cpu_amx": cpu_amx_enabled(),
         "torch_version": torch.__version__,
         "torch_cuda_version": torch.version.cuda,
         "python_version": platform.python_version(),
