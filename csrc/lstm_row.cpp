@@ -211,26 +211,20 @@ void forward_chunk(const ForwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
 // buffer of its own that the cell maths read in place of gates_in, so that every pre-activation
 // is summed as lstm_rows sums it after a separate convolution (the samplers rely on that). The
 // cell maths take a hidden channel's nb * L values in one run, with c_{r-1} from the chunk's
-// own interleaved copy; h, c and the gates are then de-interleaved into their tensors, by the
-// cell maths themselves for chunks of 4 images (store_direct: measured 0.3-0.9 ms faster a
-// call on the Row LSTM bench shape than a pass after each row), else by a pass after each row.
+// own interleaved copy; h, c and the gates are then de-interleaved into their tensors.
 template <typename acc_t>
 void forward_chunk_interleaved(const ForwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
   const Shape& s = p.s;
   const int64_t D = s.hidden, G = s.gates, L = s.length, R = s.rows, C = s.in_channels;
   const Interleaved<acc_t> col(s, nb);
   const int64_t n = nb * L, count = col.count, ps = col.pad_stride, first = col.padded(0);
-  // 4 images of rows of 4 or more positions (float32): the cell maths store h, c and the gates
-  // straight into their tensors (ForwardRun::images), where a pass after them would copy them.
-  const bool store_direct = std::is_same_v<acc_t, float> && nb == 4 && n >= kLanes &&
-                            p.h_type == at::kFloat;
   acc_t* pre = scratch<acc_t>(kSlot0, G * count);
   acc_t* state = scratch<acc_t>(kSlot1, D * ps);
   acc_t* x_cols = scratch<acc_t>(kSlot2, C * ps);
   acc_t* x_pre = scratch<acc_t>(kSlot3, G * count, false);
   acc_t* c_prev = scratch<acc_t>(kSlot4, 2 * D * count, false);
   acc_t* c_next = c_prev + D * count;
-  acc_t* gates = store_direct ? nullptr : scratch<acc_t>(kSlot5, G * count, false);
+  acc_t* gates = scratch<acc_t>(kSlot5, G * count, false);
   acc_t* bias = scratch<acc_t>(kSlot6, G * count, false);  // bias[i] along row i
   for (int64_t i = 0; i < G; ++i) std::fill_n(bias + i * count, count, p.bias_runs[i * L]);
   std::vector<Segment> segs, in_segs;
@@ -243,11 +237,6 @@ void forward_chunk_interleaved(const ForwardArgs<acc_t>& p, int64_t b0, int64_t 
   cpu::interleave(p.c0 + b0 * D * L, D * L, L, D, nb, L, c_prev, count);
   ForwardRun<acc_t> q;
   q.ahead = q.gates_ahead = 0;  // all in the chunk's buffers
-  if (store_direct) {
-    q.images = 4;
-    q.gates_image_stride = p.gl.b;
-    q.image_stride = D * R * L;
-  }
   for (int64_t r = 0; r < R; ++r) {
     cpu::interleave(p.x + run(s, b0, C, 0, r), C * R * L, R * L, C, nb, L, x_cols + first, ps);
     // A zero initial state (the default) adds nothing to the first row.
@@ -261,27 +250,17 @@ void forward_chunk_interleaved(const ForwardArgs<acc_t>& p, int64_t b0, int64_t 
         q.pre[g] = pre + i * count;
         q.in[g] = x_pre + i * count;
         q.bias[g] = bias + i * count;
-        q.gates[g] = store_direct ? p.gates + p.gl.at(b0, i, r) : gates + i * count;
+        q.gates[g] = gates + i * count;
       }
       q.c_prev = c_prev + d * count;
-      q.state = state + d * ps + first;
-      if (store_direct) {
-        q.c_out = c_next + d * count;
-        q.c = p.c + run(s, b0, D, d, r);
-        q.h = p.h + run(s, b0, D, d, r);
-      } else {
-        q.c = c_next + d * count;
-        q.h = q.state;
-      }
+      q.c = c_next + d * count;
+      q.h = q.state = state + d * ps + first;
       forward_run(q, n);
-      round_h(p.h_type, q.state, n);  // the h the next row reads (h's dtype is float32 if direct)
+      round_h(p.h_type, q.state, n);  // the h the next row reads
     }
-    if (!store_direct) {
-      cpu::deinterleave(gates, count, G, nb, L, p.gates + p.gl.at(b0, 0, r), p.gl.b, p.gl.n);
-      cpu::deinterleave(state + first, ps, D, nb, L, p.h + run(s, b0, D, 0, r), D * R * L,
-                        R * L);
-      cpu::deinterleave(c_next, count, D, nb, L, p.c + run(s, b0, D, 0, r), D * R * L, R * L);
-    }
+    cpu::deinterleave(gates, count, G, nb, L, p.gates + p.gl.at(b0, 0, r), p.gl.b, p.gl.n);
+    cpu::deinterleave(state + first, ps, D, nb, L, p.h + run(s, b0, D, 0, r), D * R * L, R * L);
+    cpu::deinterleave(c_next, count, D, nb, L, p.c + run(s, b0, D, 0, r), D * R * L, R * L);
     std::swap(c_prev, c_next);
   }
 }

@@ -152,57 +152,12 @@ void backward_chunk(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
     }
 }
 
-// backward_chunk_interleaved's cell maths of row r for 4 images (float32, rows of 4 or more
-// positions), one batch-minor run of 4 L values per hidden channel: the activations, c and the
-// output gradients are read from their tensors and grad_gates_in written there de-interleaved
-// (BackwardRun::images), dL/dh comes from the gathers' batch-minor output (dh, dh_stride) and
-// dL/dpre goes to the zero-bordered buffer (dpre: position 0 of element 0, rows dpre_stride
-// apart), so neither passes through a separate copy. dc_in and dc_out are [D][4 L], then swapped.
-// dpre_sum (null: none; needs 4 L a multiple of the SIMD width) is laid out as dpre and
-// accumulates it.
-template <typename acc_t>
-void cells_interleaved4(const BackwardArgs<acc_t>& p, int64_t b0, int64_t r, const acc_t* dh,
-                        int64_t dh_stride, acc_t* dpre, int64_t dpre_stride, acc_t* dpre_sum,
-                        acc_t*& dc_in, acc_t*& dc_out) {
-  const Shape& s = p.s;
-  const int64_t D = s.hidden, L = s.length, R = s.rows, n = 4 * L;
-  BackwardRun<acc_t> q;
-  q.grad_h_value = p.grad_h_value;
-  q.grad_c_value = p.grad_c_value;
-  q.ahead = r > 0 ? -L : 0;
-  q.gates_ahead = r > 0 ? -p.gl.r : 0;
-  q.images = 4;
-  q.gates_image_stride = p.gl.b;
-  q.image_stride = D * R * L;
-  q.c_prev_image_stride = r > 0 ? D * R * L : D * L;
-  for (int64_t d = 0; d < D; ++d) {
-    for (int g = 0; g < 4; ++g) {
-      q.act[g] = p.gates + p.gl.at(b0, g * D + d, r);
-      q.grad_in[g] = p.grad_gates_in + p.gl.at(b0, g * D + d, r);
-      q.dpre[g] = dpre + (g * D + d) * dpre_stride;
-      if (dpre_sum) q.dpre_sum[g] = dpre_sum + (g * D + d) * dpre_stride;
-    }
-    q.c = p.c + run(s, b0, D, d, r);
-    q.c_prev = r > 0 ? p.c + run(s, b0, D, d, r - 1) : p.c0 + (b0 * D + d) * L;
-    q.grad_h = p.grad_h ? p.grad_h + run(s, b0, D, d, r) : nullptr;
-    q.grad_c = p.grad_c ? p.grad_c + run(s, b0, D, d, r) : nullptr;
-    q.dh = dh + d * dh_stride;
-    q.dc_in = dc_in + d * n;
-    q.dc_out = dc_out + d * n;
-    backward_run(q, n);
-  }
-  std::swap(dc_in, dc_out);
-}
-
-// The backward of forward_chunk_interleaved (lstm_row.cpp). For chunks of 4 images (float32)
-// the cell maths run over the batch-minor runs and read and write the tensors through 4 x 4
-// transposes (cells_interleaved4): their gate gradients go straight into the zero-bordered
-// buffer the gathers of dL/dh_{r-1} and dL/dx read, and dL/dh comes straight from the first
-// gather's output (measured 0.3-0.6 ms faster a call on the Row LSTM bench shape). Otherwise
-// they run per element as in backward_chunk, writing the gate gradients to grad_gates_in alone;
-// each row's are then interleaved into that buffer, and the gathers' dL/dh goes back to
-// [nb][D][L] for the next row's cell maths. dL/dx is de-interleaved into grad_x. Every value
-// sums the same terms in the same order as backward_chunk's would.
+// The backward of forward_chunk_interleaved (lstm_row.cpp). The cell maths run per element as
+// in backward_chunk, writing the gate gradients to grad_gates_in alone; each row's are then
+// interleaved into the zero-bordered buffer that the gathers of dL/dh_{r-1} and dL/dx read, and
+// the gathers' dL/dh goes back to [nb][D][L] for the next row's cell maths. dL/dx is
+// de-interleaved into grad_x. Every value sums the same terms in the same order as
+// backward_chunk's would.
 template <typename acc_t>
 void backward_chunk_interleaved(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
   const Shape& s = p.s;
@@ -210,19 +165,13 @@ void backward_chunk_interleaved(const BackwardArgs<acc_t>& p, int64_t b0, int64_
   const Interleaved<acc_t> col(s, nb);
   // dL/dpre of position l at column (shift + l) * nb + b, as backward_chunk's (dpre_shift).
   const int64_t count = col.count, ps = col.pad_stride, first = dpre_shift(s) * nb;
-  // 4 images of rows of 4 or more positions (float32): the cell maths run over batch-minor runs
-  // (cells_interleaved4), which read dL/dh from dh_cols (zero after the last row) and keep
-  // dc_in and dc_out as [D][nb L]. Otherwise per element, with dh and dc [nb][D][L].
-  const bool direct = std::is_same_v<acc_t, float> && nb == 4 && L >= 4;
-  // The cells sum dpre for dL/dbias too where their vectors do not overlap.
-  const bool sum_in_cells = direct && nb * L % cpu::Vec<acc_t>::kLanes == 0;
-  acc_t* dh_cols = scratch<acc_t>(kSlot0, D * count, direct);
+  acc_t* dh_cols = scratch<acc_t>(kSlot0, D * count, false);
   acc_t* dpre = scratch<acc_t>(kSlot1, G * ps);
   acc_t* bias_sum = scratch<acc_t>(kSlot2, G * ps);  // dpre summed over the rows, per column
-  acc_t* dc_in = scratch<acc_t>(kSlot3, nb * D * L);
+  acc_t* dc_in = scratch<acc_t>(kSlot3, nb * D * L);  // [nb][D][L]
   acc_t* dc_out = scratch<acc_t>(kSlot4, nb * D * L);
   acc_t* dx = scratch<acc_t>(kSlot5, C * count, false);
-  acc_t* dh = direct ? nullptr : scratch<acc_t>(kSlot6, nb * D * L);  // zero after the last row
+  acc_t* dh = scratch<acc_t>(kSlot6, nb * D * L);  // [nb][D][L], zero after the last row
   // Output column j reads tap t's gradients at j + (offset + t) * nb (as mirrored_segments).
   const auto segments = [&](int64_t taps, int64_t pad_left) {
     std::vector<Segment> segs;
@@ -233,22 +182,16 @@ void backward_chunk_interleaved(const BackwardArgs<acc_t>& p, int64_t b0, int64_
   const std::vector<Segment> segs = segments(s.taps, s.pad_left);
   const std::vector<Segment> in_segs = segments(s.in_taps, s.in_pad_left);
   for (int64_t r = R - 1; r >= 0; --r) {
-    if (direct) {
-      cells_interleaved4(p, b0, r, dh_cols, count, dpre + first, ps,
-                         sum_in_cells ? bias_sum + first : nullptr, dc_in, dc_out);
-    } else {
-      backward_cells(p, b0, nb, r, dc_in, dc_out,
-                     [&](int64_t bi, int64_t d, BackwardRun<acc_t>& q) {
-                       for (int g = 0; g < 4; ++g) q.dpre[g] = q.grad_in[g];  // interleaved below
-                       q.dh = dh + (bi * D + d) * L;
-                     });
-      cpu::interleave(p.grad_gates_in + p.gl.at(b0, 0, r), p.gl.b, p.gl.n, G, nb, L,
-                      dpre + first, ps);
-    }
+    backward_cells(p, b0, nb, r, dc_in, dc_out, [&](int64_t bi, int64_t d, BackwardRun<acc_t>& q) {
+      for (int g = 0; g < 4; ++g) q.dpre[g] = q.grad_in[g];  // interleaved below
+      q.dh = dh + (bi * D + d) * L;
+    });
+    cpu::interleave(p.grad_gates_in + p.gl.at(b0, 0, r), p.gl.b, p.gl.n, G, nb, L, dpre + first,
+                    ps);
     // Zero outside the pixels, so whole rows can be summed.
-    if (!sum_in_cells) add_to(bias_sum, dpre, G * ps);
+    add_to(bias_sum, dpre, G * ps);
     row_gathers(p, dpre, ps, count, segs, dh_cols, count, &in_segs, dx, count);
-    if (!direct) cpu::deinterleave(dh_cols, count, D, nb, L, dh, D * L, L);
+    cpu::deinterleave(dh_cols, count, D, nb, L, dh, D * L, L);
     cpu::deinterleave(dx, count, C, nb, L, p.grad_x + run(s, b0, C, 0, r), C * R * L, R * L);
   }
   // dL/dbias of each batch element: its columns' sums, in column order.
@@ -258,13 +201,8 @@ void backward_chunk_interleaved(const BackwardArgs<acc_t>& p, int64_t b0, int64_
       for (int64_t l = 0; l < L; ++l) total += bias_sum[n * ps + first + l * nb + bi];
       p.grad_bias_parts[(b0 + bi) * G + n] = total;
     }
-  if (direct) {
-    cpu::deinterleave(dh_cols, count, D, nb, L, p.grad_h0 + b0 * D * L, D * L, L);
-    cpu::deinterleave(dc_in, nb * L, D, nb, L, p.grad_c0 + b0 * D * L, D * L, L);
-  } else {
-    std::copy_n(dh, nb * D * L, p.grad_h0 + b0 * D * L);
-    std::copy_n(dc_in, nb * D * L, p.grad_c0 + b0 * D * L);
-  }
+  std::copy_n(dh, nb * D * L, p.grad_h0 + b0 * D * L);
+  std::copy_n(dc_in, nb * D * L, p.grad_c0 + b0 * D * L);
 }
 
 // The backward of forward_chunk_skewed (lstm_row.cpp), rows in reverse. Row r's gate gradients
