@@ -17,7 +17,7 @@ needs_kernel = pytest.mark.skipif(not fused.HAS_CPU_KERNEL,
 # two-pixel rows, a single row, non-square, channel counts off multiples of 8, the Row LSTM's
 # mask-B (2 taps, in_pad_left 1) and mask-A (1 tap left of the pixel, in_pad_left = k_in) input
 # kernels, the Diagonal BiLSTM's 1 x 1 one (with k = 2, pad_left = 1), wide kernels, and an odd row
-# longer than two SIMD vectors (the weight gradients' pairs of positions span two blocks).
+# longer than two SIMD vectors.
 CASES = [
     (2, 5, 3, 4, 7, 2, 1, 3, 1),
     (1, 3, 5, 4, 5, 1, 1, 3, 1),
