@@ -14,7 +14,6 @@
 #include <vector>
 
 #include "cpu/reduction_parts.h"
-#include "cpu/spread_prefetch.h"
 #include "cpu/strided_copy.h"
 
 namespace genfast::lstm_row {
@@ -66,32 +65,6 @@ void copy_row(const Shape& s, const Plan<acc_t>& p, int64_t b, int64_t r, acc_t*
     acc_t* at = seg + pad_left * dpad;
     std::fill(at, at + s.first(r) * dpad, acc_t(0));
     std::fill(at + (s.live_last(r) + 1) * dpad, at + L * dpad, acc_t(0));
-  }
-}
-
-// Asks `pf` for what the chunk of segments [c0, c1) reads from memory: the gate gradients and
-// the rows of the sources still `needed`.
-template <typename acc_t>
-void prefetch_chunk(const Shape& s, const acc_t* dpre, const GateLayout& gl,
-                    const std::vector<Plan<acc_t>>& plans, const std::vector<char>& needed,
-                    const std::vector<int64_t>& image_rows, int64_t c0, int64_t c1,
-                    cpu::SpreadPrefetch& pf) {
-  const int64_t R = s.rows, bytes = static_cast<int64_t>(sizeof(acc_t));
-  pf.clear();
-  for (int64_t i = c0; i < c1; ++i) {
-    const int64_t b = image_rows[i] / R, r = image_rows[i] % R;
-    const int64_t positions = s.computed(r), first = s.first(r);
-    if (gl.stride(r) == positions) {  // the row's gate channels one after the other
-      pf.add(dpre + gl.at(b, 0, r) + first, s.gates * positions * bytes);
-    } else {
-      for (int64_t n = 0; n < s.gates; ++n) pf.add(dpre + gl.at(b, n, r) + first, positions * bytes);
-    }
-    for (size_t si = 0; si < plans.size(); ++si) {
-      if (!needed[si] || (plans[si].skip_first_row && r == 0)) continue;
-      const auto [row, channel_stride] = source_row(s, plans[si].src, b, r);
-      for (int64_t d = 0; d < plans[si].src.channels; ++d)
-        pf.add(row + d * channel_stride, s.length * bytes);
-    }
   }
 }
 
@@ -168,13 +141,8 @@ void grad_weights(const Shape& s, const acc_t* dpre, const GateLayout& gl,
           std::fill_n(out + p.out + (task.tap * G + n) * p.dpad + task.d0, task.vectors * lanes,
                       acc_t(0));
       }
-      cpu::SpreadPrefetch next_chunk;
       for (int64_t c0 = seg0; c0 < seg1; c0 += chunk) {
         const int64_t nseg = std::min(chunk, seg1 - c0);
-        // The next chunk's inputs come in while the tiles work on this one.
-        prefetch_chunk(s, dpre, gl, plans, needed, image_rows, c0 + nseg,
-                       std::min(seg1, c0 + nseg + chunk), next_chunk);
-        const int64_t per_task = (next_chunk.lines() + last - first - 1) / (last - first);
         for (int64_t i = 0; i < nseg; ++i)  // once here: a division costs tens of cycles
           batch_of[i] = image_rows[c0 + i] / R, row_of[i] = image_rows[c0 + i] % R;
         for (size_t si = 0; si < plans.size(); ++si) {
@@ -188,7 +156,6 @@ void grad_weights(const Shape& s, const acc_t* dpre, const GateLayout& gl,
         for (int64_t ti = first; ti < last; ++ti) {
           const Task& task = tasks[ti];
           const Plan<acc_t>& p = plans[task.source];
-          next_chunk.next(per_task);
           // One tile call per run of segments with the same positions first..first + length - 1
           // (all of the chunk's unless the map is skewed).
           int64_t n = 0, run_row = 0;
