@@ -44,155 +44,97 @@ struct BackwardArgs {
   acc_t *grad_gates_in, *grad_h0, *grad_c0;
   acc_t* grad_bias_parts;  // [B][4D]: dL/dbias of each batch element
   cpu::AlignedVector<acc_t> weight;  // [D][k][4D]: tap k - 1 - s of the weight, transposed, at s
-  std::vector<Segment> segs;
   // lstm_rows_conv: dL/dx [B, C, R, L], gathered from dpre as dL/dh_{r-1} is, with in_weight
   // laid out as weight ([C][k_in][4D], mirrored).
   acc_t* grad_x = nullptr;
   GateLayout gl{};  // of gates and grad_gates_in
   cpu::AlignedVector<acc_t> in_weight;
-  std::vector<Segment> in_segs;
 };
 
-// dL/dpre of pixel (b, l) sits at column b * Lp + dpre_shift + l of backward_chunk's buffer: far
-// enough right that every gather from it reads its taps mirrored at non-negative offsets.
+// dL/dpre of position l sits dpre_shift positions right of it in the zero-bordered buffers the
+// gathers read: far enough that every gather from it reads its taps mirrored at non-negative
+// offsets.
 inline int64_t dpre_shift(const Shape& s) {
   return std::max(s.taps - 1 - s.pad_left, s.in_taps - 1 - s.in_pad_left);
 }
 
-// The mirrored segments of a gather from dpre through a weight of `taps` taps of `rows` rows each
-// (laid out [.][taps][4D], tap taps - 1 - t at t): output column j reads column j + offset + t.
-inline std::vector<Segment> mirrored_segments(const Shape& s, int64_t taps, int64_t pad_left) {
-  std::vector<Segment> segs;
-  const int64_t offset = dpre_shift(s) - (taps - 1 - pad_left);
-  for (int64_t t = 0; t < taps; ++t) segs.push_back({t * s.gates, offset + t});
-  return segs;
+// The mirrored segments of a gather from dpre (positions `step` columns apart) through a weight
+// of `taps` taps laid out [.][taps][4D], tap taps - 1 - t at t.
+inline std::vector<Segment> mirrored(const Shape& s, int64_t taps, int64_t pad_left,
+                                     int64_t step) {
+  return lstm_row::taps(taps, s.gates, (dpre_shift(s) - (taps - 1 - pad_left)) * step, step);
 }
 
 // A row's gathers from the zero-bordered gate gradients dpre (ps columns, `count` computed):
 // dL/dh_{r-1} through the weight (dh null: none) and, for lstm_rows_conv, dL/dx through
-// in_weight (in_segs null: none).
+// in_weight.
 template <typename acc_t>
 void row_gathers(const BackwardArgs<acc_t>& p, const acc_t* dpre, int64_t ps, int64_t count,
                  const std::vector<Segment>& segs, acc_t* dh, int64_t dh_stride,
-                 const std::vector<Segment>* in_segs, acc_t* dx, int64_t dx_stride) {
+                 const std::vector<Segment>& in_segs, acc_t* dx, int64_t dx_stride) {
   const Shape& s = p.s;
   const int64_t G = s.gates;
   if (dh) gather(p.weight.data(), s.hidden, s.taps * G, G, dpre, ps, segs, count, dh, dh_stride);
-  if (in_segs)
-    gather(p.in_weight.data(), s.in_channels, s.in_taps * G, G, dpre, ps, *in_segs, count, dx,
+  if (p.grad_x)
+    gather(p.in_weight.data(), s.in_channels, s.in_taps * G, G, dpre, ps, in_segs, count, dx,
            dx_stride);
 }
 
-// The cell maths of row r for a chunk's nb batch elements, one run per (element, hidden
-// channel), reading the activations, c and the output gradients from the tensors and writing
-// grad_gates_in there; point_at(bi, d, q) points q.dpre and q.dh at the chunk's own buffers. The
-// gradient through c goes from dc_in to dc_out ([nb][D][L]), which are then swapped.
-template <typename acc_t, typename PointAt>
-void backward_cells(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb, int64_t r,
-                    acc_t*& dc_in, acc_t*& dc_out, PointAt&& point_at) {
-  const Shape& s = p.s;
-  const int64_t D = s.hidden, L = s.length;
-  BackwardRun<acc_t> q;
-  q.grad_h_value = p.grad_h_value;
-  q.grad_c_value = p.grad_c_value;
-  q.ahead = r > 0 ? -L : 0;
-  q.gates_ahead = r > 0 ? -p.gl.r : 0;
-  for (int64_t bi = 0; bi < nb; ++bi) {
-    const int64_t b = b0 + bi;
-    for (int64_t d = 0; d < D; ++d) {
-      for (int g = 0; g < 4; ++g) {
-        q.act[g] = p.gates + p.gl.at(b, g * D + d, r);
-        q.grad_in[g] = p.grad_gates_in + p.gl.at(b, g * D + d, r);
-      }
-      q.c = p.c + run(s, b, D, d, r);
-      q.c_prev = r > 0 ? p.c + run(s, b, D, d, r - 1) : p.c0 + (b * D + d) * L;
-      q.grad_h = p.grad_h ? p.grad_h + run(s, b, D, d, r) : nullptr;
-      q.grad_c = p.grad_c ? p.grad_c + run(s, b, D, d, r) : nullptr;
-      q.dc_in = dc_in + (bi * D + d) * L;
-      q.dc_out = dc_out + (bi * D + d) * L;
-      point_at(bi, d, q);
-      backward_run(q, L);
-    }
-  }
-  std::swap(dc_in, dc_out);
-}
-
+// The backward of forward_chunk (lstm_row.cpp), rows in reverse. The cell maths run per
+// (element, hidden channel) on the tensors, reading the activations, c and the output gradients
+// and writing the gate gradients to grad_gates_in, with dL/dh and dL/dc [nb][D][L] from the
+// chunk's buffers. Each row's gate gradients are then interleaved into the zero-bordered
+// buffer that the gathers of dL/dh_{r-1} and dL/dx read (batch-minor, as the forward's), and
+// the gathers' dL/dh goes back to [nb][D][L] for the next row; dL/dx is de-interleaved into
+// grad_x. Every value sums the same terms in the same order whatever the chunk.
 template <typename acc_t>
 void backward_chunk(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
   const Shape& s = p.s;
-  const int64_t D = s.hidden, G = s.gates, L = s.length;
-  const Columns<acc_t> col(s, nb);
-  const int64_t shift = dpre_shift(s), ps = col.pad_stride;
-  acc_t* dh = scratch<acc_t>(kSlot0, D * col.stride);
-  acc_t* dpre = scratch<acc_t>(kSlot1, G * ps);
-  acc_t* bias_sum = scratch<acc_t>(kSlot2, G * ps);  // dpre summed over the rows, per column
-  acc_t* dc_in = scratch<acc_t>(kSlot3, nb * D * L);  // [nb][D][L]
-  acc_t* dc_out = scratch<acc_t>(kSlot4, nb * D * L);
-  for (int64_t r = s.rows - 1; r >= 0; --r) {
-    backward_cells(p, b0, nb, r, dc_in, dc_out, [&](int64_t bi, int64_t d, BackwardRun<acc_t>& q) {
-      for (int g = 0; g < 4; ++g) q.dpre[g] = dpre + (g * D + d) * ps + bi * col.lp + shift;
-      q.dh = dh + d * col.stride + bi * col.lp;
-    });
-    // Zero outside the pixels, so whole rows can be summed.
-    add_to(bias_sum, dpre, G * ps);
-    row_gathers<acc_t>(p, dpre, ps, col.count, p.segs, dh, col.stride, nullptr, nullptr, 0);
-  }
-  // dL/dbias of each batch element: its columns' sums, in column order.
-  for (int64_t bi = 0; bi < nb; ++bi)
-    for (int64_t n = 0; n < G; ++n) {
-      acc_t total = 0;
-      for (int64_t l = 0; l < L; ++l) total += bias_sum[n * ps + bi * col.lp + shift + l];
-      p.grad_bias_parts[(b0 + bi) * G + n] = total;
-    }
-  for (int64_t bi = 0; bi < nb; ++bi)
-    for (int64_t d = 0; d < D; ++d) {
-      const int64_t dst = ((b0 + bi) * D + d) * L;
-      std::copy_n(dh + d * col.stride + bi * col.lp, L, p.grad_h0 + dst);
-      std::copy_n(dc_in + (bi * D + d) * L, L, p.grad_c0 + dst);
-    }
-}
-
-// The backward of forward_chunk_interleaved (lstm_row.cpp). The cell maths run per element as
-// in backward_chunk, writing the gate gradients to grad_gates_in alone; each row's are then
-// interleaved into the zero-bordered buffer that the gathers of dL/dh_{r-1} and dL/dx read, and
-// the gathers' dL/dh goes back to [nb][D][L] for the next row's cell maths. dL/dx is
-// de-interleaved into grad_x. Every value sums the same terms in the same order as
-// backward_chunk's would.
-template <typename acc_t>
-void backward_chunk_interleaved(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
-  const Shape& s = p.s;
   const int64_t D = s.hidden, G = s.gates, L = s.length, R = s.rows, C = s.in_channels;
   const Interleaved<acc_t> col(s, nb);
-  // dL/dpre of position l at column (shift + l) * nb + b, as backward_chunk's (dpre_shift).
+  // dL/dpre of position l at column (shift + l) * nb + b.
   const int64_t count = col.count, ps = col.pad_stride, first = dpre_shift(s) * nb;
   acc_t* dh_cols = scratch<acc_t>(kSlot0, D * count, false);
   acc_t* dpre = scratch<acc_t>(kSlot1, G * ps);
   acc_t* bias_sum = scratch<acc_t>(kSlot2, G * ps);  // dpre summed over the rows, per column
   acc_t* dc_in = scratch<acc_t>(kSlot3, nb * D * L);  // [nb][D][L]
   acc_t* dc_out = scratch<acc_t>(kSlot4, nb * D * L);
-  acc_t* dx = scratch<acc_t>(kSlot5, C * count, false);
+  acc_t* dx = p.grad_x ? scratch<acc_t>(kSlot5, C * count, false) : nullptr;
   acc_t* dh = scratch<acc_t>(kSlot6, nb * D * L);  // [nb][D][L], zero after the last row
-  // Output column j reads tap t's gradients at j + (offset + t) * nb (as mirrored_segments).
-  const auto segments = [&](int64_t taps, int64_t pad_left) {
-    std::vector<Segment> segs;
-    const int64_t offset = dpre_shift(s) - (taps - 1 - pad_left);
-    for (int64_t t = 0; t < taps; ++t) segs.push_back({t * G, (offset + t) * nb});
-    return segs;
-  };
-  const std::vector<Segment> segs = segments(s.taps, s.pad_left);
-  const std::vector<Segment> in_segs = segments(s.in_taps, s.in_pad_left);
+  const auto segs = mirrored(s, s.taps, s.pad_left, nb);
+  const auto in_segs = mirrored(s, s.in_taps, s.in_pad_left, nb);
+  BackwardRun<acc_t> q;
+  q.grad_h_value = p.grad_h_value;
+  q.grad_c_value = p.grad_c_value;
   for (int64_t r = R - 1; r >= 0; --r) {
-    backward_cells(p, b0, nb, r, dc_in, dc_out, [&](int64_t bi, int64_t d, BackwardRun<acc_t>& q) {
-      for (int g = 0; g < 4; ++g) q.dpre[g] = q.grad_in[g];  // interleaved below
-      q.dh = dh + (bi * D + d) * L;
-    });
+    q.ahead = r > 0 ? -L : 0;
+    q.gates_ahead = r > 0 ? -p.gl.r : 0;
+    for (int64_t bi = 0; bi < nb; ++bi) {
+      const int64_t b = b0 + bi;
+      for (int64_t d = 0; d < D; ++d) {
+        for (int g = 0; g < 4; ++g) {
+          q.act[g] = p.gates + p.gl.at(b, g * D + d, r);
+          q.dpre[g] = q.grad_in[g] = p.grad_gates_in + p.gl.at(b, g * D + d, r);
+        }
+        q.c = p.c + run(s, b, D, d, r);
+        q.c_prev = r > 0 ? p.c + run(s, b, D, d, r - 1) : p.c0 + (b * D + d) * L;
+        q.grad_h = p.grad_h ? p.grad_h + run(s, b, D, d, r) : nullptr;
+        q.grad_c = p.grad_c ? p.grad_c + run(s, b, D, d, r) : nullptr;
+        q.dh = dh + (bi * D + d) * L;
+        q.dc_in = dc_in + (bi * D + d) * L;
+        q.dc_out = dc_out + (bi * D + d) * L;
+        backward_run(q, L);
+      }
+    }
+    std::swap(dc_in, dc_out);
     cpu::interleave(p.grad_gates_in + p.gl.at(b0, 0, r), p.gl.b, p.gl.n, G, nb, L, dpre + first,
                     ps);
     // Zero outside the pixels, so whole rows can be summed.
     add_to(bias_sum, dpre, G * ps);
-    row_gathers(p, dpre, ps, count, segs, dh_cols, count, &in_segs, dx, count);
+    row_gathers(p, dpre, ps, count, segs, dh_cols, count, in_segs, dx, count);
     cpu::deinterleave(dh_cols, count, D, nb, L, dh, D * L, L);
-    cpu::deinterleave(dx, count, C, nb, L, p.grad_x + run(s, b0, C, 0, r), C * R * L, R * L);
+    if (dx)
+      cpu::deinterleave(dx, count, C, nb, L, p.grad_x + run(s, b0, C, 0, r), C * R * L, R * L);
   }
   // dL/dbias of each batch element: its columns' sums, in column order.
   for (int64_t bi = 0; bi < nb; ++bi)
@@ -225,6 +167,8 @@ void backward_chunk_skewed(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb)
   acc_t* dc_in = scratch<acc_t>(kSlot3, nb * D * L);  // [nb][D][L]
   acc_t* dc_out = scratch<acc_t>(kSlot4, nb * D * L);
   acc_t* dx = scratch<acc_t>(kSlot5, C * stride, false);
+  // Mirrored taps at columns j and j + 1 (dpre_shift is 0 here).
+  const auto segs = mirrored(s, 2, 1, 1), in_segs = mirrored(s, 1, 0, 1);
   BackwardRun<acc_t> q;
   q.grad_h_value = p.grad_h_value;
   q.grad_c_value = p.grad_c_value;
@@ -272,8 +216,7 @@ void backward_chunk_skewed(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb)
     }
     std::swap(dc_in, dc_out);
     const int64_t count = round_up(nb * prev_span, kVector);
-    // Mirrored taps at columns j and j + 1 (p.segs and p.in_segs have offset 0 here).
-    row_gathers(p, dpre, ps, count, p.segs, r > 0 ? dh : nullptr, stride, &p.in_segs, dx, stride);
+    row_gathers(p, dpre, ps, count, segs, r > 0 ? dh : nullptr, stride, in_segs, dx, stride);
     const int64_t live = s.live_last(r) - first + 1;
     for (int64_t bi = 0; bi < nb; ++bi)
       for (int64_t ci = 0; ci < C; ++ci)  // grad_x is zero at the padding (run_backward)
@@ -362,8 +305,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> run_backward(
                             gh0.mutable_data_ptr<acc_t>(),
                             gc0.mutable_data_ptr<acc_t>(),
                             nullptr,
-                            cpu::AlignedVector<acc_t>(D * k * G, acc_t(0)),
-                            mirrored_segments(s, k, s.pad_left)};
+                            cpu::AlignedVector<acc_t>(D * k * G, acc_t(0))};
       p.gl = gl;
       std::vector<acc_t> bias_parts(s.batch * G);
       p.grad_bias_parts = bias_parts.data();
@@ -380,17 +322,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> run_backward(
         p.grad_x = gx.mutable_data_ptr<acc_t>();
         p.in_weight.resize(s.in_channels * s.in_taps * G);
         mirror(wic.const_data_ptr<acc_t>(), s.in_channels, s.in_taps, p.in_weight.data());
-        p.in_segs = mirrored_segments(s, s.in_taps, s.in_pad_left);
       }
-      const bool interleaved = conv && !s.skew_width;
-      for_each_chunk(s, interleaved ? cpu::Vec<acc_t>::kLanes : 0, [&](int64_t b0, int64_t nb) {
-        if (s.skew_width) {
-          backward_chunk_skewed(p, b0, nb);
-        } else if (interleaved) {
-          backward_chunk_interleaved(p, b0, nb);
-        } else {
-          backward_chunk(p, b0, nb);
-        }
+      for_each_chunk<acc_t>(s, [&](int64_t b0, int64_t nb) {
+        s.skew_width ? backward_chunk_skewed(p, b0, nb) : backward_chunk(p, b0, nb);
       });
       std::vector<WeightSource<acc_t>> sources{
           {hc.const_data_ptr<acc_t>(), h0c.const_data_ptr<acc_t>(), D, k, s.pad_left, false,
