@@ -280,9 +280,7 @@ std::tuple<Tensor, Tensor, Tensor> run_forward(const Shape& s, const Tensor& gat
   // lstm_rows_conv's activations are only read by its backward: row-major, a skewed map's at
   // the computed positions alone (see GateLayout).
   const GateLayout gl = gate_layout(s, x.defined());
-  Tensor gates = s.skew_width  ? at::empty({gl.row_start.back()}, opts)
-                 : x.defined() ? at::empty({s.rows, s.batch, s.gates, s.length}, opts)
-                               : at::empty({s.batch, s.gates, s.rows, s.length}, opts);
+  Tensor gates = at::empty(gl.sizes, opts);
   if (h.numel() > 0) {
     const Tensor gi = x.defined() ? Tensor() : as_compute(gates_in, acc);
     const Tensor xc = x.defined() ? as_compute(x, acc) : Tensor();

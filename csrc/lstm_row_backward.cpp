@@ -251,11 +251,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> run_backward(
   const bool conv = x.defined();
   // lstm_rows_conv saves its activations row-major (see GateLayout).
   const GateLayout gl = gate_layout(s, conv);
-  const auto gate_sizes = s.skew_width ? std::vector<int64_t>{gl.row_start.back()}
-                          : conv       ? std::vector<int64_t>{s.rows, s.batch, s.gates, s.length}
-                                       : std::vector<int64_t>{s.batch, s.gates, s.rows, s.length};
-  TORCH_CHECK(gates.sizes() == at::IntArrayRef(gate_sizes) && gates.device().is_cpu(),
-              "genfast: gates must be a CPU tensor of shape ", at::IntArrayRef(gate_sizes),
+  TORCH_CHECK(gates.sizes() == at::IntArrayRef(gl.sizes) && gates.device().is_cpu(),
+              "genfast: gates must be a CPU tensor of shape ", at::IntArrayRef(gl.sizes),
               ", got ", gates.sizes());
   const at::ScalarType acc = compute_type(h.scalar_type());
   const auto opts = h.options().dtype(acc);

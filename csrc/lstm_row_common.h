@@ -26,7 +26,6 @@ inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 // core), split over two threads, saved 7 us with both cores free and lost up to 200 us while a
 // second process ran.
 constexpr int64_t kParallelMacs = int64_t{1} << 20;
-constexpr int64_t kParallelCopies = int64_t{1} << 15;  // or copied values
 
 // Splits n items into `count` near-equal parts: part i is [start(i), start(i + 1)).
 struct EvenSplit {
@@ -94,6 +93,7 @@ struct GateLayout {
   int64_t b, n, r;  // strides (n: of the rows' gate channels; `stride` for skewed maps)
   std::vector<int64_t> row_start;  // skewed maps: [R + 1] offsets of the rows, back() the size
   const Shape* skew = nullptr;
+  std::vector<int64_t> sizes;  // of the tensor that holds them
   int64_t at(int64_t bi, int64_t ni, int64_t ri) const {
     if (!skew) return bi * b + ni * n + ri * r;
     return row_start[ri] + (bi * skew->gates + ni) * skew->computed(ri) - skew->first(ri);
@@ -104,11 +104,14 @@ inline GateLayout gate_layout(const Shape& s, bool row_major) {
   GateLayout gl = row_major
                       ? GateLayout{s.gates * s.length, s.length, s.batch * s.gates * s.length}
                       : GateLayout{s.gates * s.rows * s.length, s.rows * s.length, s.length};
+  gl.sizes = row_major ? std::vector<int64_t>{s.rows, s.batch, s.gates, s.length}
+                       : std::vector<int64_t>{s.batch, s.gates, s.rows, s.length};
   if (s.skew_width) {
     gl.skew = &s;
     gl.row_start.assign(1, 0);
     for (int64_t r = 0; r < s.rows; ++r)
       gl.row_start.push_back(gl.row_start.back() + s.batch * s.gates * s.computed(r));
+    gl.sizes = {gl.row_start.back()};
   }
   return gl;
 }

@@ -72,9 +72,7 @@ static double sigmoid(double x) {
 
 // ----------------------------------------------------------------------------- the cells
 
-// One (batch element, hidden channel) of a row: runs of L values. The runs of the row the
-// recurrence visits next sit `ahead` values away in the [B, C, R, L] tensors (0: none), and are
-// prefetched (kWrite for outputs), to arrive while the next convolution runs.
+// The n values from p into the L2 cache (kWrite: for an output): see ForwardRun::ahead.
 template <int kWrite, typename T>
 GENFAST_SIMD_INLINE void prefetch(const T* p, int64_t n) {
   const char* c = reinterpret_cast<const char*>(p);

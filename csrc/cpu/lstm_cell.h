@@ -1,16 +1,16 @@
 // The cell maths of genfast::lstm_rows on the CPU (csrc/lstm_row.cpp): the LSTM gates, cell and
-// hidden updates of one (batch element, hidden channel) run of a row, forward and backward, in
-// SIMD vectors along the row. The row convolution and the loops over rows live in lstm_row.cpp.
+// hidden updates of a run of values, forward and backward, in SIMD vectors along the run. The
+// row convolution and the loops over rows live in lstm_row.cpp.
 #pragma once
 
 #include <cstdint>
 
 namespace genfast::lstm_row {
 
-// One (batch element, hidden channel) of a row: runs of L values. The runs of the row the
-// recurrence visits next sit `ahead` values away in the [B, C, R, L] tensors (0: none), and are
-// prefetched (kWrite for outputs), to arrive while the next convolution runs.
-// (The prefetching itself is in lstm_cell.cpp.)
+// A run of n values of a row, each lane its own: a hidden channel of one batch element, or of a
+// whole batch chunk held batch-minor. Where the run is in the [B, C, R, L] tensors, the runs of
+// the row the recurrence visits next sit `ahead` values away (0: none) and are prefetched, to
+// arrive while the next convolution runs.
 template <typename T>
 struct ForwardRun {
   const T* pre[4];  // the convolution's output for gates i, f, o, g (rows of the column buffer)
