@@ -1,10 +1,7 @@
 // CPU backward of genfast::lstm_rows and lstm_rows_conv: backpropagation through the rows in
 // reverse, then the weights' gradients as one reduction over every pixel each
 // (lstm_row_weight_grad.cpp). The design (layout, chunks, determinism) is described at the top
-// of lstm_row.cpp. Where the CPU has AMX, float32 runs the row loops' gathers (row_gathers) on
-// AMX tiles (cpu/amx_split.h): they do not feed a sampler, so they need not have the forward's
-// bits. On the Row LSTM bench shape they take 7.2 ms of thread time a call against the FMA
-// gathers' 10.5, splitting included.
+// of lstm_row.cpp.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -15,7 +12,6 @@
 #include <type_traits>
 #include <vector>
 
-#include "cpu/amx_split.h"
 #include "cpu/interleave.h"
 #include "cpu/lstm_cell.h"
 #include "cpu/simd_math.h"
@@ -48,233 +44,97 @@ struct BackwardArgs {
   acc_t *grad_gates_in, *grad_h0, *grad_c0;
   acc_t* grad_bias_parts;  // [B][4D]: dL/dbias of each batch element
   cpu::AlignedVector<acc_t> weight;  // [D][k][4D]: tap k - 1 - s of the weight, transposed, at s
-  std::vector<Segment> segs;
   // lstm_rows_conv: dL/dx [B, C, R, L], gathered from dpre as dL/dh_{r-1} is, with in_weight
   // laid out as weight ([C][k_in][4D], mirrored).
   acc_t* grad_x = nullptr;
   GateLayout gl{};  // of gates and grad_gates_in
   cpu::AlignedVector<acc_t> in_weight;
-  std::vector<Segment> in_segs;
-  // float32 where the CPU has AMX (use_amx): weight and in_weight split for row_gathers.
-  bool amx = false;
-  const cpu::amx::SplitRows *amx_weight = nullptr, *amx_in_weight = nullptr;
 };
 
-// dL/dpre of pixel (b, l) sits at column b * Lp + dpre_shift + l of backward_chunk's buffer: far
-// enough right that every gather from it reads its taps mirrored at non-negative offsets.
+// dL/dpre of position l sits dpre_shift positions right of it in the zero-bordered buffers the
+// gathers read: far enough that every gather from it reads its taps mirrored at non-negative
+// offsets.
 inline int64_t dpre_shift(const Shape& s) {
   return std::max(s.taps - 1 - s.pad_left, s.in_taps - 1 - s.in_pad_left);
 }
 
-// The mirrored segments of a gather from dpre through a weight of `taps` taps of `rows` rows each
-// (laid out [.][taps][4D], tap taps - 1 - t at t): output column j reads column j + offset + t.
-inline std::vector<Segment> mirrored_segments(const Shape& s, int64_t taps, int64_t pad_left) {
-  std::vector<Segment> segs;
-  const int64_t offset = dpre_shift(s) - (taps - 1 - pad_left);
-  for (int64_t t = 0; t < taps; ++t) segs.push_back({t * s.gates, offset + t});
-  return segs;
-}
-
-// The rows a gather's output buffer needs: AMX tiles write whole blocks of 32.
-template <typename acc_t>
-int64_t gather_rows(const BackwardArgs<acc_t>& p, int64_t rows) {
-  return p.amx ? cpu::amx::round_up_block(rows) : rows;
+// The mirrored segments of a gather from dpre (positions `step` columns apart) through a weight
+// of `taps` taps laid out [.][taps][4D], tap taps - 1 - t at t.
+inline std::vector<Segment> mirrored(const Shape& s, int64_t taps, int64_t pad_left,
+                                     int64_t step) {
+  return lstm_row::taps(taps, s.gates, (dpre_shift(s) - (taps - 1 - pad_left)) * step, step);
 }
 
 // A row's gathers from the zero-bordered gate gradients dpre (ps columns, `count` computed):
 // dL/dh_{r-1} through the weight (dh null: none) and, for lstm_rows_conv, dL/dx through
-// in_weight (in_segs null: none). On AMX tiles both come from one split of dpre; the outputs
-// then need gather_rows rows and `count` rounded up to 16 columns.
+// in_weight.
 template <typename acc_t>
 void row_gathers(const BackwardArgs<acc_t>& p, const acc_t* dpre, int64_t ps, int64_t count,
                  const std::vector<Segment>& segs, acc_t* dh, int64_t dh_stride,
-                 const std::vector<Segment>* in_segs, acc_t* dx, int64_t dx_stride) {
+                 const std::vector<Segment>& in_segs, acc_t* dx, int64_t dx_stride) {
   const Shape& s = p.s;
   const int64_t G = s.gates;
-  if (p.amx) {
-    if constexpr (std::is_same_v<acc_t, float>) {
-      // One split for both gathers: as many columns as either reads.
-      int64_t columns = cpu::amx::columns_read(segs, count);
-      if (in_segs) columns = std::max(columns, cpu::amx::columns_read(*in_segs, count));
-      const cpu::amx::SplitColumns split = cpu::amx::split_columns(dpre, G, ps, ps, columns);
-      if (dh) cpu::amx::gather(*p.amx_weight, split, segs, count, dh, dh_stride);
-      if (in_segs) cpu::amx::gather(*p.amx_in_weight, split, *in_segs, count, dx, dx_stride);
-    }
-    return;
-  }
   if (dh) gather(p.weight.data(), s.hidden, s.taps * G, G, dpre, ps, segs, count, dh, dh_stride);
-  if (in_segs)
-    gather(p.in_weight.data(), s.in_channels, s.in_taps * G, G, dpre, ps, *in_segs, count, dx,
+  if (p.grad_x)
+    gather(p.in_weight.data(), s.in_channels, s.in_taps * G, G, dpre, ps, in_segs, count, dx,
            dx_stride);
 }
 
-// The cell maths of row r for a chunk's nb batch elements, one run per (element, hidden
-// channel), reading the activations, c and the output gradients from the tensors and writing
-// grad_gates_in there; point_at(bi, d, q) points q.dpre and q.dh at the chunk's own buffers. The
-// gradient through c goes from dc_in to dc_out ([nb][D][L]), which are then swapped.
-template <typename acc_t, typename PointAt>
-void backward_cells(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb, int64_t r,
-                    acc_t*& dc_in, acc_t*& dc_out, PointAt&& point_at) {
-  const Shape& s = p.s;
-  const int64_t D = s.hidden, L = s.length;
-  BackwardRun<acc_t> q;
-  q.grad_h_value = p.grad_h_value;
-  q.grad_c_value = p.grad_c_value;
-  q.ahead = r > 0 ? -L : 0;
-  q.gates_ahead = r > 0 ? -p.gl.r : 0;
-  for (int64_t bi = 0; bi < nb; ++bi) {
-    const int64_t b = b0 + bi;
-    for (int64_t d = 0; d < D; ++d) {
-      for (int g = 0; g < 4; ++g) {
-        q.act[g] = p.gates + p.gl.at(b, g * D + d, r);
-        q.grad_in[g] = p.grad_gates_in + p.gl.at(b, g * D + d, r);
-      }
-      q.c = p.c + run(s, b, D, d, r);
-      q.c_prev = r > 0 ? p.c + run(s, b, D, d, r - 1) : p.c0 + (b * D + d) * L;
-      q.grad_h = p.grad_h ? p.grad_h + run(s, b, D, d, r) : nullptr;
-      q.grad_c = p.grad_c ? p.grad_c + run(s, b, D, d, r) : nullptr;
-      q.dc_in = dc_in + (bi * D + d) * L;
-      q.dc_out = dc_out + (bi * D + d) * L;
-      point_at(bi, d, q);
-      backward_run(q, L);
-    }
-  }
-  std::swap(dc_in, dc_out);
-}
-
+// The backward of forward_chunk (lstm_row.cpp), rows in reverse. The cell maths run per
+// (element, hidden channel) on the tensors, reading the activations, c and the output gradients
+// and writing the gate gradients to grad_gates_in, with dL/dh and dL/dc [nb][D][L] from the
+// chunk's buffers. Each row's gate gradients are then interleaved into the zero-bordered
+// buffer that the gathers of dL/dh_{r-1} and dL/dx read (batch-minor, as the forward's), and
+// the gathers' dL/dh goes back to [nb][D][L] for the next row; dL/dx is de-interleaved into
+// grad_x. Every value sums the same terms in the same order whatever the chunk.
 template <typename acc_t>
 void backward_chunk(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
   const Shape& s = p.s;
-  const int64_t D = s.hidden, G = s.gates, L = s.length;
-  const Columns<acc_t> col(s, nb);
-  const int64_t shift = dpre_shift(s), ps = col.pad_stride;
-  acc_t* dh = scratch<acc_t>(kSlot0, gather_rows(p, D) * col.stride);
+  const int64_t D = s.hidden, G = s.gates, L = s.length, R = s.rows, C = s.in_channels;
+  const Interleaved<acc_t> col(s, nb);
+  // dL/dpre of position l at column (shift + l) * nb + b.
+  const int64_t count = col.count, ps = col.pad_stride, first = dpre_shift(s) * nb;
+  acc_t* dh_cols = scratch<acc_t>(kSlot0, D * count, false);
   acc_t* dpre = scratch<acc_t>(kSlot1, G * ps);
   acc_t* bias_sum = scratch<acc_t>(kSlot2, G * ps);  // dpre summed over the rows, per column
   acc_t* dc_in = scratch<acc_t>(kSlot3, nb * D * L);  // [nb][D][L]
   acc_t* dc_out = scratch<acc_t>(kSlot4, nb * D * L);
-  for (int64_t r = s.rows - 1; r >= 0; --r) {
-    backward_cells(p, b0, nb, r, dc_in, dc_out, [&](int64_t bi, int64_t d, BackwardRun<acc_t>& q) {
-      for (int g = 0; g < 4; ++g) q.dpre[g] = dpre + (g * D + d) * ps + bi * col.lp + shift;
-      q.dh = dh + d * col.stride + bi * col.lp;
-    });
-    // Zero outside the pixels, so whole rows can be summed.
-    add_to(bias_sum, dpre, G * ps);
-    row_gathers<acc_t>(p, dpre, ps, col.count, p.segs, dh, col.stride, nullptr, nullptr, 0);
-  }
-  // dL/dbias of each batch element: its columns' sums, in column order.
-  for (int64_t bi = 0; bi < nb; ++bi)
-    for (int64_t n = 0; n < G; ++n) {
-      acc_t total = 0;
-      for (int64_t l = 0; l < L; ++l) total += bias_sum[n * ps + bi * col.lp + shift + l];
-      p.grad_bias_parts[(b0 + bi) * G + n] = total;
-    }
-  for (int64_t bi = 0; bi < nb; ++bi)
-    for (int64_t d = 0; d < D; ++d) {
-      const int64_t dst = ((b0 + bi) * D + d) * L;
-      std::copy_n(dh + d * col.stride + bi * col.lp, L, p.grad_h0 + dst);
-      std::copy_n(dc_in + (bi * D + d) * L, L, p.grad_c0 + dst);
-    }
-}
-
-// backward_chunk_interleaved's cell maths of row r for 4 images (float32, rows of 4 or more
-// positions), one batch-minor run of 4 L values per hidden channel: the activations, c and the
-// output gradients are read from their tensors and grad_gates_in written there de-interleaved
-// (BackwardRun::images), dL/dh comes from the gathers' batch-minor output (dh, dh_stride) and
-// dL/dpre goes to the zero-bordered buffer (dpre: position 0 of element 0, rows dpre_stride
-// apart), so neither passes through a separate copy. dc_in and dc_out are [D][4 L], then swapped.
-// dpre_sum (null: none; needs 4 L a multiple of the SIMD width) is laid out as dpre and
-// accumulates it.
-template <typename acc_t>
-void cells_interleaved4(const BackwardArgs<acc_t>& p, int64_t b0, int64_t r, const acc_t* dh,
-                        int64_t dh_stride, acc_t* dpre, int64_t dpre_stride, acc_t* dpre_sum,
-                        acc_t*& dc_in, acc_t*& dc_out) {
-  const Shape& s = p.s;
-  const int64_t D = s.hidden, L = s.length, R = s.rows, n = 4 * L;
+  acc_t* dx = p.grad_x ? scratch<acc_t>(kSlot5, C * count, false) : nullptr;
+  acc_t* dh = scratch<acc_t>(kSlot6, nb * D * L);  // [nb][D][L], zero after the last row
+  const auto segs = mirrored(s, s.taps, s.pad_left, nb);
+  const auto in_segs = mirrored(s, s.in_taps, s.in_pad_left, nb);
   BackwardRun<acc_t> q;
   q.grad_h_value = p.grad_h_value;
   q.grad_c_value = p.grad_c_value;
-  q.ahead = r > 0 ? -L : 0;
-  q.gates_ahead = r > 0 ? -p.gl.r : 0;
-  q.images = 4;
-  q.gates_image_stride = p.gl.b;
-  q.image_stride = D * R * L;
-  q.c_prev_image_stride = r > 0 ? D * R * L : D * L;
-  for (int64_t d = 0; d < D; ++d) {
-    for (int g = 0; g < 4; ++g) {
-      q.act[g] = p.gates + p.gl.at(b0, g * D + d, r);
-      q.grad_in[g] = p.grad_gates_in + p.gl.at(b0, g * D + d, r);
-      q.dpre[g] = dpre + (g * D + d) * dpre_stride;
-      if (dpre_sum) q.dpre_sum[g] = dpre_sum + (g * D + d) * dpre_stride;
-    }
-    q.c = p.c + run(s, b0, D, d, r);
-    q.c_prev = r > 0 ? p.c + run(s, b0, D, d, r - 1) : p.c0 + (b0 * D + d) * L;
-    q.grad_h = p.grad_h ? p.grad_h + run(s, b0, D, d, r) : nullptr;
-    q.grad_c = p.grad_c ? p.grad_c + run(s, b0, D, d, r) : nullptr;
-    q.dh = dh + d * dh_stride;
-    q.dc_in = dc_in + d * n;
-    q.dc_out = dc_out + d * n;
-    backward_run(q, n);
-  }
-  std::swap(dc_in, dc_out);
-}
-
-// The backward of forward_chunk_interleaved (lstm_row.cpp). For chunks of 4 images (float32)
-// the cell maths run over the batch-minor runs and read and write the tensors through 4 x 4
-// transposes (cells_interleaved4): their gate gradients go straight into the zero-bordered
-// buffer the gathers of dL/dh_{r-1} and dL/dx read, and dL/dh comes straight from the first
-// gather's output (measured 0.3-0.6 ms faster a call on the Row LSTM bench shape). Otherwise
-// they run per element as in backward_chunk, writing the gate gradients to grad_gates_in alone;
-// each row's are then interleaved into that buffer, and the gathers' dL/dh goes back to
-// [nb][D][L] for the next row's cell maths. dL/dx is de-interleaved into grad_x. Every value
-// sums the same terms in the same order as backward_chunk's would.
-template <typename acc_t>
-void backward_chunk_interleaved(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
-  const Shape& s = p.s;
-  const int64_t D = s.hidden, G = s.gates, L = s.length, R = s.rows, C = s.in_channels;
-  const Interleaved<acc_t> col(s, nb);
-  // dL/dpre of position l at column (shift + l) * nb + b, as backward_chunk's (dpre_shift).
-  const int64_t count = col.count, ps = col.pad_stride, first = dpre_shift(s) * nb;
-  // 4 images of rows of 4 or more positions (float32): the cell maths run over batch-minor runs
-  // (cells_interleaved4), which read dL/dh from dh_cols (zero after the last row) and keep
-  // dc_in and dc_out as [D][nb L]. Otherwise per element, with dh and dc [nb][D][L].
-  const bool direct = std::is_same_v<acc_t, float> && nb == 4 && L >= 4;
-  // The cells sum dpre for dL/dbias too where their vectors do not overlap.
-  const bool sum_in_cells = direct && nb * L % cpu::Vec<acc_t>::kLanes == 0;
-  acc_t* dh_cols = scratch<acc_t>(kSlot0, gather_rows(p, D) * count, direct);
-  acc_t* dpre = scratch<acc_t>(kSlot1, G * ps);
-  acc_t* bias_sum = scratch<acc_t>(kSlot2, G * ps);  // dpre summed over the rows, per column
-  acc_t* dc_in = scratch<acc_t>(kSlot3, nb * D * L);
-  acc_t* dc_out = scratch<acc_t>(kSlot4, nb * D * L);
-  acc_t* dx = scratch<acc_t>(kSlot5, gather_rows(p, C) * count, false);
-  acc_t* dh = direct ? nullptr : scratch<acc_t>(kSlot6, nb * D * L);  // zero after the last row
-  // Output column j reads tap t's gradients at j + (offset + t) * nb (as mirrored_segments).
-  const auto segments = [&](int64_t taps, int64_t pad_left) {
-    std::vector<Segment> segs;
-    const int64_t offset = dpre_shift(s) - (taps - 1 - pad_left);
-    for (int64_t t = 0; t < taps; ++t) segs.push_back({t * G, (offset + t) * nb});
-    return segs;
-  };
-  const std::vector<Segment> segs = segments(s.taps, s.pad_left);
-  const std::vector<Segment> in_segs = segments(s.in_taps, s.in_pad_left);
   for (int64_t r = R - 1; r >= 0; --r) {
-    if (direct) {
-      cells_interleaved4(p, b0, r, dh_cols, count, dpre + first, ps,
-                         sum_in_cells ? bias_sum + first : nullptr, dc_in, dc_out);
-    } else {
-      backward_cells(p, b0, nb, r, dc_in, dc_out,
-                     [&](int64_t bi, int64_t d, BackwardRun<acc_t>& q) {
-                       for (int g = 0; g < 4; ++g) q.dpre[g] = q.grad_in[g];  // interleaved below
-                       q.dh = dh + (bi * D + d) * L;
-                     });
-      cpu::interleave(p.grad_gates_in + p.gl.at(b0, 0, r), p.gl.b, p.gl.n, G, nb, L,
-                      dpre + first, ps);
+    q.ahead = r > 0 ? -L : 0;
+    q.gates_ahead = r > 0 ? -p.gl.r : 0;
+    for (int64_t bi = 0; bi < nb; ++bi) {
+      const int64_t b = b0 + bi;
+      for (int64_t d = 0; d < D; ++d) {
+        for (int g = 0; g < 4; ++g) {
+          q.act[g] = p.gates + p.gl.at(b, g * D + d, r);
+          q.dpre[g] = q.grad_in[g] = p.grad_gates_in + p.gl.at(b, g * D + d, r);
+        }
+        q.c = p.c + run(s, b, D, d, r);
+        q.c_prev = r > 0 ? p.c + run(s, b, D, d, r - 1) : p.c0 + (b * D + d) * L;
+        q.grad_h = p.grad_h ? p.grad_h + run(s, b, D, d, r) : nullptr;
+        q.grad_c = p.grad_c ? p.grad_c + run(s, b, D, d, r) : nullptr;
+        q.dh = dh + (bi * D + d) * L;
+        q.dc_in = dc_in + (bi * D + d) * L;
+        q.dc_out = dc_out + (bi * D + d) * L;
+        backward_run(q, L);
+      }
     }
+    std::swap(dc_in, dc_out);
+    cpu::interleave(p.grad_gates_in + p.gl.at(b0, 0, r), p.gl.b, p.gl.n, G, nb, L, dpre + first,
+                    ps);
     // Zero outside the pixels, so whole rows can be summed.
-    if (!sum_in_cells) add_to(bias_sum, dpre, G * ps);
-    row_gathers(p, dpre, ps, count, segs, dh_cols, count, &in_segs, dx, count);
-    if (!direct) cpu::deinterleave(dh_cols, count, D, nb, L, dh, D * L, L);
-    cpu::deinterleave(dx, count, C, nb, L, p.grad_x + run(s, b0, C, 0, r), C * R * L, R * L);
+    add_to(bias_sum, dpre, G * ps);
+    row_gathers(p, dpre, ps, count, segs, dh_cols, count, in_segs, dx, count);
+    cpu::deinterleave(dh_cols, count, D, nb, L, dh, D * L, L);
+    if (dx)
+      cpu::deinterleave(dx, count, C, nb, L, p.grad_x + run(s, b0, C, 0, r), C * R * L, R * L);
   }
   // dL/dbias of each batch element: its columns' sums, in column order.
   for (int64_t bi = 0; bi < nb; ++bi)
@@ -283,29 +143,8 @@ void backward_chunk_interleaved(const BackwardArgs<acc_t>& p, int64_t b0, int64_
       for (int64_t l = 0; l < L; ++l) total += bias_sum[n * ps + first + l * nb + bi];
       p.grad_bias_parts[(b0 + bi) * G + n] = total;
     }
-  if (direct) {
-    cpu::deinterleave(dh_cols, count, D, nb, L, p.grad_h0 + b0 * D * L, D * L, L);
-    cpu::deinterleave(dc_in, nb * L, D, nb, L, p.grad_c0 + b0 * D * L, D * L, L);
-  } else {
-    std::copy_n(dh, nb * D * L, p.grad_h0 + b0 * D * L);
-    std::copy_n(dc_in, nb * D * L, p.grad_c0 + b0 * D * L);
-  }
-}
-
-// Switches row_gathers to AMX tiles where the CPU has them (float32 only); after the weights.
-void use_amx(BackwardArgs<double>&) {}
-void use_amx(BackwardArgs<float>& p) {
-  if (!cpu::amx::enabled()) return;
-  const Shape& s = p.s;
-  // Kept per calling thread, so that each call reuses the last one's memory.
-  thread_local cpu::amx::SplitRows weight, in_weight;
-  weight.assign(p.weight.data(), s.hidden, s.taps * s.gates, s.gates, p.segs);
-  p.amx_weight = &weight;
-  if (!p.in_segs.empty()) {
-    in_weight.assign(p.in_weight.data(), s.in_channels, s.in_taps * s.gates, s.gates, p.in_segs);
-    p.amx_in_weight = &in_weight;
-  }
-  p.amx = true;
+  std::copy_n(dh, nb * D * L, p.grad_h0 + b0 * D * L);
+  std::copy_n(dc_in, nb * D * L, p.grad_c0 + b0 * D * L);
 }
 
 // The backward of forward_chunk_skewed (lstm_row.cpp), rows in reverse. Row r's gate gradients
@@ -322,12 +161,14 @@ void backward_chunk_skewed(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb)
   constexpr int64_t kVector = cpu::Vec<acc_t>::kLanes;
   const int64_t stride = round_up(nb * (L + 2), kVector), ps = stride + 2 * kVector;
   // dL/dh_r, zero after the last row
-  acc_t* dh = scratch<acc_t>(kSlot0, gather_rows(p, D) * stride);
+  acc_t* dh = scratch<acc_t>(kSlot0, D * stride);
   acc_t* dpre = scratch<acc_t>(kSlot1, G * ps);
   acc_t* bias_sum = scratch<acc_t>(kSlot2, nb * G * L);  // [nb][4D][L]: dpre summed over rows
   acc_t* dc_in = scratch<acc_t>(kSlot3, nb * D * L);  // [nb][D][L]
   acc_t* dc_out = scratch<acc_t>(kSlot4, nb * D * L);
-  acc_t* dx = scratch<acc_t>(kSlot5, gather_rows(p, C) * stride, false);
+  acc_t* dx = scratch<acc_t>(kSlot5, C * stride, false);
+  // Mirrored taps at columns j and j + 1 (dpre_shift is 0 here).
+  const auto segs = mirrored(s, 2, 1, 1), in_segs = mirrored(s, 1, 0, 1);
   BackwardRun<acc_t> q;
   q.grad_h_value = p.grad_h_value;
   q.grad_c_value = p.grad_c_value;
@@ -375,8 +216,7 @@ void backward_chunk_skewed(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb)
     }
     std::swap(dc_in, dc_out);
     const int64_t count = round_up(nb * prev_span, kVector);
-    // Mirrored taps at columns j and j + 1 (p.segs and p.in_segs have offset 0 here).
-    row_gathers(p, dpre, ps, count, p.segs, r > 0 ? dh : nullptr, stride, &p.in_segs, dx, stride);
+    row_gathers(p, dpre, ps, count, segs, r > 0 ? dh : nullptr, stride, in_segs, dx, stride);
     const int64_t live = s.live_last(r) - first + 1;
     for (int64_t bi = 0; bi < nb; ++bi)
       for (int64_t ci = 0; ci < C; ++ci)  // grad_x is zero at the padding (run_backward)
@@ -411,11 +251,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> run_backward(
   const bool conv = x.defined();
   // lstm_rows_conv saves its activations row-major (see GateLayout).
   const GateLayout gl = gate_layout(s, conv);
-  const auto gate_sizes = s.skew_width ? std::vector<int64_t>{gl.row_start.back()}
-                          : conv       ? std::vector<int64_t>{s.rows, s.batch, s.gates, s.length}
-                                       : std::vector<int64_t>{s.batch, s.gates, s.rows, s.length};
-  TORCH_CHECK(gates.sizes() == at::IntArrayRef(gate_sizes) && gates.device().is_cpu(),
-              "genfast: gates must be a CPU tensor of shape ", at::IntArrayRef(gate_sizes),
+  TORCH_CHECK(gates.sizes() == at::IntArrayRef(gl.sizes) && gates.device().is_cpu(),
+              "genfast: gates must be a CPU tensor of shape ", at::IntArrayRef(gl.sizes),
               ", got ", gates.sizes());
   const at::ScalarType acc = compute_type(h.scalar_type());
   const auto opts = h.options().dtype(acc);
@@ -465,8 +302,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> run_backward(
                             gh0.mutable_data_ptr<acc_t>(),
                             gc0.mutable_data_ptr<acc_t>(),
                             nullptr,
-                            cpu::AlignedVector<acc_t>(D * k * G, acc_t(0)),
-                            mirrored_segments(s, k, s.pad_left)};
+                            cpu::AlignedVector<acc_t>(D * k * G, acc_t(0))};
       p.gl = gl;
       std::vector<acc_t> bias_parts(s.batch * G);
       p.grad_bias_parts = bias_parts.data();
@@ -483,18 +319,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> run_backward(
         p.grad_x = gx.mutable_data_ptr<acc_t>();
         p.in_weight.resize(s.in_channels * s.in_taps * G);
         mirror(wic.const_data_ptr<acc_t>(), s.in_channels, s.in_taps, p.in_weight.data());
-        p.in_segs = mirrored_segments(s, s.in_taps, s.in_pad_left);
       }
-      const bool interleaved = conv && !s.skew_width;
-      use_amx(p);
-      for_each_chunk(s, interleaved ? cpu::Vec<acc_t>::kLanes : 0, [&](int64_t b0, int64_t nb) {
-        if (s.skew_width) {
-          backward_chunk_skewed(p, b0, nb);
-        } else if (interleaved) {
-          backward_chunk_interleaved(p, b0, nb);
-        } else {
-          backward_chunk(p, b0, nb);
-        }
+      for_each_chunk<acc_t>(s, [&](int64_t b0, int64_t nb) {
+        s.skew_width ? backward_chunk_skewed(p, b0, nb) : backward_chunk(p, b0, nb);
       });
       std::vector<WeightSource<acc_t>> sources{
           {hc.const_data_ptr<acc_t>(), h0c.const_data_ptr<acc_t>(), D, k, s.pad_left, false,

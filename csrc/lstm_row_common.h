@@ -26,7 +26,6 @@ inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 // core), split over two threads, saved 7 us with both cores free and lost up to 200 us while a
 // second process ran.
 constexpr int64_t kParallelMacs = int64_t{1} << 20;
-constexpr int64_t kParallelCopies = int64_t{1} << 15;  // or copied values
 
 // Splits n items into `count` near-equal parts: part i is [start(i), start(i + 1)).
 struct EvenSplit {
@@ -62,27 +61,11 @@ struct Shape {
   }
 };
 
-// A chunk of nb batch elements in columns (see the file comment).
-template <typename acc_t>
-struct Columns {
-  static constexpr int64_t kVector = cpu::Vec<acc_t>::kLanes;
-  int64_t lp;          // columns per batch element: L, then the zeros before the next one
-  int64_t count;       // nb * lp rounded up to whole vectors: the columns each row computes
-  int64_t stride;      // row stride of the convolution's output
-  int64_t pad_stride;  // row stride of the zero-bordered buffers, read up to count + 2 border
-
-  Columns(const Shape& s, int64_t nb) : lp(s.length + s.border()) {
-    count = round_up(nb * lp, kVector);
-    stride = count;
-    pad_stride = round_up(count + 2 * s.border(), kVector) + kVector;
-  }
-};
-
-// A chunk of nb batch elements in batch-minor columns (cpu/interleave.h), lstm_rows_conv's layout
-// on an unskewed map: the outputs put position l of element b at column l * nb + b, and the
+// A chunk of nb batch elements in batch-minor columns (cpu/interleave.h), the layout of an
+// unskewed map: the outputs put position l of element b at column l * nb + b, and the
 // zero-bordered buffers the convolutions read hold it at (border + l) * nb + b, so that tap t is
 // t * nb columns on. Only the row's end pads to a whole vector: 4 elements of a 28-wide row are
-// 7 vectors, where Columns needs 8 (a zero column after each element, then the rounding).
+// 7 vectors, where a zero column between elements would take 8.
 template <typename acc_t>
 struct Interleaved {
   static constexpr int64_t kVector = cpu::Vec<acc_t>::kLanes;
@@ -110,6 +93,7 @@ struct GateLayout {
   int64_t b, n, r;  // strides (n: of the rows' gate channels; `stride` for skewed maps)
   std::vector<int64_t> row_start;  // skewed maps: [R + 1] offsets of the rows, back() the size
   const Shape* skew = nullptr;
+  std::vector<int64_t> sizes;  // of the tensor that holds them
   int64_t at(int64_t bi, int64_t ni, int64_t ri) const {
     if (!skew) return bi * b + ni * n + ri * r;
     return row_start[ri] + (bi * skew->gates + ni) * skew->computed(ri) - skew->first(ri);
@@ -120,11 +104,14 @@ inline GateLayout gate_layout(const Shape& s, bool row_major) {
   GateLayout gl = row_major
                       ? GateLayout{s.gates * s.length, s.length, s.batch * s.gates * s.length}
                       : GateLayout{s.gates * s.rows * s.length, s.rows * s.length, s.length};
+  gl.sizes = row_major ? std::vector<int64_t>{s.rows, s.batch, s.gates, s.length}
+                       : std::vector<int64_t>{s.batch, s.gates, s.rows, s.length};
   if (s.skew_width) {
     gl.skew = &s;
     gl.row_start.assign(1, 0);
     for (int64_t r = 0; r < s.rows; ++r)
       gl.row_start.push_back(gl.row_start.back() + s.batch * s.gates * s.computed(r));
+    gl.sizes = {gl.row_start.back()};
   }
   return gl;
 }
@@ -132,6 +119,14 @@ inline GateLayout gate_layout(const Shape& s, bool row_major) {
 // The offset of the L contiguous values of (b, channel, row) in a contiguous [B][C][R][L] tensor.
 inline int64_t run(const Shape& s, int64_t b, int64_t channels, int64_t channel, int64_t row) {
   return ((b * channels + channel) * s.rows + row) * s.length;
+}
+
+// The segments of a gather through a weight of `taps` taps of `rows` rows each ([.][taps][rows]):
+// tap t reads the columns from first + t * step.
+inline std::vector<Segment> taps(int64_t taps, int64_t rows, int64_t first, int64_t step) {
+  std::vector<Segment> segs;
+  for (int64_t t = 0; t < taps; ++t) segs.push_back({t * rows, first + t * step});
+  return segs;
 }
 
 // out[n][j] (+)= sum over segments, sum over kk < kdim of A[n][seg.a + kk] * B[seg.b + kk][j]
@@ -168,11 +163,11 @@ T* scratch(Slot slot, int64_t n, bool zero = true) {
 // parallel launch (a sampler's one-row call), and small enough that the rows of a chunk the
 // next step reads (about 11 values per hidden channel and position, prefetched a step ahead)
 // stay in a core's L2 cache; a 16-image chunk of a 28-wide, 64-channel layer did not.
-// Interleaved chunks (interleaved_lanes: the SIMD width) pad only to whole vectors, so their
-// size matters as well: among the counts with a whole number of chunks per thread and chunks at
+// Interleaved chunks (an unskewed map) pad only to whole vectors of `lanes`, so their size
+// matters as well: among the counts with a whole number of chunks per thread and chunks at
 // most half as large again as that bound, the one that computes the fewest columns (16 images
 // of a 28-wide row on 2 threads: 4 chunks of 4, 448 columns a row; 6 chunks of 2 or 3, 512).
-inline int64_t chunk_count(const Shape& s, int64_t interleaved_lanes = 0) {
+inline int64_t chunk_count(const Shape& s, int64_t lanes) {
   constexpr int64_t kChunkBytes = int64_t{256} << 10;  // measured: 600 KB 5%, 300 KB 10% faster
   const int64_t per_image = 11 * s.hidden * s.length * static_cast<int64_t>(sizeof(float));
   const int64_t by_cache = (s.batch * per_image + kChunkBytes - 1) / kChunkBytes;
@@ -183,12 +178,12 @@ inline int64_t chunk_count(const Shape& s, int64_t interleaved_lanes = 0) {
   // images in 5 chunks on 2 threads ran 25% slower than in 6).
   int64_t count = (std::max(by_cache, threads) + threads - 1) / threads * threads;
   count = std::max<int64_t>(1, std::min<int64_t>(s.batch, count));
-  if (interleaved_lanes > 0) {
+  if (!s.skew_width) {
     const auto columns = [&](int64_t n) {  // computed per row by n interleaved chunks
       const EvenSplit chunks{s.batch, n};
       int64_t total = 0;
       for (int64_t i = 0; i < n; ++i)
-        total += round_up((chunks.start(i + 1) - chunks.start(i)) * s.length, interleaved_lanes);
+        total += round_up((chunks.start(i + 1) - chunks.start(i)) * s.length, lanes);
       return total;
     };
     int64_t fewest = columns(count);
@@ -202,9 +197,9 @@ inline int64_t chunk_count(const Shape& s, int64_t interleaved_lanes = 0) {
 }
 
 // Calls fn(b0, nb) for each chunk [b0, b0 + nb) of the batch (chunk_count's), in parallel.
-template <typename Fn>
-void for_each_chunk(const Shape& s, int64_t interleaved_lanes, Fn&& fn) {
-  const EvenSplit chunks{s.batch, chunk_count(s, interleaved_lanes)};
+template <typename acc_t, typename Fn>
+void for_each_chunk(const Shape& s, Fn&& fn) {
+  const EvenSplit chunks{s.batch, chunk_count(s, cpu::Vec<acc_t>::kLanes)};
   at::parallel_for(0, chunks.count, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) fn(chunks.start(i), chunks.start(i + 1) - chunks.start(i));
   });

@@ -5,10 +5,6 @@
 // (cpu/conv_tile.h) sum over, in chunks that stay in cache across the thread's tasks; each task
 // owns one (source, tap, gate-channel tile, channel block). A chunk's source rows are copied
 // position-major with their zero border, hp[q][d] (q < lp), and tap t reads them t positions on.
-// Kernels of 2 or 3 taps on an unskewed map sum over pairs of positions instead, Winograd's way
-// (cpu/winograd_pairs.h): a task's "tap" is then one of the k + 1 products, and the chunk holds
-// the products of its gate gradients (one set for every source: a 2-tap kernel's are a subset of
-// a 3-tap one's) and of its source rows.
 #include "lstm_row_weight_grad.h"
 
 #include <ATen/Parallel.h>
@@ -18,14 +14,10 @@
 #include <vector>
 
 #include "cpu/reduction_parts.h"
-#include "cpu/spread_prefetch.h"
 #include "cpu/strided_copy.h"
-#include "cpu/winograd_pairs.h"
 
 namespace genfast::lstm_row {
 namespace {
-
-namespace winograd = cpu::winograd;
 
 // Hidden-channel vectors per dL/dweight tile (by up to 6 gate channels): 4 measured a little
 // faster than 2 (by 12), the gate channels being rows R * L apart.
@@ -37,9 +29,6 @@ struct Plan {
   WeightSource<acc_t> src;
   int64_t dpad;          // its channels rounded up to whole vectors
   int64_t lp;            // positions of a copied row, zero border included
-  bool pairs;            // summed over pairs of positions (Winograd)
-  int64_t taps;          // the reduction's: the kernel's taps, or its products per pair
-  int64_t size;          // per image row of a chunk: lp * dpad, or taps * pairs * dpad
   bool skip_first_row;   // the state's h0 is zero: row 0 adds nothing
   int64_t out;           // where its [taps][4D][dpad] sums start in a part
 };
@@ -79,69 +68,29 @@ void copy_row(const Shape& s, const Plan<acc_t>& p, int64_t b, int64_t r, acc_t*
   }
 }
 
-// Asks `pf` for what the chunk of segments [c0, c1) reads from memory: the gate gradients and
-// the rows of the sources still `needed`.
-template <typename acc_t>
-void prefetch_chunk(const Shape& s, const acc_t* dpre, const GateLayout& gl,
-                    const std::vector<Plan<acc_t>>& plans, const std::vector<char>& needed,
-                    const std::vector<int64_t>& image_rows, int64_t c0, int64_t c1,
-                    cpu::SpreadPrefetch& pf) {
-  const int64_t R = s.rows, bytes = static_cast<int64_t>(sizeof(acc_t));
-  pf.clear();
-  for (int64_t i = c0; i < c1; ++i) {
-    const int64_t b = image_rows[i] / R, r = image_rows[i] % R;
-    const int64_t positions = s.computed(r), first = s.first(r);
-    if (gl.stride(r) == positions) {  // the row's gate channels one after the other
-      pf.add(dpre + gl.at(b, 0, r) + first, s.gates * positions * bytes);
-    } else {
-      for (int64_t n = 0; n < s.gates; ++n) pf.add(dpre + gl.at(b, n, r) + first, positions * bytes);
-    }
-    for (size_t si = 0; si < plans.size(); ++si) {
-      if (!needed[si] || (plans[si].skip_first_row && r == 0)) continue;
-      const auto [row, channel_stride] = source_row(s, plans[si].src, b, r);
-      for (int64_t d = 0; d < plans[si].src.channels; ++d)
-        pf.add(row + d * channel_stride, s.length * bytes);
-    }
-  }
-}
-
 }  // namespace
 
 template <typename acc_t>
 void grad_weights(const Shape& s, const acc_t* dpre, const GateLayout& gl,
                   const std::vector<WeightSource<acc_t>>& sources) {
   constexpr int64_t lanes = cpu::Vec<acc_t>::kLanes;
-  constexpr int kSourceSlot = kSlot4;  // chunk buffers: one slot per source from here
+  constexpr int kSourceSlot = kSlot2;  // chunk buffers: one slot per source from here
   TORCH_CHECK(sources.size() <= static_cast<size_t>(kSlots - kSourceSlot),
               "genfast: too many weight sources");
   const int64_t G = s.gates, R = s.rows, L = s.length;
-  const int64_t pairs = winograd::pairs(L), pairs_padded = round_up(pairs, lanes);
   std::vector<Plan<acc_t>> plans;
   int64_t part_size = 0;
-  int64_t gp_taps = 0;  // the kernel taps whose gate-gradient products the chunks hold, or 0
   for (const WeightSource<acc_t>& src : sources) {
     Plan<acc_t> p{src};
-    const int64_t k = src.taps;
     p.dpad = round_up(src.channels, lanes);
-    // A skewed map's rows sum over runs of their own positions, which pairs would not fit.
-    p.pairs = !s.skew_width && winograd::products(k) > 0;
-    p.taps = p.pairs ? winograd::products(k) : k;
-    // pad_left may be k (x of a mask-A row kernel: every tap left of the pixel); the pairs read
-    // one position past an odd row.
-    p.lp = std::max(L + std::max(k - 1, src.pad_left), 2 * pairs + k - 1);
-    p.size = p.pairs ? p.taps * pairs * p.dpad : p.lp * p.dpad;
+    // pad_left may be k (x of a mask-A row kernel: every tap left of the pixel).
+    p.lp = L + std::max(src.taps - 1, src.pad_left);
     p.skip_first_row = src.first && std::all_of(src.first, src.first + s.batch * src.channels * L,
                                                  [](acc_t v) { return v == acc_t(0); });
     p.out = part_size;
-    part_size += p.taps * G * p.dpad;
-    if (p.pairs) gp_taps = std::max(gp_taps, k);
+    part_size += src.taps * G * p.dpad;
     plans.push_back(p);
   }
-  // The gate-gradient products of gp_taps, in cpu/winograd_pairs.h's order: where product j of
-  // a plan's kernel is (a 2-tap kernel's g0, g0 + g1, g1 among a 3-tap one's four).
-  const auto product = [&](const Plan<acc_t>& p, int64_t j) {
-    return gp_taps == 3 && p.src.taps == 2 && j == 2 ? int64_t{3} : j;
-  };
   // The segments: the (b, r) image rows, b-major; a skewed map's row-major instead, so that runs
   // of them share the row's computed positions, the only ones with gate gradients: each run sums
   // over those alone.
@@ -154,8 +103,8 @@ void grad_weights(const Shape& s, const acc_t* dpre, const GateLayout& gl,
   const int64_t block = kGradWeightVectors * lanes;
   for (int64_t si = 0; si < static_cast<int64_t>(plans.size()); ++si) {
     const Plan<acc_t>& p = plans[si];
-    macs += segments * (p.pairs ? pairs : L) * G * p.dpad * p.taps;
-    for (int64_t t = 0; t < p.taps; ++t)
+    macs += segments * L * G * p.dpad * p.src.taps;
+    for (int64_t t = 0; t < p.src.taps; ++t)
       for (int64_t d0 = 0; d0 < p.dpad; d0 += block) {
         const int vectors =
             static_cast<int>(std::min<int64_t>(kGradWeightVectors, (p.dpad - d0) / lanes));
@@ -166,27 +115,20 @@ void grad_weights(const Shape& s, const acc_t* dpre, const GateLayout& gl,
   }
   // The image rows in fixed parts (cpu/reduction_parts.h), each thread reading what it wrote.
   acc_t* packed = scratch<acc_t>(kSlot1, cpu::kReductionParts * part_size, false);
-  const int64_t gp_size = gp_taps ? winograd::products(gp_taps) * G * pairs_padded : 0;
-  const acc_t* dpre_end = dpre + s.batch * G * R * L;  // how far gradient_pairs may read
-  int64_t seg_bytes = gp_taps ? gp_size : G * L, row_buffer = 0;
-  for (const Plan<acc_t>& p : plans) {
-    seg_bytes += p.size;
-    row_buffer = std::max(row_buffer, p.lp * p.dpad);
-  }
+  int64_t seg_bytes = G * L;
+  for (const Plan<acc_t>& p : plans) seg_bytes += p.lp * p.dpad;
   seg_bytes *= static_cast<int64_t>(sizeof(acc_t));
-  const int64_t chunk = std::max<int64_t>(1, (int64_t{gp_taps ? 384 : 192} << 10) / seg_bytes);
+  const int64_t chunk = std::max<int64_t>(1, (int64_t{192} << 10) / seg_bytes);
   const int64_t per_part = static_cast<int64_t>(tasks.size());
   const int64_t ntasks = cpu::kReductionParts * per_part;
   const int64_t task_grain = std::max<int64_t>(1, kParallelMacs / (macs / ntasks + 1));
   at::parallel_for(0, ntasks, task_grain, [&](int64_t t0, int64_t t1) {
     std::vector<Segment> segs(chunk);
     std::vector<int64_t> batch_of(chunk), row_of(chunk);  // of the chunk's segments
-    acc_t* gp = gp_taps ? scratch<acc_t>(kSlot2, chunk * gp_size, false) : nullptr;
-    acc_t* row = scratch<acc_t>(kSlot3, row_buffer, false);
     std::vector<acc_t*> rows_of(plans.size());
     for (size_t si = 0; si < plans.size(); ++si)
-      rows_of[si] = scratch<acc_t>(static_cast<Slot>(kSourceSlot + si), chunk * plans[si].size,
-                                   false);
+      rows_of[si] = scratch<acc_t>(static_cast<Slot>(kSourceSlot + si),
+                                   chunk * plans[si].lp * plans[si].dpad, false);
     cpu::for_each_part(t0, t1, per_part, segments, [&](int64_t part, int64_t first, int64_t last,
                                                       int64_t seg0, int64_t seg1) {
       acc_t* out = packed + part * part_size;
@@ -199,43 +141,31 @@ void grad_weights(const Shape& s, const acc_t* dpre, const GateLayout& gl,
           std::fill_n(out + p.out + (task.tap * G + n) * p.dpad + task.d0, task.vectors * lanes,
                       acc_t(0));
       }
-      cpu::SpreadPrefetch next_chunk;
       for (int64_t c0 = seg0; c0 < seg1; c0 += chunk) {
         const int64_t nseg = std::min(chunk, seg1 - c0);
-        // The next chunk's inputs come in while the tiles work on this one.
-        prefetch_chunk(s, dpre, gl, plans, needed, image_rows, c0 + nseg,
-                       std::min(seg1, c0 + nseg + chunk), next_chunk);
-        const int64_t per_task = (next_chunk.lines() + last - first - 1) / (last - first);
         for (int64_t i = 0; i < nseg; ++i)  // once here: a division costs tens of cycles
           batch_of[i] = image_rows[c0 + i] / R, row_of[i] = image_rows[c0 + i] % R;
-        for (int64_t i = 0; gp_taps && i < nseg; ++i)
-          winograd::gradient_pairs(dpre + gl.at(batch_of[i], 0, row_of[i]), gl.n, G, L, gp_taps,
-                                   dpre_end, gp + i * gp_size, pairs_padded);
         for (size_t si = 0; si < plans.size(); ++si) {
           const Plan<acc_t>& p = plans[si];
           for (int64_t i = 0; needed[si] && i < nseg; ++i) {
             const int64_t b = batch_of[i], r = row_of[i];
             if (p.skip_first_row && r == 0) continue;
-            acc_t* at = rows_of[si] + i * p.size;
-            copy_row(s, p, b, r, p.pairs ? row : at);
-            if (p.pairs) winograd::source_pairs(row, pairs, p.dpad, p.src.taps, at);
+            copy_row(s, p, b, r, rows_of[si] + i * p.lp * p.dpad);
           }
         }
         for (int64_t ti = first; ti < last; ++ti) {
           const Task& task = tasks[ti];
           const Plan<acc_t>& p = plans[task.source];
-          next_chunk.next(per_task);
           // One tile call per run of segments with the same positions first..first + length - 1
           // (all of the chunk's unless the map is skewed).
           int64_t n = 0, run_row = 0;
           const auto flush = [&] {
             if (n == 0) return;
-            const int64_t rs = p.pairs ? pairs_padded : gl.stride(run_row);
-            const TileArgs args{rs, 1, p.dpad, p.pairs ? pairs : s.computed(run_row), p.dpad,
-                                true};
+            const int64_t rs = gl.stride(run_row);
+            const TileArgs args{rs, 1, p.dpad, s.computed(run_row), p.dpad, true};
             cpu::conv_tile<acc_t>(static_cast<int>(task.rows), task.vectors, true)(
-                (p.pairs ? gp : dpre) + task.n0 * rs, rows_of[task.source], segs.data(), n,
-                args, out + p.out + (task.tap * G + task.n0) * p.dpad + task.d0);
+                dpre + task.n0 * rs, rows_of[task.source], segs.data(), n, args,
+                out + p.out + (task.tap * G + task.n0) * p.dpad + task.d0);
             n = 0;
           };
           for (int64_t i = 0; i < nseg; ++i) {
@@ -244,11 +174,7 @@ void grad_weights(const Shape& s, const acc_t* dpre, const GateLayout& gl,
             if (r != run_row && s.skew_width) flush();
             run_row = r;
             const int64_t at = s.first(r);
-            segs[n++] = p.pairs ? Segment{(i * winograd::products(gp_taps) + product(p, task.tap)) *
-                                              G * pairs_padded,
-                                          (i * p.taps + task.tap) * pairs * p.dpad + task.d0}
-                                : Segment{gl.at(b, 0, r) + at,
-                                          (i * p.lp + task.tap + at) * p.dpad + task.d0};
+            segs[n++] = {gl.at(b, 0, r) + at, (i * p.lp + task.tap + at) * p.dpad + task.d0};
           }
           flush();
         }
@@ -262,9 +188,7 @@ void grad_weights(const Shape& s, const acc_t* dpre, const GateLayout& gl,
     for (int64_t n = 0; n < G; ++n)
       for (int64_t d = 0; d < D; ++d)
         for (int64_t t = 0; t < k; ++t)
-          p.src.grad_w[(n * D + d) * k + t] =
-              p.pairs ? winograd::tap_from_products(k, t, sums + n * p.dpad + d, G * p.dpad)
-                      : sums[(t * G + n) * p.dpad + d];
+          p.src.grad_w[(n * D + d) * k + t] = sums[(t * G + n) * p.dpad + d];
   }
 }
 

@@ -79,13 +79,9 @@ inline void define_op_schemas(torch::Library& m) {
   // positions and one padding position, x is read as zero at padding, h and c are zero where
   // nothing is computed or copied, and h0 and c0 get zero gradients (see
   // csrc/lstm_row_common.h, Shape::skew_width).
-  // allow_tiles: float32 may run on the CPU's AMX tiles (cpu/amx_split.h), whose bits differ
-  // from those of lstm_rows after a separate convolution in the last place; the layers allow
-  // them when the call is recorded for a backward, and never for inference, whose bits the
-  // cached samplers reproduce.
   m.def(
       "lstm_rows_conv(Tensor x, Tensor in_weight, Tensor weight, Tensor? bias, Tensor h0, "
-      "Tensor c0, int in_pad_left, int pad_left, int skew_width=0, bool allow_tiles=False) -> "
+      "Tensor c0, int in_pad_left, int pad_left, int skew_width=0) -> "
       "(Tensor h, Tensor c, Tensor gates)");
   m.def(
       "lstm_rows_conv_backward(Tensor grad_h, Tensor grad_c, Tensor x, Tensor in_weight, "
@@ -102,9 +98,6 @@ inline void define_op_schemas(torch::Library& m) {
   m.def(
       "pointwise_categorical_draw(Tensor x, Tensor weight, Tensor? bias, int data_channels, "
       "int colour, Tensor uniform) -> Tensor");
-  // Whether float32 CPU kernels use AMX tiles now (cpu/amx_split.h): the hardware and OS allow
-  // it and GENFAST_CPU_AMX is not "0".
-  m.def("cpu_amx_enabled() -> bool");
 }
 
 }  // namespace genfast

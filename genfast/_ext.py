@@ -38,10 +38,3 @@ def has_op(op: str) -> bool:
 
     return _C is not None and hasattr(torch.ops.genfast, op)
 
-
-def cpu_amx_enabled() -> bool:
-    """Whether the cpu backend's float32 kernels use AMX tiles now (Intel AMX-BF16 hardware that
-    the OS lets this process use, and GENFAST_CPU_AMX not "0"); False without the extension."""
-    import torch
-
-    return has_op("cpu_amx_enabled") and bool(torch.ops.genfast.cpu_amx_enabled())

@@ -6,7 +6,6 @@ import zlib
 import pytest
 import torch
 
-from genfast._ext import cpu_amx_enabled
 from genfast.ops import lstm_row_conv as fused
 from genfast.ops.lstm_row_conv import lstm_rows_conv, lstm_rows_conv_ref
 from conftest import assert_all_close, assert_close
@@ -18,7 +17,7 @@ needs_kernel = pytest.mark.skipif(not fused.HAS_CPU_KERNEL,
 # two-pixel rows, a single row, non-square, channel counts off multiples of 8, the Row LSTM's
 # mask-B (2 taps, in_pad_left 1) and mask-A (1 tap left of the pixel, in_pad_left = k_in) input
 # kernels, the Diagonal BiLSTM's 1 x 1 one (with k = 2, pad_left = 1), wide kernels, and an odd row
-# longer than two SIMD vectors (the weight gradients' pairs of positions span two blocks).
+# longer than two SIMD vectors.
 CASES = [
     (2, 5, 3, 4, 7, 2, 1, 3, 1),
     (1, 3, 5, 4, 5, 1, 1, 3, 1),
@@ -31,16 +30,6 @@ CASES = [
     (2, 3, 5, 3, 37, 2, 1, 3, 1),
 ]
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
-
-
-def _amx_hardware() -> bool:
-    """Whether this CPU runs the backward's AMX gathers when GENFAST_CPU_AMX allows it."""
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("GENFAST_CPU_AMX", "1")
-        return cpu_amx_enabled()
-
-
-AMX_HARDWARE = _amx_hardware()
 
 
 def _seed(*key):
@@ -93,61 +82,36 @@ def test_matches_reference(case, dtype, states):
 
 
 @needs_kernel
-@pytest.mark.parametrize("case", [CASES[0], CASES[5], CASES[8]], ids=str)
-def test_amx_and_fma_both_match_reference(case, monkeypatch):
-    """float32's row gathers run on AMX tiles (three bfloat16 parts per float, six products:
-    cpu/amx_split.h) where the CPU has them, on FMAs otherwise or with GENFAST_CPU_AMX=0; each way
-    is held to the reference. A forward autograd records takes the tiles as the backward does;
-    where AMX runs, the two ways differ in the last bits (so both ran)."""
-    _seed("amx", case)
-    inputs = _inputs(case)
-    b, _, d, r, length, _, in_pad_left, _, pad_left = case
-    grads = [torch.randn(b, d, r, length, dtype=torch.float64) for _ in range(2)]
-    results = {}
-    for setting in ("0", "1"):
-        monkeypatch.setenv("GENFAST_CPU_AMX", setting)
-        assert cpu_amx_enabled() == (setting == "1" and AMX_HARDWARE)
-        _check_against_reference(inputs, grads, torch.float32, (in_pad_left, pad_left))
-        results[setting] = _run(lstm_rows_conv, inputs, grads, torch.float32,
-                                (in_pad_left, pad_left), backend="cpu")
-    fma, amx = results["0"], results["1"]
-    assert torch.equal(fma[0], amx[0]) != AMX_HARDWARE  # h: the forward's gathers
-    assert torch.equal(fma[2], amx[2]) != AMX_HARDWARE  # dL/dx: a gather of the backward
+@pytest.mark.parametrize("skewed", [False, True], ids=["rows", "skewed"])
+def test_forward_bits_do_not_depend_on_grad_mode(skewed):
+    """The forward under no_grad, with no input requiring grad, and recorded for a backward
+    gives the same bits: the cached samplers reproduce inference's, training reads the same."""
+    _seed("grad mode", skewed)
+    if skewed:
+        inputs = [t.float() for t in _skewed_inputs(SKEWED[5])] + [None, None]
+        geometry = (0, 1, SKEWED[5][4])
+    else:
+        inputs = [t.float() for t in _inputs(CASES[5])]
+        geometry = (CASES[5][6], CASES[5][8])
 
+    def leaves():
+        return [None if t is None else t.clone().requires_grad_() for t in inputs]
 
-@needs_kernel
-@pytest.mark.parametrize("case", [CASES[0], CASES[5]], ids=str)
-def test_inference_never_takes_the_tiles(case, monkeypatch):
-    """Without autograd (no_grad, or no input that requires grad) the forward keeps its FMA bits
-    with AMX on or off: those the cached samplers reproduce (tests/test_sampling.py). With
-    autograd it may take the tiles."""
-    _seed("inference", case)
-    inputs = [t.float() for t in _inputs(case)]
-    geometry = (case[6], case[8])
-    results = {}
-    for setting in ("0", "1"):
-        monkeypatch.setenv("GENFAST_CPU_AMX", setting)
-        with torch.no_grad():
-            leaves = [t.clone().requires_grad_() for t in inputs]
-            no_grad = lstm_rows_conv(*leaves, *geometry, backend="cpu")
-        plain = lstm_rows_conv(*inputs, *geometry, backend="cpu")
-        recorded = lstm_rows_conv(*[t.clone().requires_grad_() for t in inputs], *geometry,
-                                  backend="cpu")
-        results[setting] = (no_grad, plain, recorded)
-    for inference in (0, 1):
-        for got, want in zip(results["1"][inference], results["0"][inference]):
+    with torch.no_grad():
+        no_grad = lstm_rows_conv(*leaves(), *geometry, backend="cpu")
+    plain = lstm_rows_conv(*inputs, *geometry, backend="cpu")
+    recorded = lstm_rows_conv(*leaves(), *geometry, backend="cpu")
+    for other in (plain, recorded):
+        for got, want in zip(other, no_grad):
             assert torch.equal(got, want)
-    assert torch.equal(results["1"][2][0], results["0"][2][0]) != AMX_HARDWARE
 
 
 @needs_kernel
-@pytest.mark.parametrize("amx", ["0", "1"], ids=["fma", "amx"])
-def test_backward_keeps_non_finite_gradients_non_finite(amx, monkeypatch):
-    """An infinite or NaN output gradient reaches dL/dx and dL/dh0 as non-finite values (on AMX
-    a split float's infinite part stands alone), never as finite numbers."""
-    monkeypatch.setenv("GENFAST_CPU_AMX", amx)
+def test_backward_keeps_non_finite_gradients_non_finite():
+    """An infinite or NaN output gradient reaches dL/dx and dL/dh0 as non-finite values, never
+    as finite numbers."""
     case = (2, 4, 8, 3, 6, 2, 1, 3, 1)
-    _seed("amx non-finite")
+    _seed("non-finite")
     inputs = [t.float() for t in _inputs(case)]
     for bad in (float("inf"), float("nan")):
         grads = [torch.randn(2, 8, 3, 6), torch.zeros(2, 8, 3, 6)]
@@ -159,12 +123,10 @@ def test_backward_keeps_non_finite_gradients_non_finite(amx, monkeypatch):
 
 
 @needs_kernel
-@pytest.mark.parametrize("amx", ["0", "1"], ids=["fma", "amx"])
-def test_backward_with_subnormal_gradients(amx, monkeypatch):
+def test_backward_with_subnormal_gradients():
     """Output gradients of the odd hidden channels scaled into float32's subnormal range: their
-    gate gradients share the AMX tiles' k pairs with normal ones, and must not leak into them
-    (the tiles count subnormal values as zero; the FMAs keep them)."""
-    monkeypatch.setenv("GENFAST_CPU_AMX", amx)
+    gate gradients, summed with normal ones in the gathers and the weight gradients, stay
+    finite and match the reference."""
     case = (2, 4, 8, 3, 6, 2, 1, 3, 1)
     _seed("subnormal")
     inputs = _inputs(case)
@@ -207,7 +169,6 @@ def test_opcheck():
     op = torch.ops.genfast.lstm_rows_conv
     torch.library.opcheck(op, (*args, 1, 1))
     torch.library.opcheck(op, (args[0], args[1], args[2], None, args[4], args[5], 2, 0))
-    torch.library.opcheck(op, (*args, 1, 1, 0, True))  # allow_tiles: AMX where the CPU has it
     detached = [t.detach() for t in args]
     h, c, gates = op(*detached, 1, 1)
     assert not gates.requires_grad
@@ -379,33 +340,6 @@ def test_skewed_map_matches_reference(case, dtype):
              for _ in range(2)]
     inputs = (x, in_weight, weight, bias, None, None)
     _check_against_reference(inputs, grads, dtype, (0, 1, width))
-
-
-@needs_kernel
-@pytest.mark.parametrize("case", [SKEWED[0], SKEWED[5]], ids=str)
-def test_skewed_map_amx_and_fma_both_match_reference(case, monkeypatch):
-    """The skewed forward and backward take the AMX tiles too (float32, autograd recording);
-    each way is held to the reference, and where AMX runs they differ in the last bits. Without
-    autograd the forward keeps its FMA bits."""
-    _seed("skewed amx", case)
-    x, in_weight, weight, bias = _skewed_inputs(case)
-    b, _, d, height, width = case
-    grads = [torch.randn(b, d, height + width - 1, height, dtype=torch.float64)
-             for _ in range(2)]
-    inputs = (x, in_weight, weight, bias, None, None)
-    geometry = (0, 1, width)
-    results, inference = {}, {}
-    for setting in ("0", "1"):
-        monkeypatch.setenv("GENFAST_CPU_AMX", setting)
-        _check_against_reference(inputs, grads, torch.float32, geometry)
-        results[setting] = _run(lstm_rows_conv, inputs, grads, torch.float32, geometry,
-                                backend="cpu")
-        inference[setting] = lstm_rows_conv(x.float(), in_weight.float(), weight.float(),
-                                            bias.float(), None, None, *geometry, backend="cpu")
-    assert torch.equal(results["0"][0], results["1"][0]) != AMX_HARDWARE
-    assert torch.equal(results["0"][2], results["1"][2]) != AMX_HARDWARE
-    for got, want in zip(inference["1"], inference["0"]):
-        assert torch.equal(got, want)
 
 
 @needs_kernel

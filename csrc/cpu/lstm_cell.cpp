@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <cmath>
 
-#include "batch_minor4.h"
 #include "simd_math.h"
 
 namespace genfast::lstm_row {
@@ -73,9 +72,7 @@ static double sigmoid(double x) {
 
 // ----------------------------------------------------------------------------- the cells
 
-// One (batch element, hidden channel) of a row: runs of L values. The runs of the row the
-// recurrence visits next sit `ahead` values away in the [B, C, R, L] tensors (0: none), and are
-// prefetched (kWrite for outputs), to arrive while the next convolution runs.
+// The n values from p into the L2 cache (kWrite: for an output): see ForwardRun::ahead.
 template <int kWrite, typename T>
 GENFAST_SIMD_INLINE void prefetch(const T* p, int64_t n) {
   const char* c = reinterpret_cast<const char*>(p);
@@ -83,8 +80,6 @@ GENFAST_SIMD_INLINE void prefetch(const T* p, int64_t n) {
   for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, kWrite, 2);
   __builtin_prefetch(c + bytes - 1, kWrite, 2);
 }
-
-
 
 // Loads and stores of lanes [l0, l0 + kLanes) of a run; kShort: the whole run is shorter than a
 // vector and goes through a zero-padded copy.
@@ -113,7 +108,7 @@ GENFAST_SIMD_INLINE void st(float* p, int64_t n, int64_t l0, vfloat v) {
 
 // The bias runs are readable a whole vector past l0 even in a short run (see ForwardRun), so they
 // are loaded directly: the lanes past the run compute values no one stores.
-template <bool kShort, int kImages = 0>
+template <bool kShort>
 GENFAST_SIMD_INLINE void forward_vector(const ForwardRun<float>& q, int64_t n, int64_t l0) {
   const vfloat xi =
       ld<kShort>(q.pre[0], n, l0) + ld<kShort>(q.in[0], n, l0) + simd::load(q.bias[0] + l0);
@@ -134,17 +129,6 @@ GENFAST_SIMD_INLINE void forward_vector(const ForwardRun<float>& q, int64_t n, i
   const vfloat g = tanh_finish(xg, tg, dout * dif * inv);
   const vfloat c = f * ld<kShort>(q.c_prev, n, l0) + i * g;
   const vfloat h = o * tanh(c);
-  if constexpr (kImages == 4) {
-    cpu::store_image_major4(q.gates[0] + l0 / 4, q.gates_image_stride, i);
-    cpu::store_image_major4(q.gates[1] + l0 / 4, q.gates_image_stride, f);
-    cpu::store_image_major4(q.gates[2] + l0 / 4, q.gates_image_stride, o);
-    cpu::store_image_major4(q.gates[3] + l0 / 4, q.gates_image_stride, g);
-    cpu::store_image_major4(q.c + l0 / 4, q.image_stride, c);
-    cpu::store_image_major4(q.h + l0 / 4, q.image_stride, h);
-    simd::store(q.c_out + l0, c);
-    simd::store(q.state + l0, h);
-    return;
-  }
   st<kShort>(q.gates[0], n, l0, i);
   st<kShort>(q.gates[1], n, l0, f);
   st<kShort>(q.gates[2], n, l0, o);
@@ -166,11 +150,6 @@ void forward_run(const ForwardRun<float>& q, int64_t n) {
     prefetch<1>(q.c + q.ahead, n);
     prefetch<1>(q.h + q.ahead, n);
   }
-  if (q.images == 4) {  // n >= kLanes and a multiple of 4, so every l0 is one too
-    for (int64_t l = 0; l < n; l += kLanes)
-      forward_vector<false, 4>(q, n, std::min(l, n - kLanes));
-    return;
-  }
   if (n < kLanes) {
     forward_vector<true>(q, n, 0);
     return;
@@ -191,55 +170,21 @@ void forward_run(const ForwardRun<double>& q, int64_t n) {
   }
 }
 
-// The vector at l0 of a tensor's run of n values (kImages 4: de-interleaved there, images
-// `stride` apart).
-template <bool kShort, int kImages>
-struct TensorRun {
-  int64_t n, l0;
-  GENFAST_SIMD_INLINE vfloat operator()(const float* p, int64_t stride) const {
-    if constexpr (kImages == 4) return cpu::load_batch_minor4(p + l0 / 4, stride);
-    (void)stride;
-    return ld<kShort>(p, n, l0);
-  }
-};
-
 // dL/dh_r = grad_h + dh, dL/dc_r = grad_c + dc_in + dL/dh_r o (1 - tanh(c_r)^2); from them the
 // gate gradients dL/dpre, and dL/dc_{r-1} = dL/dc_r f through the forget gate.
-template <bool kShort, int kImages = 0>
+template <bool kShort>
 GENFAST_SIMD_INLINE void backward_vector(const BackwardRun<float>& q, int64_t n, int64_t l0) {
-  const TensorRun<kShort, kImages> tensor{n, l0};
-  const vfloat i = tensor(q.act[0], q.gates_image_stride);
-  const vfloat f = tensor(q.act[1], q.gates_image_stride);
-  const vfloat o = tensor(q.act[2], q.gates_image_stride);
-  const vfloat g = tensor(q.act[3], q.gates_image_stride);
-  const vfloat grad_h =
-      q.grad_h ? tensor(q.grad_h, q.image_stride) : simd::splat(q.grad_h_value);
-  const vfloat grad_c =
-      q.grad_c ? tensor(q.grad_c, q.image_stride) : simd::splat(q.grad_c_value);
-  const vfloat tc = tanh(tensor(q.c, q.image_stride));
+  const vfloat i = ld<kShort>(q.act[0], n, l0), f = ld<kShort>(q.act[1], n, l0);
+  const vfloat o = ld<kShort>(q.act[2], n, l0), g = ld<kShort>(q.act[3], n, l0);
+  const vfloat grad_h = q.grad_h ? ld<kShort>(q.grad_h, n, l0) : simd::splat(q.grad_h_value);
+  const vfloat grad_c = q.grad_c ? ld<kShort>(q.grad_c, n, l0) : simd::splat(q.grad_c_value);
+  const vfloat tc = tanh(ld<kShort>(q.c, n, l0));
   const vfloat dh = ld<kShort>(q.dh, n, l0) + grad_h;
   const vfloat dc = ld<kShort>(q.dc_in, n, l0) + grad_c + dh * o * (1.0f - tc * tc);
   const vfloat di = dc * g * i * (1.0f - i);
-  const vfloat df = dc * tensor(q.c_prev, q.c_prev_image_stride) * f * (1.0f - f);
+  const vfloat df = dc * ld<kShort>(q.c_prev, n, l0) * f * (1.0f - f);
   const vfloat dout = dh * tc * o * (1.0f - o);
   const vfloat dg = dc * i * (1.0f - g * g);
-  if constexpr (kImages == 4) {
-    simd::store(q.dpre[0] + l0, di);
-    simd::store(q.dpre[1] + l0, df);
-    simd::store(q.dpre[2] + l0, dout);
-    simd::store(q.dpre[3] + l0, dg);
-    if (q.dpre_sum[0]) {
-      const vfloat grads[4] = {di, df, dout, dg};
-      for (int k = 0; k < 4; ++k)
-        simd::store(q.dpre_sum[k] + l0, simd::load(q.dpre_sum[k] + l0) + grads[k]);
-    }
-    cpu::store_image_major4(q.grad_in[0] + l0 / 4, q.gates_image_stride, di);
-    cpu::store_image_major4(q.grad_in[1] + l0 / 4, q.gates_image_stride, df);
-    cpu::store_image_major4(q.grad_in[2] + l0 / 4, q.gates_image_stride, dout);
-    cpu::store_image_major4(q.grad_in[3] + l0 / 4, q.gates_image_stride, dg);
-    simd::store(q.dc_out + l0, dc * f);
-    return;
-  }
   st<kShort>(q.dpre[0], n, l0, di);
   st<kShort>(q.dpre[1], n, l0, df);
   st<kShort>(q.dpre[2], n, l0, dout);
@@ -253,23 +198,14 @@ GENFAST_SIMD_INLINE void backward_vector(const BackwardRun<float>& q, int64_t n,
 
 GENFAST_TARGET_CLONES
 void backward_run(const BackwardRun<float>& q, int64_t n) {
-  // Each image's run of the row before (with images, the run holds 4 of n / 4 values each).
-  const int64_t images = q.images ? q.images : 1, per_image = n / images;
-  for (int64_t b = 0; q.ahead && b < images; ++b) {
-    const int64_t gates_at = b * q.gates_image_stride + q.gates_ahead;
-    const int64_t at = b * q.image_stride + q.ahead;
+  if (q.ahead) {  // the runs of the row before
     for (int g = 0; g < 4; ++g) {
-      prefetch<0>(q.act[g] + gates_at, per_image);
-      prefetch<1>(q.grad_in[g] + gates_at, per_image);
+      prefetch<0>(q.act[g] + q.gates_ahead, n);
+      prefetch<1>(q.grad_in[g] + q.gates_ahead, n);
     }
-    prefetch<0>(q.c_prev + b * q.c_prev_image_stride + q.ahead, per_image);
-    if (q.grad_h) prefetch<0>(q.grad_h + at, per_image);
-    if (q.grad_c) prefetch<0>(q.grad_c + at, per_image);
-  }
-  if (q.images == 4) {  // n >= kLanes and a multiple of 4, so every l0 is one too
-    for (int64_t l = 0; l < n; l += kLanes)
-      backward_vector<false, 4>(q, n, std::min(l, n - kLanes));
-    return;
+    prefetch<0>(q.c_prev + q.ahead, n);
+    if (q.grad_h) prefetch<0>(q.grad_h + q.ahead, n);
+    if (q.grad_c) prefetch<0>(q.grad_c + q.ahead, n);
   }
   if (n < kLanes) {
     backward_vector<true>(q, n, 0);

@@ -1,16 +1,16 @@
 // The cell maths of genfast::lstm_rows on the CPU (csrc/lstm_row.cpp): the LSTM gates, cell and
-// hidden updates of one (batch element, hidden channel) run of a row, forward and backward, in
-// SIMD vectors along the row. The row convolution and the loops over rows live in lstm_row.cpp.
+// hidden updates of a run of values, forward and backward, in SIMD vectors along the run. The
+// row convolution and the loops over rows live in lstm_row.cpp.
 #pragma once
 
 #include <cstdint>
 
 namespace genfast::lstm_row {
 
-// One (batch element, hidden channel) of a row: runs of L values. The runs of the row the
-// recurrence visits next sit `ahead` values away in the [B, C, R, L] tensors (0: none), and are
-// prefetched (kWrite for outputs), to arrive while the next convolution runs.
-// (The prefetching itself is in lstm_cell.cpp.)
+// A run of n values of a row, each lane its own: a hidden channel of one batch element, or of a
+// whole batch chunk held batch-minor. Where the run is in the [B, C, R, L] tensors, the runs of
+// the row the recurrence visits next sit `ahead` values away (0: none) and are prefetched, to
+// arrive while the next convolution runs.
 template <typename T>
 struct ForwardRun {
   const T* pre[4];  // the convolution's output for gates i, f, o, g (rows of the column buffer)
@@ -22,14 +22,6 @@ struct ForwardRun {
   T *gates[4], *c, *h;
   T* state;  // h again, where the next row's convolution reads it
   int64_t ahead, gates_ahead;  // gates_ahead: the same for `gates`, which may be laid out apart
-  // float32 only, 0 or 4: the run holds 4 images batch-minor (position l of image b at value
-  // 4 l + b; n a multiple of 4, at least a vector) and gates, c and h are stored de-interleaved,
-  // image b's positions at + b * gates_image_stride (gates) or + b * image_stride (c, h), so
-  // that no separate pass copies them out; c_out then takes the run as computed, for the next
-  // row, and state is written as computed.
-  int images = 0;
-  int64_t gates_image_stride = 0, image_stride = 0;
-  T* c_out = nullptr;
 };
 
 template <typename T>
@@ -43,16 +35,6 @@ struct BackwardRun {
   T* dc_out;       // dL/dc_{r-1} through f
   T *dpre[4], *grad_in[4];  // dL/dpre into the zero-bordered buffer, and into grad_gates_in
   int64_t ahead, gates_ahead;  // gates_ahead: the same for act and grad_in
-  // float32 only, 0 or 4: as ForwardRun::images, the run holds 4 images batch-minor; act, c,
-  // c_prev, grad_h and grad_c are read from their tensors and grad_in written there
-  // de-interleaved (image b at + b * the stride: gates_image_stride for act and grad_in,
-  // c_prev_image_stride for c_prev, image_stride for the others), while dh, dc_in, dc_out and
-  // dpre are batch-minor runs.
-  int images = 0;
-  int64_t gates_image_stride = 0, image_stride = 0, c_prev_image_stride = 0;
-  // With images and n a multiple of the SIMD width (no two vectors overlap), or null: dpre is
-  // added to these runs as well (the bias gradient's sums over the rows).
-  T* dpre_sum[4] = {nullptr, nullptr, nullptr, nullptr};
 };
 
 // pre = pre[g] + in[g] + bias[g] -> gates i, f, o, g (sigmoid x 3, tanh), c = f c_prev + i g,

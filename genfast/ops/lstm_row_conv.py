@@ -60,8 +60,7 @@ def lstm_rows_conv_ref(x, in_weight, weight, bias=None, h0=None, c0=None, in_pad
 
 # ----------------------------------------------------------------------------- the CPU op
 
-def _fake_forward(x, in_weight, weight, bias, h0, c0, in_pad_left, pad_left, skew_width=0,
-                  allow_tiles=False):
+def _fake_forward(x, in_weight, weight, bias, h0, c0, in_pad_left, pad_left, skew_width=0):
     batch, _, rows, length = x.shape
     gates = in_weight.shape[0]
     cell = lstm_row.cell_dtype(x.dtype)
@@ -86,13 +85,13 @@ def _fake_backward(grad_h, grad_c, x, in_weight, weight, h, c, gates, h0, c0, in
 
 
 def _setup_context(ctx, inputs, output):
-    # options: in_pad_left, pad_left, skew_width, allow_tiles (the last two may be left out)
+    # options: in_pad_left, pad_left, skew_width (which may be left out)
     x, in_weight, weight, bias, h0, c0, *options = inputs
     h, c, gates = output
     ctx.mark_non_differentiable(gates)
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, in_weight, weight, h, c, gates, h0, c0)
-    ctx.geometry = tuple(options[:3])  # the backward op's
+    ctx.geometry = tuple(options)  # the backward op's
     ctx.options = len(options)
     ctx.has_bias = bias is not None
 
@@ -200,10 +199,6 @@ def lstm_rows_conv(x, in_weight, weight, bias=None, h0=None, c0=None, in_pad_lef
     gates_like = x.new_empty(()).expand(x.shape[0], hidden4, x.shape[2], x.shape[3])
     pad_left = lstm_row._check_args(gates_like, weight, bias, h0, c0, pad_left)
     h0, c0 = lstm_row.initial_states(x, hidden4 // 4, h0, c0)
-    # AMX tiles only for a call autograd records (training): inference keeps the bits of
-    # lstm_rows after a separate convolution, which the cached samplers reproduce.
-    recorded = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, in_weight, weight, bias, h0, c0))
     h, c, _ = torch.ops.genfast.lstm_rows_conv(x, in_weight, weight, bias, h0, c0, in_pad_left,
-                                               pad_left, skew_width, recorded)
+                                               pad_left, skew_width)
     return h, c
