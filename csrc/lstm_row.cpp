@@ -9,7 +9,7 @@
 // whole recurrence for it without any synchronisation between rows. The chunk's rows are held
 // batch-minor (Interleaved in lstm_row_common.h): position l of element b at column l * nb + b,
 // so that a row of nb elements fills whole SIMD vectors with no columns between the elements.
-// The state-to-state convolution of a row is then one gather of cpu/conv_tile.h (rows = the 4D
+// The state-to-state convolution of a row is then one gather of kernels/conv_tile.h (rows = the 4D
 // gate channels, k = the D hidden channels of each tap, columns vectorised) from a state buffer
 // with a zero border of whole positions each side, where tap t is t * nb columns on. The cell
 // maths take a hidden channel's nb * L values as one run, with c_{r-1} from the chunk's own
@@ -49,14 +49,13 @@
 
 #include "cpu/interleave.h"
 #include "cpu/lstm_cell.h"
-#include "cpu/simd_math.h"
+#include "cpu/kernel_table.h"
 #include "cpu/strided_copy.h"
 #include "lstm_row_common.h"
 
 namespace genfast::lstm_row {
 namespace {
 
-using simd::kLanes;
 
 // ----------------------------------------------------------------------------- forward
 
@@ -161,7 +160,7 @@ template <typename acc_t>
 void forward_chunk_skewed(const ForwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
   const Shape& s = p.s;
   const int64_t D = s.hidden, G = s.gates, L = s.length, C = s.in_channels;
-  constexpr int64_t kVector = cpu::Vec<acc_t>::kLanes;
+  constexpr int64_t kVector = cpu::kPadLanes<acc_t>;
   const int64_t stride = round_up(nb * (L + 1), kVector), ps = stride + 2 * kVector;
   acc_t* pre = scratch<acc_t>(kSlot0, G * stride);
   acc_t* state = scratch<acc_t>(kSlot1, D * ps);  // zero: the state before row 0
@@ -249,7 +248,7 @@ void forward(ForwardArgs<acc_t>& p, const acc_t* w, const acc_t* w_in) {
     p.in_weight.resize(G * s.in_taps * s.in_channels);
     transpose_taps(w_in, G, s.in_channels, s.in_taps, p.in_weight.data());
   }
-  p.bias_runs.assign(G * s.length + kLanes, acc_t(0));
+  p.bias_runs.assign(G * s.length + cpu::kPadLanes<float>, acc_t(0));
   if (p.bias)
     for (int64_t n = 0; n < G; ++n)
       std::fill_n(p.bias_runs.data() + n * s.length, s.length, p.bias[n]);

@@ -14,18 +14,15 @@
 
 #include "cpu/interleave.h"
 #include "cpu/lstm_cell.h"
-#include "cpu/simd_math.h"
+#include "cpu/kernel_table.h"
 #include "lstm_row_common.h"
 #include "lstm_row_weight_grad.h"
 
 namespace genfast::lstm_row {
 namespace {
 
-// acc[j] += x[j] for j < n (a plain loop, cloned per ISA level to vectorise wide).
-GENFAST_TARGET_CLONES
-void add_to(float* __restrict acc, const float* __restrict x, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) acc[j] += x[j];
-}
+// acc[j] += x[j] for j < n (float at the CPU's ISA level).
+void add_to(float* acc, const float* x, int64_t n) { cpu::kernels().add_to(acc, x, n); }
 void add_to(double* __restrict acc, const double* __restrict x, int64_t n) {
   for (int64_t j = 0; j < n; ++j) acc[j] += x[j];
 }
@@ -158,7 +155,7 @@ template <typename acc_t>
 void backward_chunk_skewed(const BackwardArgs<acc_t>& p, int64_t b0, int64_t nb) {
   const Shape& s = p.s;
   const int64_t D = s.hidden, G = s.gates, L = s.length, C = s.in_channels;
-  constexpr int64_t kVector = cpu::Vec<acc_t>::kLanes;
+  constexpr int64_t kVector = cpu::kPadLanes<acc_t>;
   const int64_t stride = round_up(nb * (L + 2), kVector), ps = stride + 2 * kVector;
   // dL/dh_r, zero after the last row
   acc_t* dh = scratch<acc_t>(kSlot0, D * stride);

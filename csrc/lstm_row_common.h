@@ -9,7 +9,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "cpu/conv_tile.h"
+#include "cpu/kernel_table.h"
 #include "cpu/scratch.h"
 
 namespace genfast::lstm_row {
@@ -68,7 +68,7 @@ struct Shape {
 // 7 vectors, where a zero column between elements would take 8.
 template <typename acc_t>
 struct Interleaved {
-  static constexpr int64_t kVector = cpu::Vec<acc_t>::kLanes;
+  static constexpr int64_t kVector = cpu::kPadLanes<acc_t>;
   int64_t nb;
   int64_t border;      // the zero positions each side
   int64_t count;       // nb * L rounded up to whole vectors: the columns each row computes
@@ -135,14 +135,15 @@ template <typename acc_t>
 void gather(const acc_t* a, int64_t rows, int64_t a_stride, int64_t kdim, const acc_t* b,
             int64_t b_stride, const std::vector<Segment>& segs, int64_t cols, acc_t* out,
             int64_t out_stride, bool accumulate = false) {
-  constexpr int64_t lanes = cpu::Vec<acc_t>::kLanes;
+  const int64_t lanes = cpu::lanes<acc_t>();
   const TileArgs args{a_stride, 1, b_stride, kdim, out_stride, accumulate};
-  for (int64_t c0 = 0; c0 < cols; c0 += cpu::kMaxVectors * lanes) {
-    const int vectors = static_cast<int>(std::min<int64_t>(cpu::kMaxVectors, (cols - c0) / lanes));
-    const EvenSplit tiles = tiles_of(rows, cpu::max_rows(vectors));
+  for (int64_t c0 = 0; c0 < cols; c0 += cpu::kernels().max_vectors * lanes) {
+    const int vectors =
+        static_cast<int>(std::min<int64_t>(cpu::kernels().max_vectors, (cols - c0) / lanes));
+    const EvenSplit tiles = tiles_of(rows, cpu::kernels().max_rows[vectors]);
     const auto tile = [&](int64_t i) {
       const int64_t n0 = tiles.start(i);
-      cpu::conv_tile<acc_t>(static_cast<int>(tiles.start(i + 1) - n0), vectors, true)(
+      cpu::tile_kernel<acc_t>(static_cast<int>(tiles.start(i + 1) - n0), vectors, true)(
           a + n0 * a_stride, b + c0, segs.data(), static_cast<int64_t>(segs.size()), args,
           out + n0 * out_stride + c0);
     };
@@ -199,7 +200,7 @@ inline int64_t chunk_count(const Shape& s, int64_t lanes) {
 // Calls fn(b0, nb) for each chunk [b0, b0 + nb) of the batch (chunk_count's), in parallel.
 template <typename acc_t, typename Fn>
 void for_each_chunk(const Shape& s, Fn&& fn) {
-  const EvenSplit chunks{s.batch, chunk_count(s, cpu::Vec<acc_t>::kLanes)};
+  const EvenSplit chunks{s.batch, chunk_count(s, cpu::kPadLanes<acc_t>)};
   at::parallel_for(0, chunks.count, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) fn(chunks.start(i), chunks.start(i + 1) - chunks.start(i));
   });

@@ -2,7 +2,7 @@
 //
 // dL/dweight[n][d][t] = sum over pixels (b, r, l) of dpre[b][n][r][l] * src[b][d][r'][l + t - pad]
 // (r' = r - 1 for the state, r for x). The image rows (b, r) are the segments the register tiles
-// (cpu/conv_tile.h) sum over, in chunks that stay in cache across the thread's tasks; each task
+// (kernels/conv_tile.h) sum over, in chunks that stay in cache across the thread's tasks; each task
 // owns one (source, tap, gate-channel tile, channel block). A chunk's source rows are copied
 // position-major with their zero border, hp[q][d] (q < lp), and tap t reads them t positions on.
 #include "lstm_row_weight_grad.h"
@@ -18,10 +18,6 @@
 
 namespace genfast::lstm_row {
 namespace {
-
-// Hidden-channel vectors per dL/dweight tile (by up to 6 gate channels): 4 measured a little
-// faster than 2 (by 12), the gate channels being rows R * L apart.
-constexpr int64_t kGradWeightVectors = 4;
 
 // How the reduction reads one source.
 template <typename acc_t>
@@ -73,7 +69,7 @@ void copy_row(const Shape& s, const Plan<acc_t>& p, int64_t b, int64_t r, acc_t*
 template <typename acc_t>
 void grad_weights(const Shape& s, const acc_t* dpre, const GateLayout& gl,
                   const std::vector<WeightSource<acc_t>>& sources) {
-  constexpr int64_t lanes = cpu::Vec<acc_t>::kLanes;
+  const int64_t lanes = cpu::lanes<acc_t>();
   constexpr int kSourceSlot = kSlot2;  // chunk buffers: one slot per source from here
   TORCH_CHECK(sources.size() <= static_cast<size_t>(kSlots - kSourceSlot),
               "genfast: too many weight sources");
@@ -82,7 +78,7 @@ void grad_weights(const Shape& s, const acc_t* dpre, const GateLayout& gl,
   int64_t part_size = 0;
   for (const WeightSource<acc_t>& src : sources) {
     Plan<acc_t> p{src};
-    p.dpad = round_up(src.channels, lanes);
+    p.dpad = round_up(src.channels, cpu::kPadLanes<acc_t>);
     // pad_left may be k (x of a mask-A row kernel: every tap left of the pixel).
     p.lp = L + std::max(src.taps - 1, src.pad_left);
     p.skip_first_row = src.first && std::all_of(src.first, src.first + s.batch * src.channels * L,
@@ -100,15 +96,16 @@ void grad_weights(const Shape& s, const acc_t* dpre, const GateLayout& gl,
     image_rows[i] = s.skew_width ? i % s.batch * R + i / s.batch : i;
   std::vector<Task> tasks;
   int64_t macs = 0;
-  const int64_t block = kGradWeightVectors * lanes;
+  const int64_t max_vectors = cpu::kernels().max_vectors;  // the level's widest tile
+  const int64_t block = max_vectors * lanes;
   for (int64_t si = 0; si < static_cast<int64_t>(plans.size()); ++si) {
     const Plan<acc_t>& p = plans[si];
     macs += segments * L * G * p.dpad * p.src.taps;
     for (int64_t t = 0; t < p.src.taps; ++t)
       for (int64_t d0 = 0; d0 < p.dpad; d0 += block) {
         const int vectors =
-            static_cast<int>(std::min<int64_t>(kGradWeightVectors, (p.dpad - d0) / lanes));
-        const EvenSplit tiles = tiles_of(G, cpu::max_rows(vectors));
+            static_cast<int>(std::min<int64_t>(max_vectors, (p.dpad - d0) / lanes));
+        const EvenSplit tiles = tiles_of(G, cpu::kernels().max_rows[vectors]);
         for (int64_t i = 0; i < tiles.count; ++i)
           tasks.push_back({si, t, tiles.start(i), tiles.start(i + 1) - tiles.start(i), d0, vectors});
       }
@@ -163,7 +160,7 @@ void grad_weights(const Shape& s, const acc_t* dpre, const GateLayout& gl,
             if (n == 0) return;
             const int64_t rs = gl.stride(run_row);
             const TileArgs args{rs, 1, p.dpad, s.computed(run_row), p.dpad, true};
-            cpu::conv_tile<acc_t>(static_cast<int>(task.rows), task.vectors, true)(
+            cpu::tile_kernel<acc_t>(static_cast<int>(task.rows), task.vectors, true)(
                 dpre + task.n0 * rs, rows_of[task.source], segs.data(), n, args,
                 out + p.out + (task.tap * G + task.n0) * p.dpad + task.d0);
             n = 0;

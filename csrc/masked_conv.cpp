@@ -3,10 +3,10 @@
 //
 // Each pass is a direct convolution over pixel-major (channels-last) buffers: the input window
 // with its zero border is copied once into P[b][row][col][channel], and each output tile sums
-// only the visible taps with the register-blocked kernel of cpu/conv_tile.h. Grad-input runs the
-// same gather with the taps mirrored over a zero-bordered copy of grad_y; grad-weight reduces
-// over pixels, one (tap, input-channel tile) per task so each weight element has one owner and
-// the result does not depend on the thread count.
+// only the visible taps with the register-blocked kernel of cpu/kernels/conv_tile.h. Grad-input
+// runs the same gather with the taps mirrored over a zero-bordered copy of grad_y; grad-weight
+// reduces over pixels, one (tap, input-channel tile) per task so each weight element has one
+// owner and the result does not depend on the thread count.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>

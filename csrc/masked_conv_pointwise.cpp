@@ -37,7 +37,7 @@ at::Tensor masked_matrix(const at::Tensor& weight, const Geometry& g, at::Scalar
 //
 // The forward pass of an NCHW map: Y[co][j] = bias[co] + sum_ci Wm[co][ci] X[ci][j] image by image,
 // X and Y being x's and y's window (each channel's pixels contiguous), with the register tiles of
-// cpu/conv_tile.h: rows = output channels, SIMD vectors along the pixels, and the last partial
+// kernels/conv_tile.h: rows = output channels, SIMD vectors along the pixels, and the last partial
 // vector of an image through a zero-padded copy. Not BLAS: BLAS picks its kernel by shape, so a
 // one-pixel window came out with other bits than the same pixel of the full map, and a sampler's
 // cached and naive samples drifted apart. Here every output element sums ci in order from zero,

@@ -6,6 +6,7 @@
 
 #include "gaussian_noise.h"
 #include "isa.h"
+#include "lstm_cell.h"
 #include "tile_types.h"
 
 namespace genfast::cpu {
@@ -46,6 +47,15 @@ struct CpuKernels {
                     int64_t rows, int64_t cols);
   // e[l] = exp(e[l]) for l < n, n a multiple of 16.
   void (*exp_in_place)(float* e, int64_t n);
+  // The row recurrence (csrc/lstm_row*.cpp): the cell maths of a run (cpu/lstm_cell.h), the
+  // batch-minor moves of four images (cpu/interleave.h), and acc[j] += x[j] for j < n.
+  void (*lstm_forward_run)(const lstm_row::ForwardRun<float>& q, int64_t n);
+  void (*lstm_backward_run)(const lstm_row::BackwardRun<float>& q, int64_t n);
+  void (*interleave_4)(const float* src, int64_t image_stride, int64_t row_stride, int64_t rows,
+                       int64_t length, float* out, int64_t out_stride);
+  void (*deinterleave_4)(const float* src, int64_t src_stride, int64_t rows, int64_t length,
+                         float* out, int64_t image_stride, int64_t row_stride);
+  void (*add_to)(float* acc, const float* x, int64_t n);
   // y = fn(x) over n floats, with this level's vector maths.
   void (*vector_math)(VectorFunction fn, const float* x, float* y, int64_t n);
 };

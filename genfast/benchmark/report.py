@@ -289,7 +289,8 @@ def write_json(record: dict, path: str) -> None:
 # One row per (case, size, mode, provider) of a run; every run appends its rows to the same
 # file, so results accumulate across commits, machines and days (Liger-Kernel's data file).
 CSV_FIELDS = ("run", "genfast_commit", "device", "device_name", "cpu_capability",
-              "genfast_cpu_isa", "torch_version", "torch_threads", "scope", "op", "size", "size_label", "mode",
+              "genfast_cpu_isa", "torch_version", "torch_threads", "scope", "op", "size",
+              "size_label", "mode",
               "dtype", "provider", "p20_s", "p50_s", "p80_s", "blocks", "calls_per_block")
 SAMPLE_MODE = "sample"  # the mode of the sampling rows (whole sampling runs)
 

@@ -14,4 +14,5 @@
 #include "../../philox.h"
 #include "../gaussian_noise.h"
 #include "../kernel_table.h"
+#include "../lstm_cell.h"
 #include "../tile_types.h"

@@ -50,7 +50,8 @@ void transpose(const float* src, int64_t src_stride, float* dst, int64_t dst_str
     const int64_t r = std::min(r0, rows - 8);
     for (int64_t c0 = 0; c0 < cols; c0 += 8) {
       const int64_t c = std::min(c0, cols - 8);
-      transpose_blocks::transpose_8x8(src + r * src_stride + c, src_stride, dst + c * dst_stride + r, dst_stride);
+      transpose_blocks::transpose_8x8(src + r * src_stride + c, src_stride,
+                                      dst + c * dst_stride + r, dst_stride);
     }
   }
 }
