@@ -153,7 +153,9 @@ def draw_seed(generator: torch.Generator | None = None) -> torch.Tensor:
     device = generator.device if generator is not None else "cpu"
     seed = torch.randint(*_INT64_RANGE, (2,), generator=generator, device=device,
                          dtype=torch.int64)
-    return seed.cpu()
+    # Only a CUDA generator costs a device-to-host copy (a synchronisation) per call: the
+    # kernels take the seed as host integers. The default CPU generator costs none.
+    return seed if seed.device.type == "cpu" else seed.cpu()
 
 
 def _check_args(mu, logvar, eps, num_samples, reduction):
