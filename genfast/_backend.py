@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import importlib.util
 import os
 import warnings
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from genfast import _ext
+from genfast import _ext, isa
 
 BACKENDS = ("reference", "cpu", "triton", "cuda")
 FAST_BACKENDS = BACKENDS[1:]  # every backend but the reference
@@ -192,11 +193,15 @@ def _device_reason(name: str, device: torch.device, dtype: torch.dtype) -> str:
     return ""
 
 
-def _auto_skip_reason(name: str, device_type: str) -> str:
-    """Why ``auto`` should not pick a usable backend on this device, or ''."""
-    if name == "cpu" and device_type == "cpu" and _ext.has_op("cpu_isa"):
-        from genfast import isa
+@functools.cache
+def _has_isa_levels() -> bool:
+    return _ext.has_op("cpu_isa")
 
+
+def _auto_skip_reason(name: str, device_type: str) -> str:
+    """Why ``auto`` should not pick a usable backend on this device, or ''. Runs on every
+    auto call for CPU tensors, so what cannot change in a process is looked up once."""
+    if name == "cpu" and device_type == "cpu" and _has_isa_levels():
         if isa.cpu_isa() == "baseline":
             return ("its kernels have no tuned path for this CPU (ISA level 'baseline': no AVX2, "
                     "or not x86-64), where the reference is faster; backend='cpu' still runs "
