@@ -1,7 +1,7 @@
 """genfast: fast drop-in PyTorch layers for classic generative image models."""
 from genfast import isa as _isa
 from genfast import nn, ops  # noqa: F401
-from genfast._backend import BACKENDS, backends, use_backend  # noqa: F401
+from genfast._backend import BACKENDS, auto_table, backends, use_backend  # noqa: F401
 from genfast.ops import (  # noqa: F401
     gaussian_kl,
     masked_conv2d,

@@ -1,9 +1,11 @@
 """Chooses the implementation that runs each genfast op, and says why a backend declined.
 
 Backends: ``reference`` (plain PyTorch, the oracle), ``cpu`` (C++ extension), ``triton`` and
-``cuda`` (C++/CUDA extension). ``auto`` takes the first usable one in AUTO_ORDER for the tensors'
-device. The default comes from ``genfast.use_backend`` if active, else from the environment
-variable GENFAST_BACKEND (read here and nowhere else), else ``auto``.
+``cuda`` (C++/CUDA extension). ``auto`` takes the first usable backend in AUTO_TABLE's order for
+the op and the tensors' device type: the one expected to be fastest, and the reference where no
+genfast kernel is expected to beat it (``genfast.auto_table()`` shows each entry's reason). The
+default comes from ``genfast.use_backend`` if active, else from the environment variable
+GENFAST_BACKEND (read here and nowhere else), else ``auto``.
 
 A backend that is missing here (extension not built, no GPU, no triton) falls back to the next
 one with a single warning; asking a backend for work it cannot do (a device or dtype it does
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import importlib.util
 import os
 import warnings
@@ -20,11 +23,10 @@ from dataclasses import dataclass
 
 import torch
 
-from genfast import _ext
+from genfast import _ext, isa
 
 BACKENDS = ("reference", "cpu", "triton", "cuda")
 FAST_BACKENDS = BACKENDS[1:]  # every backend but the reference
-AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")}
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 _ENV_BACKEND = os.environ.get("GENFAST_BACKEND", "auto")
@@ -42,6 +44,95 @@ class BackendInfo:
     devices: tuple[str, ...]
     dtypes: tuple[torch.dtype, ...]
     auto_skips: str = ""  # why ``auto`` passes over it here although it is usable; else empty
+
+
+@dataclass(frozen=True)
+class AutoEntry:
+    """The backends ``auto`` tries for one op on one device type, first usable wins."""
+
+    order: tuple[str, ...]
+    reason: str
+
+
+# The CUDA figures are issue 19's roofline projection for an H100 (registers and spills from
+# ptxas -v, instruction counts from the compiled SASS, +-40%), float32 forward+backward at the
+# `genfast bench` shapes. Revise an entry when `genfast bench --device cuda` disagrees: its
+# report says whether this table's choice was the fastest it timed.
+_PROJECTED = "H100 roofline projection, not measured: no GPU has run these yet (issue 19)"
+_CPU_MEASURED = "measured: genfast bench on 2-core AVX-512 CPUs, README"
+AUTO_TABLE: dict[tuple[str, str], AutoEntry] = {
+    ("masked_conv2d", "cpu"): AutoEntry(
+        ("cpu", "reference"),
+        f"the C++ kernels skip the hidden taps: 1.5-1.8x eager fwd+bwd ({_CPU_MEASURED})"),
+    ("masked_conv2d", "cuda"): AutoEntry(
+        ("reference",),
+        f"cuDNN on TF32 tensor cores beats genfast's FP32 kernels (SIMT in CUDA, IEEE tl.dot "
+        f"in Triton): 7x7 A ~0.21 ms eager vs ~0.37 ms genfast CUDA, 3x3 B ~0.16 vs ~0.15 ms "
+        f"(a tie within the error) ({_PROJECTED})"),
+    ("lstm_rows", "cpu"): AutoEntry(
+        ("cpu", "reference"),
+        f"the whole recurrence in one C++ call: 2.0-3.3x eager per RowLSTM layer "
+        f"({_CPU_MEASURED})"),
+    ("lstm_rows", "cuda"): AutoEntry(
+        ("triton", "cuda", "reference"),
+        f"RowLSTM layer Triton ~2 ms vs CUDA ~4.1 ms vs eager ~6 ms, DiagonalBiLSTM ~5 vs ~10.6 "
+        f"vs ~25 ms: the CUDA kernel runs one block per image (16 of 132 SMs at batch 16) "
+        f"({_PROJECTED})"),
+    ("reparameterize_kl", "cpu"): AutoEntry(
+        ("cpu", "reference"),
+        f"one fused pass with in-kernel noise: 3.2-5.0x eager at 4096x1024 ({_CPU_MEASURED})"),
+    ("reparameterize_kl", "cuda"): AutoEntry(
+        ("cuda", "triton", "reference"),
+        f"one fused bandwidth-bound pass: ~0.125 ms vs eager ~0.32 ms at 4096x1024; the Triton "
+        f"kernel does the same work and is next ({_PROJECTED})"),
+    ("gated_activation", "cpu"): AutoEntry(
+        ("cpu", "reference"),
+        f"one fused pass each way: 1.8-2.7x eager at 16x128x28x28 ({_CPU_MEASURED})"),
+    ("gated_activation", "cuda"): AutoEntry(
+        ("cuda", "triton", "reference"),
+        "a small elementwise op: one fused launch each way against eager's several kernels "
+        "and saved tanh/sigmoid; CUDA before Triton for its smaller launch cost. An estimate "
+        "without figures (not in issue 19's roofline table), not measured: no GPU has run "
+        "these yet"),
+    ("categorical_draw", "cpu"): AutoEntry(
+        ("cpu", "reference"),
+        "one C++ call per draw for float32/float64 logits. Fixed per device and dtype (not "
+        "changed by backend=, use_backend, GENFAST_BACKEND or the CPU's ISA level) so that a "
+        "sampler draws the same bits throughout (genfast.ops.sample_draw)"),
+    ("categorical_draw", "cuda"): AutoEntry(
+        ("reference",), "genfast has no GPU kernel for the draw"),
+}
+# An op or device type without an entry (a new op, mps, xpu): the C++ kernels on the CPU, as
+# every op has had; elsewhere the reference, since nothing was estimated for it.
+_DEFAULT_AUTO = {"cpu": AutoEntry(("cpu", "reference"), "default for CPU tensors")}
+_OTHER_DEVICES = AutoEntry(("reference",), "no genfast kernel was estimated for this device")
+
+
+def auto_entry(op: str, device_type: str) -> AutoEntry:
+    """AUTO_TABLE's entry for ``op`` on ``device_type``, or the default one."""
+    entry = AUTO_TABLE.get((op, device_type))
+    return entry if entry is not None else _DEFAULT_AUTO.get(device_type, _OTHER_DEVICES)
+
+
+def auto_table() -> dict[tuple[str, str], dict]:
+    """AUTO_TABLE as plain data: for each (op, device type), the backends ``auto`` tries in
+    order, the reason, and which one it picks on this machine for float32 tensors (with why
+    it passes over the ones before)."""
+    table = {}
+    for (op, device_type), entry in AUTO_TABLE.items():
+        passed = {}
+        for name in entry.order:
+            why = (_missing_reason(name) or _device_reason(name, torch.device(device_type),
+                                                             torch.float32)
+                   or _auto_skip_reason(name, device_type))
+            if not why:
+                break
+            passed[name] = why
+        else:
+            name = "reference"
+        table[(op, device_type)] = {"order": entry.order, "reason": entry.reason,
+                                    "picks_here": name, "passed_over": passed}
+    return table
 
 
 def _triton_importable() -> bool:
@@ -102,11 +193,15 @@ def _device_reason(name: str, device: torch.device, dtype: torch.dtype) -> str:
     return ""
 
 
-def _auto_skip_reason(name: str, device_type: str) -> str:
-    """Why ``auto`` should not pick a usable backend on this device, or ''."""
-    if name == "cpu" and device_type == "cpu" and _ext.has_op("cpu_isa"):
-        from genfast import isa
+@functools.cache
+def _has_isa_levels() -> bool:
+    return _ext.has_op("cpu_isa")
 
+
+def _auto_skip_reason(name: str, device_type: str) -> str:
+    """Why ``auto`` should not pick a usable backend on this device, or ''. Runs on every
+    auto call for CPU tensors, so what cannot change in a process is looked up once."""
+    if name == "cpu" and device_type == "cpu" and _has_isa_levels():
         if isa.cpu_isa() == "baseline":
             return ("its kernels have no tuned path for this CPU (ISA level 'baseline': no AVX2, "
                     "or not x86-64), where the reference is faster; backend='cpu' still runs "
@@ -141,8 +236,9 @@ def _check_name(name: str) -> None:
         raise ValueError(f"genfast: unknown backend {name!r}; choose one of {BACKENDS} or 'auto'")
 
 
-def _auto(device: torch.device, dtype: torch.dtype, implemented: tuple[str, ...]) -> str:
-    for name in AUTO_ORDER.get(device.type, ("reference",)):
+def _auto(op: str, device: torch.device, dtype: torch.dtype,
+          implemented: tuple[str, ...]) -> str:
+    for name in auto_entry(op, device.type).order:
         if (name in implemented and not _missing_reason(name)
                 and not _device_reason(name, device, dtype)
                 and not _auto_skip_reason(name, device.type)):
@@ -162,13 +258,13 @@ def select(op: str, requested: str | None, device: torch.device, dtype: torch.dt
     """The backend that runs ``op`` on tensors of this device and dtype."""
     name = requested or _active.get() or _ENV_BACKEND
     if name == "auto":
-        return _auto(device, dtype, implemented)
+        return _auto(op, device, dtype, implemented)
     _check_name(name)
     if name not in implemented:
         raise ValueError(f"genfast: {op} has no {name!r} backend; it has {implemented}")
     missing = _missing_reason(name)
     if missing:
-        fallback = _auto(device, dtype, implemented)
+        fallback = _auto(op, device, dtype, implemented)
         _warn_once(name, missing, fallback)
         return fallback
     reason = _device_reason(name, device, dtype)

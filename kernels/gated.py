@@ -21,6 +21,7 @@ import contextlib
 import torch
 import triton
 import triton.language as tl
+from torch._prims_common import suggest_memory_format
 
 from ._aot import AotSpec, triton_type
 
@@ -135,8 +136,6 @@ def _backward_kernel(
 
 def _memory_order(x: torch.Tensor) -> tuple[list[int], torch.memory_format]:
     """The permutation that puts x's dimensions in memory order, and x's memory format."""
-    from torch._prims_common import suggest_memory_format
-
     fmt = suggest_memory_format(x)
     order = list(range(x.dim()))
     if fmt != torch.contiguous_format:  # channels_last or channels_last_3d: N, spatial..., C

@@ -41,6 +41,7 @@ import triton
 import triton.language as tl
 
 from ._aot import AotSpec, triton_type
+from ._host import zeros
 from .gated import _sigmoid, _tanh
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -400,8 +401,7 @@ def lstm_rows_forward(gates_in, weight, bias, h0, c0, pad_left):
     gates = torch.empty((batch, 4 * hidden, rows, length), dtype=state, device=device)
     if h.numel() == 0:
         return h, c, gates
-    bias_s = (bias.to(state).contiguous() if bias is not None
-              else torch.zeros(4 * hidden, dtype=state, device=device))
+    bias_s = bias.to(state).contiguous() if bias is not None else zeros(4 * hidden, state, device)
     block_d, block_k, warps = FORWARD_BLOCKS[dtype]
     with _device_guard(gates_in):
         _forward_kernel[(batch,)](

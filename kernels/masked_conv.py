@@ -39,6 +39,7 @@ import triton.language as tl
 from torch._prims_common import suggest_memory_format
 
 from ._aot import AotSpec, triton_type
+from ._host import cached_table, zeros
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -183,9 +184,62 @@ def _device_guard(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
+@cached_table(maxsize=256)
+def _visible_taps(cin, cout, kh, kw, mask_type, data_channels):
+    """(taps, has_centre) of a layer shape: the visible taps (ty, tx) in raster order, the
+    centre last when the colour rule applies to it, and whether it does for some channel pair."""
+    cy, cx = (kh - 1) // 2, (kw - 1) // 2
+    if mask_type == 2:
+        # Mask V (the Gated PixelCNN's vertical stack): the centre row and the rows above, with
+        # no colour rule: the centre is an ordinary tap.
+        return tuple((ty, tx) for ty in range(cy + 1) for tx in range(kw)), False
+    taps = [(ty, tx) for ty in range(cy) for tx in range(kw)]
+    taps += [(cy, tx) for tx in range(cx)]
+    has_centre = bool(_allowed(cin, cout, mask_type, data_channels).any())
+    if has_centre:
+        taps.append((cy, cx))
+    return tuple(taps), has_centre
+
+
+def _allowed(cin, cout, mask_type, data_channels) -> torch.Tensor:
+    """[Cout, Cin] bool on the CPU: the centre tap carries input channel ci to output co."""
+    group_in = torch.arange(cin) * data_channels // max(cin, 1)
+    group_out = torch.arange(cout) * data_channels // max(cout, 1)
+    if mask_type == 0:
+        return group_in[None, :] < group_out[:, None]
+    return group_in[None, :] <= group_out[:, None]
+
+
+@cached_table()
+def _centre_mask(layer, device, dtype) -> torch.Tensor:
+    """[Cin, Cout] 0/1 of the centre tap's colour rule for ``layer`` = (cin, cout, kh, kw,
+    mask_type, data_channels), in the packed weights' layout."""
+    cin, cout, _, _, mask_type, data_channels = layer
+    return _allowed(cin, cout, mask_type, data_channels).t().to(device=device, dtype=dtype)
+
+
+@cached_table()
+def _tap_offsets(layer, dilation, width, channels, sign, device) -> torch.Tensor:
+    """[T] int64 element offsets sign * (ty * d * width + tx * d) * channels of the visible
+    taps in an NHWC buffer ``width`` columns wide."""
+    d = dilation
+    taps, _ = _visible_taps(*layer)
+    offsets = [sign * (ty * d * width + tx * d) * channels for ty, tx in taps]
+    return torch.tensor(offsets, dtype=torch.int64).to(device)
+
+
+@cached_table()
+def _tap_index(layer, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The visible taps' rows and columns as two [T] int64 tensors, for indexing a weight."""
+    taps, _ = _visible_taps(*layer)
+    return (torch.tensor([t[0] for t in taps], dtype=torch.long, device=device),
+            torch.tensor([t[1] for t in taps], dtype=torch.long, device=device))
+
+
 class _Geometry:
     """Visible taps, colour rule, window and the P / Q layouts of one call, with the meaning
-    of csrc/masked_conv_common.cpp and csrc/masked_conv.cpp."""
+    of csrc/masked_conv_common.cpp and csrc/masked_conv.cpp. Only integer arithmetic runs per
+    call; the taps and every device table come from the caches above."""
 
     def __init__(self, x, weight, mask_type, data_channels, dilation, window):
         if x.dim() != 4 or weight.dim() != 4 or x.shape[1] != weight.shape[1]:
@@ -206,25 +260,8 @@ class _Geometry:
         else:
             self.row0, self.row1, self.col0, self.col1 = 0, self.height, 0, self.width
         self.win_h, self.win_w = self.row1 - self.row0, self.col1 - self.col0
-        # allowed[co, ci]: the centre tap carries input channel ci to output channel co.
-        group_in = torch.arange(self.cin) * data_channels // max(self.cin, 1)
-        group_out = torch.arange(self.cout) * data_channels // max(self.cout, 1)
-        if mask_type == 0:
-            self.allowed = group_in[None, :] < group_out[:, None]
-        else:
-            self.allowed = group_in[None, :] <= group_out[:, None]
-        if mask_type == 2:
-            # Mask V (the Gated PixelCNN's vertical stack): the centre row and the rows above.
-            taps = [(ty, tx) for ty in range(cy + 1) for tx in range(kw)]
-            self.has_centre = False  # no colour rule: the centre is an ordinary tap
-        else:
-            taps = [(ty, tx) for ty in range(cy) for tx in range(kw)]
-            taps += [(cy, tx) for tx in range(cx)]
-            self.has_centre = bool(self.allowed.any())
-            if self.has_centre:
-                taps.append((cy, cx))
-        # Visible taps in raster order; the centre, when the colour rule applies to it, is last.
-        self.taps = taps
+        self.layer = (self.cin, self.cout, kh, kw, mask_type, data_channels)
+        self.taps, self.has_centre = _visible_taps(*self.layer)
         # P covers image rows [row0 - cy*d, row1) and columns [col0 - cx*d, col1 + (kw-1-cx)*d):
         # tap (ty, tx) of window pixel (i, j) reads P(i + ty*d, j + tx*d).
         self.p_h, self.p_w = self.win_h + cy * d, self.win_w + (kw - 1) * d
@@ -239,23 +276,22 @@ class _Geometry:
 
     def tap_offsets(self, device, mirrored=False) -> torch.Tensor:
         """[T] int64 element offsets of the taps in P (forward) or, mirrored, in Q."""
-        d = self.dilation
         if mirrored:
-            offsets = [-(ty * d * self.q_w + tx * d) * self.cout for ty, tx in self.taps]
-        else:
-            offsets = [(ty * d * self.p_w + tx * d) * self.cin for ty, tx in self.taps]
-        return torch.tensor(offsets, dtype=torch.int64).to(device)
+            return _tap_offsets(self.layer, self.dilation, self.q_w, self.cout, -1, device)
+        return _tap_offsets(self.layer, self.dilation, self.p_w, self.cin, 1, device)
 
     def tap_index(self, device):
-        return (torch.tensor([t[0] for t in self.taps], dtype=torch.long, device=device),
-                torch.tensor([t[1] for t in self.taps], dtype=torch.long, device=device))
+        return _tap_index(self.layer, device)
+
+    def centre_mask(self, device, dtype) -> torch.Tensor:
+        return _centre_mask(self.layer, device, dtype)
 
     def packed_weight(self, weight: torch.Tensor) -> torch.Tensor:
         """[T, Cin, Cout]: the visible taps' weights, the centre with its colour mask applied."""
         packed = weight[(slice(None), slice(None), *self.tap_index(weight.device))]
         packed = packed.permute(2, 1, 0).contiguous()
         if self.has_centre:
-            packed[-1] *= self.allowed.t().to(device=weight.device, dtype=weight.dtype)
+            packed[-1] *= self.centre_mask(weight.device, weight.dtype)
         return packed
 
     def pack_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -309,8 +345,7 @@ def masked_conv2d_forward(x, weight, bias, mask_type, data_channels, dilation, w
         y.copy_((bias if bias is not None else y.new_zeros(g.cout)).view(1, -1, 1, 1).expand_as(y))
         return y
     acc = _acc_dtype(x.dtype)
-    bias_acc = (bias.to(acc).contiguous() if bias is not None
-                else torch.zeros(g.cout, dtype=acc, device=x.device))
+    bias_acc = bias.to(acc).contiguous() if bias is not None else zeros(g.cout, acc, x.device)
     _launch_gather(y, g.pack_input(x), g.packed_weight(weight), bias_acc,
                    g.tap_offsets(x.device), (g.win_h, g.win_w), (g.p_h, g.p_w), (0, 0), (0, 0))
     return y
@@ -325,10 +360,10 @@ def _grad_input(q, x, weight, g):
             or rows <= 0 or cols <= 0:
         return gx.zero_()
     packed_t = g.packed_weight(weight).transpose(1, 2).contiguous()  # [T, Cout, Cin]
-    zeros = torch.zeros(g.cin, dtype=_acc_dtype(x.dtype), device=x.device)
     # The region is P's part inside the image; P position (pr, pc) has its base at
     # Q(pr + q_row0, pc + q_col0) and is image pixel (p_row0 + pr, p_col0 + pc).
-    _launch_gather(gx, q, packed_t, zeros, g.tap_offsets(x.device, mirrored=True),
+    no_bias = zeros(g.cin, _acc_dtype(x.dtype), x.device)
+    _launch_gather(gx, q, packed_t, no_bias, g.tap_offsets(x.device, mirrored=True),
                    (rows, cols), (g.q_h, g.q_w), (g.pr_lo + g.q_row0, g.pc_lo + g.q_col0),
                    (g.p_row0 + g.pr_lo, g.p_col0 + g.pc_lo))
     return gx
@@ -355,7 +390,7 @@ def _grad_weight(q, x, weight, g):
         # Splits summed in a fixed order: the result does not depend on scheduling.
         packed = partial.sum(0) if splits > 1 else partial[0]  # [T, Cin, Cout]
         if g.has_centre:
-            packed[-1] *= g.allowed.t().to(device=packed.device, dtype=acc)
+            packed[-1] *= g.centre_mask(packed.device, acc)
         gw[(slice(None), slice(None), *g.tap_index(gw.device))] = packed.permute(2, 1, 0)
     return gw.to(weight.dtype)
 

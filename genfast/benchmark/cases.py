@@ -86,6 +86,9 @@ class OpCase:
         ``genfast bench`` then leaves it out, and ``--full`` times it.
     targets
         Speeds the project promises for this op (checked with ``genfast bench --check``).
+    auto_op
+        The op name genfast's ``auto`` chooses a backend for (genfast._backend.AUTO_TABLE), so
+        the report can say whether auto's choice was the fastest; "" for none.
     """
 
     name: str
@@ -102,6 +105,7 @@ class OpCase:
     slow_compile: str = ""
     targets: tuple[Target, ...] = field(default=())
     description: str = ""
+    auto_op: str = ""
 
     def size(self, name: str) -> Size:
         for size in self.sizes:

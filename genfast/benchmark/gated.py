@@ -50,6 +50,7 @@ CASES = (
         description="tanh(a) * sigmoid(b) with a, b = x.chunk(2, dim=1) (Gated PixelCNN)",
         sizes=SIZES,
         make_inputs=make_inputs,
+        auto_op="gated_activation",
         reference=reference,
         fast=fast,
         grad_inputs=("x",),

@@ -53,6 +53,7 @@ def _case(name: str, kernel: int, mask_type: str, targets: tuple[Target, ...]) -
         description=f"{kernel}x{kernel} mask {mask_type} masked convolution, stride 1, 'same'",
         sizes=_sizes(kernel),
         make_inputs=make_inputs,
+        auto_op="masked_conv2d",
         reference=reference,
         fast=fast,
         grad_inputs=("x", "weight", "bias"),

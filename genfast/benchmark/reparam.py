@@ -47,6 +47,7 @@ CASES = (
                     "reduction='sum'",
         sizes=SIZES,
         make_inputs=make_inputs,
+        auto_op="reparameterize_kl",
         reference=reference,
         fast=fast,
         grad_inputs=("mu", "logvar"),

@@ -188,8 +188,10 @@ def format_line(r: Result) -> str:
               + (f", {_fmt_ratio(r.speedup(impl, COMPILE))} vs compile"
                  if COMPILE in r.measurements else "")
               for impl in r.measurements if impl not in (REFERENCE, COMPILE)]
+    verdict = r.auto_verdict()
+    auto = f"; {verdict.describe(r.skipped)}" if verdict else ""
     return (f"{r.case.name} {r.size.label} {r.mode}: {times}"
-            + (f" ({'; '.join(ratios)})" if ratios else "") + _fmt_noise(r))
+            + (f" ({'; '.join(ratios)})" if ratios else "") + auto + _fmt_noise(r))
 
 
 def format_table(results: list[Result], checks: list[TargetCheck] = ()) -> str:
@@ -220,6 +222,12 @@ def format_table(results: list[Result], checks: list[TargetCheck] = ()) -> str:
             skipped.setdefault((impl, why), None)
     if skipped:
         out += ["", "Not timed:"] + [f"  {impl}: {why}" for impl, why in skipped]
+    verdicts = [(r, r.auto_verdict()) for r in results if r.auto is not None]
+    if verdicts:
+        out += ["", f"auto's choice on {results[0].device} (genfast.auto_table()) against the "
+                    f"fastest timed of the reference and the fast backends:"]
+        out += [f"  {r.case.name} {r.size.name} {r.mode}: {v.describe(r.skipped)}"
+                for r, v in verdicts]
     noisy = [f"  {r.case.name} {r.size.name} {r.mode}:{_fmt_noise(r)}" for r in results
              if r.noisy()]
     if noisy:
@@ -264,6 +272,7 @@ def _result_dict(r: Result) -> dict:
         if r.case.bytes_moved else None,
         "flops": r.case.flops(r.size, r.mode) if r.case.flops else None,
         "implementations": impls,
+        "auto": r.auto_verdict().to_dict() if r.auto is not None else None,
     }
 
 

@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 import torch
 
 import genfast
+from genfast import _backend
 from genfast._backend import FAST_BACKENDS
 from genfast.benchmark.cases import FWD, MODES, OpCase, Size
 from genfast.benchmark.timing import Measurement, TimingSettings, measure_interleaved
@@ -120,9 +121,45 @@ def build(case: OpCase, size: Size, mode: str, impl: str, device: str | torch.de
     return timed
 
 
+def auto_choice(case: OpCase, device: str) -> str | None:
+    """The backend genfast's ``auto`` picks for the case's op on ``device`` here (AUTO_TABLE,
+    then what is usable), or None for a case without an auto_op."""
+    if not case.auto_op:
+        return None
+    return _backend.select(case.auto_op, "auto", torch.device(device), case.dtype,
+                           (REFERENCE, *case.backends))
+
+
+@dataclass(frozen=True)
+class AutoVerdict:
+    """How ``auto``'s pick did in a run: against the fastest timed implementation it could
+    have picked (the reference and the fast backends; torch.compile is not one of them)."""
+
+    backend: str         # auto's pick
+    fastest: str | None  # the fastest of those timed, None if none was
+    ratio: float | None  # auto's median / the fastest's; None when auto's pick was not timed
+
+    @property
+    def is_fastest(self) -> bool:
+        return self.ratio is not None and self.backend == self.fastest
+
+    def describe(self, skipped: dict[str, str]) -> str:
+        if self.ratio is None:
+            why = skipped.get(self.backend, "not in this run")
+            return f"auto picks {self.backend}, not timed here ({why})"
+        if self.is_fastest:
+            return f"auto picks {self.backend}, the fastest"
+        return f"auto picks {self.backend}, {self.ratio:.2f}x the time of {self.fastest}"
+
+    def to_dict(self) -> dict:
+        return {"backend": self.backend, "fastest": self.fastest,
+                "auto_is_fastest": self.is_fastest, "time_vs_fastest": self.ratio}
+
+
 @dataclass
 class Result:
-    """Everything measured for one case at one size and mode."""
+    """Everything measured for one case at one size and mode; ``auto`` is the backend
+    genfast's auto picks for it here (None for a case without an auto_op)."""
 
     case: OpCase
     size: Size
@@ -130,6 +167,15 @@ class Result:
     device: str
     measurements: dict[str, Measurement]
     skipped: dict[str, str]
+    auto: str | None = None
+
+    def auto_verdict(self) -> AutoVerdict | None:
+        if self.auto is None:
+            return None
+        timed = {impl: m.median for impl, m in self.measurements.items() if impl != COMPILE}
+        fastest = min(timed, key=timed.get) if timed else None
+        ratio = timed[self.auto] / timed[fastest] if self.auto in timed else None
+        return AutoVerdict(self.auto, fastest, ratio)
 
     def noisy(self) -> dict[str, float]:
         """The spread (iqr / median) of each implementation whose timings were noisy."""
@@ -165,7 +211,7 @@ def _first_line(exc: BaseException) -> str:
 def run_case(case: OpCase, size: Size, mode: str, device: str, impls: list[Implementation],
              settings: TimingSettings, on_impl: Callable[[str], None] | None = None) -> Result:
     """Times every implementation of one (case, size, mode) that is not skipped, interleaved."""
-    result = Result(case, size, mode, device, {}, {})
+    result = Result(case, size, mode, device, {}, {}, auto_choice(case, device))
     fns = {}
     for impl in impls:
         if impl.skip:

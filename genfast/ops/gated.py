@@ -14,7 +14,8 @@ import torch
 from torch._prims_common import suggest_memory_format
 
 from genfast import _backend, _ext
-from genfast.ops._library import register_fake_and_autograd, triton_kernels_exist
+from genfast.ops._library import (eager_call, register_fake_and_autograd,
+                                  triton_kernels_exist)
 
 
 # ----------------------------------------------------------------------------- reference
@@ -82,14 +83,21 @@ def _register(forward_name: str, backward_name: str) -> None:
 
 
 _FORWARD_OPS = {}
+_CALLS = {}  # the same ops through eager_call, for gated_activation
 if triton_kernels_exist("gated"):
     _register("genfast::gated_activation_triton", "genfast::gated_activation_triton_backward")
     _FORWARD_OPS["triton"] = torch.ops.genfast.gated_activation_triton
+    _CALLS["triton"] = eager_call(torch.ops.genfast.gated_activation_triton,
+                                  torch.ops.genfast.gated_activation_triton_backward,
+                                  _setup_context, _make_backward)
 if _ext.has_op("gated_activation"):
     _register("genfast::gated_activation", "genfast::gated_activation_backward")
     _FORWARD_OPS["cpu"] = torch.ops.genfast.gated_activation
+    _CALLS["cpu"] = eager_call(torch.ops.genfast.gated_activation,
+                               torch.ops.genfast.gated_activation_backward, _setup_context,
+                               _make_backward)
     if _ext.has_kernel("gated_activation", "CUDA"):
-        _FORWARD_OPS["cuda"] = torch.ops.genfast.gated_activation
+        _FORWARD_OPS["cuda"], _CALLS["cuda"] = _FORWARD_OPS["cpu"], _CALLS["cpu"]
 # A stale build of the extension may lack the op: then only the reference and Triton have it.
 IMPLEMENTED = ("reference", *_FORWARD_OPS)
 
@@ -131,4 +139,4 @@ def gated_activation(x, dim=1, *, backend=None):
     name = _backend.select("gated_activation", backend, x.device, x.dtype, IMPLEMENTED)
     if name == "reference":
         return gated_activation_ref(x, dim)
-    return _FORWARD_OPS[name](x, dim)
+    return _CALLS[name](x, dim)

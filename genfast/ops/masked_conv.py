@@ -22,9 +22,12 @@ the interleaved layout reaches them as a channel permutation (the colour layouts
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch._prims_common import suggest_memory_format
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from genfast import _backend, _ext
 from genfast.ops._library import register_fake_and_autograd, triton_kernels_exist
@@ -76,11 +79,29 @@ def conv_mask(out_channels: int, in_channels: int, kh: int, kw: int, mask_type: 
     return mask
 
 
+@functools.lru_cache(maxsize=32)
+def _kept_mask(shape, mask_type, data_channels, colour_layout, device, dtype) -> torch.Tensor:
+    # Outside inference mode, so that a mask first built in a sampler serves training too.
+    with torch.inference_mode(False):
+        return conv_mask(*shape, mask_type, data_channels, colour_layout).to(device, dtype)
+
+
+def _mask_like(weight, mask_type, data_channels, colour_layout) -> torch.Tensor:
+    """conv_mask on weight's device and dtype, built once per layer shape, device and dtype:
+    on a GPU, where auto runs the reference, a mask built per call would be a host-to-device
+    copy per call. Built afresh for torch.compile and other tracers, which must see it made."""
+    if (torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
+            or type(weight) not in (torch.Tensor, torch.nn.Parameter)):
+        return conv_mask(*weight.shape, mask_type, data_channels, colour_layout).to(
+            weight.device, weight.dtype)
+    return _kept_mask(tuple(weight.shape), mask_type, data_channels, colour_layout,
+                      weight.device, weight.dtype)
+
+
 def masked_conv2d_ref(x, weight, bias=None, mask_type="B", data_channels=1, dilation=1,
                       window=None, colour_layout="contiguous"):
     """Dense convolution with the masked weight, then the window cut out of the output."""
-    mask = conv_mask(*weight.shape, mask_type, data_channels, colour_layout).to(weight.device,
-                                                                              weight.dtype)
+    mask = _mask_like(weight, mask_type, data_channels, colour_layout)
     if x.shape[1] == 0:
         # F.conv2d gives no output channels without input channels; each output is an empty
         # sum (x.sum() + weight.sum(), which keeps both in the graph), plus the bias.

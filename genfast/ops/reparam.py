@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from genfast import _backend, _ext
-from genfast.ops._library import register_fake_and_autograd
+from genfast.ops._library import eager_call, register_fake_and_autograd
 
 KL_NONE, KL_ELEMENTWISE, KL_SUM = 0, 1, 2
 REDUCTIONS = ("none", "sum", "mean", "batchmean")
@@ -137,9 +137,15 @@ def _register(forward_name: str, backward_name: str) -> None:
 
 _register("genfast::gaussian_sample_kl_triton", "genfast::gaussian_sample_kl_triton_backward")
 _FORWARD_OPS = {"triton": torch.ops.genfast.gaussian_sample_kl_triton}
+_CALLS = {"triton": eager_call(torch.ops.genfast.gaussian_sample_kl_triton,
+                               torch.ops.genfast.gaussian_sample_kl_triton_backward,
+                               _setup_context, _make_backward)}
 if _ext.LOAD_ERROR is None:
     _register("genfast::gaussian_sample_kl", "genfast::gaussian_sample_kl_backward")
     _FORWARD_OPS["cpu"] = _FORWARD_OPS["cuda"] = torch.ops.genfast.gaussian_sample_kl
+    _CALLS["cpu"] = _CALLS["cuda"] = eager_call(
+        torch.ops.genfast.gaussian_sample_kl, torch.ops.genfast.gaussian_sample_kl_backward,
+        _setup_context, _make_backward)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -150,10 +156,13 @@ def draw_seed(generator: torch.Generator | None = None) -> torch.Tensor:
     Without a generator it comes from torch's default CPU generator, so ``torch.manual_seed``
     makes genfast's sampling repeatable on every device.
     """
-    device = generator.device if generator is not None else "cpu"
-    seed = torch.randint(*_INT64_RANGE, (2,), generator=generator, device=device,
+    if generator is None:  # the usual case, in one call: the same draw as below
+        return torch.randint(*_INT64_RANGE, (2,), dtype=torch.int64)
+    seed = torch.randint(*_INT64_RANGE, (2,), generator=generator, device=generator.device,
                          dtype=torch.int64)
-    return seed.cpu()
+    # Only a CUDA generator costs a device-to-host copy (a synchronisation) per call: the
+    # kernels take the seed as host integers. A CPU generator costs none.
+    return seed if seed.device.type == "cpu" else seed.cpu()
 
 
 def _check_args(mu, logvar, eps, num_samples, reduction):
@@ -202,7 +211,7 @@ def _sample_kl(mu, logvar, eps, num_samples, generator, compute_z, reduction, ba
         kl = gaussian_kl_ref(mu, logvar, reduction) if kl_mode != KL_NONE else None
         return z, kl
     seed = draw_seed(generator) if compute_z and eps is None else _NO_SEED
-    z, kl = _FORWARD_OPS[name](mu, logvar, eps, seed, num_samples or 0, compute_z, kl_mode)
+    z, kl = _CALLS[name](mu, logvar, eps, seed, num_samples or 0, compute_z, kl_mode)
     return (z if compute_z else None), (_reduce(kl, reduction, mu) if kl_mode != KL_NONE else None)
 
 

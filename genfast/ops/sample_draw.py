@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from genfast import _ext
+from genfast import _backend, _ext
 
 DRAW_DTYPES = (torch.float32, torch.float64)
 
@@ -41,8 +41,10 @@ def _check(logits: torch.Tensor, uniform: torch.Tensor) -> None:
 
 
 def has_cpu_kernels(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether the C++ draws serve tensors of this device and dtype."""
-    return (device.type == "cpu" and dtype in DRAW_DTYPES
+    """Whether the C++ draws serve tensors of this device and dtype (genfast._backend's
+    AUTO_TABLE puts them first for CPU tensors only)."""
+    return (_backend.auto_entry("categorical_draw", device.type).order[0] == "cpu"
+            and dtype in DRAW_DTYPES
             and _ext.has_op("categorical_draw") and _ext.has_op("pointwise_categorical_draw"))
 
 
