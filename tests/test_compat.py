@@ -138,6 +138,20 @@ class InterleavedRGBMaskedConv2d(nn.Conv2d):
         return super().forward(x)
 
 
+def _assert_same_training_losses(theirs, ours, inputs, **tolerance):
+    """Three Adam steps of each model on model.loss(inputs): every step's losses agree."""
+    opts = [torch.optim.Adam(model.parameters(), lr=1e-2) for model in (theirs, ours)]
+    for _ in range(3):
+        losses = []
+        for model, opt in zip((theirs, ours), opts):
+            opt.zero_grad()
+            loss = model.loss(inputs)
+            loss.backward()
+            opt.step()
+            losses.append(loss.detach())
+        torch.testing.assert_close(losses[1], losses[0], **tolerance)
+
+
 def _interleaved_genfast(mask_type, cin, cout, k, backend="reference"):
     return genfast.nn.MaskedConv2d(cin, cout, k, mask_type=mask_type, data_channels=3,
                                    backend=backend, colour_layout="interleaved")
@@ -206,16 +220,7 @@ def test_interleaved_rgb_training_follows_theirs(backend):
     ours = RGBPixelCNN(lambda m, i, o, k: _interleaved_genfast(m, i, o, k, name)).to(device)
     ours.load_state_dict(theirs.state_dict(), strict=True)
     images = torch.randint(0, 4, (3, 3, 5, 6), device=device)
-    opts = [torch.optim.Adam(model.parameters(), lr=1e-2) for model in (theirs, ours)]
-    for _ in range(3):
-        losses = []
-        for model, opt in zip((theirs, ours), opts):
-            opt.zero_grad()
-            loss = model.loss(images)
-            loss.backward()
-            opt.step()
-            losses.append(loss.detach())
-        torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    _assert_same_training_losses(theirs, ours, images, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ours.loss(images), theirs.loss(images), rtol=1e-5, atol=1e-6)
 
 
@@ -396,16 +401,7 @@ def test_cropped_gated_training_follows_theirs(backend, dtype, skip_channels):
     ours.load_state_dict(_stack_state(theirs), strict=True)
     x = (torch.rand(4, 1, 6, 5, device=device) > 0.5).to(dtype)
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
-    opts = [torch.optim.Adam(model.parameters(), lr=1e-2) for model in (theirs, ours)]
-    for _ in range(3):
-        losses = []
-        for model, opt in zip((theirs, ours), opts):
-            opt.zero_grad()
-            loss = model.loss(x)
-            loss.backward()
-            opt.step()
-            losses.append(loss.detach())
-        torch.testing.assert_close(losses[1], losses[0], **tol)
+    _assert_same_training_losses(theirs, ours, x, **tol)
     torch.testing.assert_close(ours.loss(x), theirs.loss(x), **tol)
 
 
