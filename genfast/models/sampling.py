@@ -179,11 +179,24 @@ def draw_images(stepper: PixelStepper, n: int, image_shape: tuple[int, int, int]
     rows = tqdm(range(h), desc=description, unit="row", disable=None if progress else True,
                 leave=False)
     for i in rows:
-        uniform = uniform_noise((w, c, n), generator, device)
-        stepper.start_row(i)
-        for j in range(w):
-            for k in range(c):
-                values = stepper.draw(i, j, k, uniform[j, k])
-                images[:, k, i, j] = values
-                stepper.set_value(i, j, k, values)
+        draw_row(stepper, images, i, uniform_noise((w, c, n), generator, device))
     return images
+
+
+def row_noise(image_shape: tuple[int, int, int], n: int, generator: torch.Generator | None,
+              device) -> torch.Tensor:
+    """All of :func:`draw_images`' noise drawn up front, [H, W, C, n] float64: the same
+    generator calls in the same order, so the same values."""
+    c, h, w = image_shape
+    return torch.stack([uniform_noise((w, c, n), generator, device) for _ in range(h)])
+
+
+def draw_row(stepper: PixelStepper, images: torch.Tensor, i: int,
+             uniform: torch.Tensor) -> None:
+    """Draws row i of ``images`` [n, C, H, W] in place with its noise ``uniform`` [W, C, n]."""
+    stepper.start_row(i)
+    for j in range(images.shape[3]):
+        for k in range(images.shape[1]):
+            values = stepper.draw(i, j, k, uniform[j, k])
+            images[:, k, i, j] = values
+            stepper.set_value(i, j, k, values)
