@@ -157,7 +157,12 @@ def row_grid(batch: int, hidden: int, length: int, variant: str, device: torch.d
     block_d = ROW_BLOCKS[variant][0]
     d_blocks = triton.cdiv(hidden, block_d)
     block_l = _block_l(length, batch * d_blocks, device)
-    return (batch, d_blocks, triton.cdiv(length, block_l)), block_l
+    l_blocks = triton.cdiv(length, block_l)
+    if max(d_blocks, l_blocks) > 65535:  # a CUDA grid's y and z dimensions
+        raise RuntimeError(f"genfast: lstm_rows on Triton takes at most {65535 * block_d} "
+                           f"hidden channels and {65535 * block_l} positions, got {hidden} and "
+                           f"{length}")
+    return (batch, d_blocks, l_blocks), block_l
 
 
 def _check_int32(hidden, rows, length, ksize):
