@@ -251,3 +251,12 @@ def test_compiled_network_matches_eager():
     x = model.scaled(torch.randint(0, 17, (2, 1, 8, 8)))
     compiled = torch.compile(model.network, fullgraph=True)
     torch.testing.assert_close(compiled(x), model.network(x), rtol=1e-4, atol=1e-4)
+
+
+def test_sampling_keeps_the_training_mode_and_the_thread_count():
+    model = tiny(((1, 4, 4), 5)).train()
+    threads = torch.get_num_threads()
+    for method in ("cached", "naive"):
+        images = model.sample(2, method=method)
+        assert images.shape == (2, 1, 4, 4)
+        assert model.training and torch.get_num_threads() == threads

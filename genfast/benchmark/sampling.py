@@ -62,7 +62,7 @@ CASES = (
     SamplingCase("sample_pixelrnn_diagonal", "pixelrnn", {"layer": "diagonal"},
                  description="PixelRNN, 7x7 mask A + 2 Diagonal BiLSTM layers of 32 hidden "
                              "units"),
-    SamplingCase("sample_pixelcnn_pp", "pixelcnn_pp", min_speedup=50.0,
+    SamplingCase("sample_pixelcnn_pp", "pixelcnn_pp", {"filters": 64}, min_speedup=50.0,
                  description="PixelCNN++, 64 filters, 1 gated ResNet block per resolution and "
                              "pass (11 per stream), 5 logistic mixtures"),
 )
