@@ -62,6 +62,9 @@ CASES = (
     SamplingCase("sample_pixelrnn_diagonal", "pixelrnn", {"layer": "diagonal"},
                  description="PixelRNN, 7x7 mask A + 2 Diagonal BiLSTM layers of 32 hidden "
                              "units"),
+    SamplingCase("sample_pixelcnn_pp", "pixelcnn_pp", {"filters": 64}, min_speedup=50.0,
+                 description="PixelCNN++, 64 filters, 1 gated ResNet block per resolution and "
+                             "pass (11 per stream), 5 logistic mixtures"),
 )
 
 
@@ -144,6 +147,8 @@ def estimate_naive_s(model, case: SamplingCase, device: str) -> float:
     C x H x W steps runs the whole network on the whole image, so every step costs the same."""
     from genfast.models.sampling import NaiveStepper
 
+    if hasattr(model, "naive_stepper"):  # draws a whole pixel per step (PixelCNN++)
+        return _estimate_naive_pixel_s(model, case, device)
     c, h, w = model.image_shape
     with torch.inference_mode():
         stepper = NaiveStepper(model, case.batch, model.default_labels(case.batch, device))
@@ -157,6 +162,23 @@ def estimate_naive_s(model, case: SamplingCase, device: str) -> float:
         if device == "cuda":
             torch.cuda.synchronize()
         return (time.perf_counter() - start) / NAIVE_STEPS_TIMED * c * h * w
+
+
+def _estimate_naive_pixel_s(model, case: SamplingCase, device: str) -> float:
+    """estimate_naive_s for a model that draws all colours of a pixel per step: H x W steps,
+    each the whole network on the whole image and one draw (model.draw_pixel)."""
+    c, h, w = model.image_shape
+    with torch.inference_mode():
+        stepper = model.naive_stepper(case.batch)
+        uniform = torch.rand(case.batch, 1 + c, dtype=torch.float64, device=device)
+        for step in range(NAIVE_STEPS_TIMED + 1):
+            if step == 1:  # the first step warms up
+                start = time.perf_counter()
+            j = step % w
+            stepper.set_pixel(0, j, model.draw_pixel(stepper.params(0, j), uniform))
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) / NAIVE_STEPS_TIMED * h * w
 
 
 def run_sampling_case(case: SamplingCase, device: str, quick: bool = False,

@@ -7,6 +7,7 @@ from genfast.models.base import MODELS, GenerativeModel, build_model, register  
 from genfast.models import independent  # noqa: F401
 from genfast.models import pixelcnn  # noqa: F401
 from genfast.models import gated_pixelcnn  # noqa: F401
+from genfast.models import pixelcnn_pp  # noqa: F401
 from genfast.models import pixelrnn  # noqa: F401
 from genfast.models import vae  # noqa: F401
 from genfast.models import autoencoder  # noqa: F401
