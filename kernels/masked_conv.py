@@ -19,6 +19,7 @@ reads zero, which is the convolution's zero padding without a zero-bordered copy
 - grad-weight: dW_t[ci, co] = sum over output pixels of x[pixel + shift_t, ci] * dy[pixel, co].
   One program per (tap, ci block, co block, split of the pixels) reduces with tl.dot; the
   splits' partial sums are added on the host in a fixed order (deterministic results).
+kernels/_masked_conv_host.py holds the host-side geometry, weight packing and precision choice.
 
 Precision: tl.dot runs on tensor cores for every dtype but float64 (DMMA on sm_80 and later).
 float32 uses TF32 exactly when torch lets cuDNN use it for convolutions (what the reference
@@ -38,7 +39,6 @@ ptxas for spills.
 from __future__ import annotations
 
 import contextlib
-import functools
 
 import torch
 import triton
@@ -46,7 +46,7 @@ import triton.language as tl
 from torch._prims_common import suggest_memory_format
 
 from ._aot import AotSpec, triton_type
-from ._host import cached_table
+from ._masked_conv_host import Geometry, acc_dtype, capability_key, centre_mask, variant_key
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 CAPABILITIES = (80, 90)  # the launch settings below are chosen (ptxas -v, no spills) for these
@@ -58,13 +58,15 @@ CAPABILITIES = (80, 90)  # the launch settings below are chosen (ptxas -v, no sp
 # float64 holds a float64 accumulator (twice the registers of float32).
 GATHER_BLOCKS = {  # (BLOCK_M pixels, BLOCK_N channels out, BLOCK_K channels in, warps, stages)
     80: {"fp16": (64, 64, 32, 4, 3), "bf16": (64, 64, 32, 4, 3), "tf32": (64, 64, 32, 4, 3),
-         "ieee": (64, 64, 16, 8, 2), "fp64": (64, 32, 16, 8, 2)},
+         "ieee": (64, 64, 16, 8, 3), "fp64": (64, 32, 16, 8, 3)},
 }
 WEIGHT_BLOCKS = {  # (BLOCK_M pixels, BLOCK_CI, BLOCK_CO, warps, stages)
-    80: {"fp16": (32, 64, 64, 4, 3), "bf16": (32, 64, 64, 4, 3), "tf32": (32, 64, 64, 4, 3),
-         "ieee": (16, 32, 32, 4, 2), "fp64": (32, 32, 32, 4, 2)},
+    80: {"fp16": (32, 64, 64, 4, 3), "bf16": (32, 64, 64, 4, 3), "tf32": (32, 64, 64, 8, 3),
+         "ieee": (16, 32, 32, 4, 3), "fp64": (32, 32, 32, 4, 3)},
 }
-GATHER_BLOCKS[90] = GATHER_BLOCKS[80]
+# sm_90 takes sm_80's settings but for float64's gather, whose 8-warp NHWC grad-input spills
+# there (16 bytes).
+GATHER_BLOCKS[90] = {**GATHER_BLOCKS[80], "fp64": (64, 32, 16, 4, 3)}
 WEIGHT_BLOCKS[90] = WEIGHT_BLOCKS[80]
 # On a GPU, grad-weight splits the pixels over more programs until there are about this many.
 # The interpreter runs programs one after another, so there a split would only add work.
@@ -247,102 +249,13 @@ _INTERPRETED = not isinstance(_gather_conv_kernel, triton.runtime.JITFunction)
 
 # ----------------------------------------------------------------------------- host side
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _device_guard(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
-@functools.lru_cache(maxsize=16)
-def _capability(device: torch.device) -> int:
-    """The launch-settings key of a device: 90 for Hopper and later, else 80 (also for the
-    interpreter on the CPU)."""
-    if device.type != "cuda":
-        return 80
-    major, _ = torch.cuda.get_device_capability(device)
-    return 90 if major >= 9 else 80
-
-
-def _variant(dtype: torch.dtype) -> str:
-    """The launch-settings key of a dtype at the precision torch asks for now. float32 runs in
-    TF32 exactly when cuDNN may use TF32 for convolutions (the reference's own precision):
-    torch.backends.cudnn.allow_tf32, or the newer torch.backends.cudnn.conv.fp32_precision,
-    read as the conv getter resolves it so that mixing the two APIs does not raise."""
-    if dtype == torch.float32:
-        tf32 = torch._C._get_fp32_precision_getter("cuda", "conv") == "tf32"
-        return "tf32" if tf32 else "ieee"
-    return {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}[dtype]
 
 
 def _dot_settings(variant: str) -> dict:
     return {"PRECISION": "tf32" if variant == "tf32" else "ieee",
             "DOT_IN_FP32": _INTERPRETED and variant == "bf16"}
-
-
-@cached_table()
-def _centre_mask(layer, device, dtype) -> torch.Tensor:
-    """[Cin, Cout] 0/1 of the centre tap's colour rule for ``layer`` = (cin, cout, kh, kw,
-    mask_type, data_channels), in the packed weights' layout."""
-    cin, cout, _, _, mask_type, data_channels = layer
-    group_in = torch.arange(cin) * data_channels // max(cin, 1)
-    group_out = torch.arange(cout) * data_channels // max(cout, 1)
-    allowed = (group_in[:, None] < group_out[None, :] if mask_type == 0
-               else group_in[:, None] <= group_out[None, :])
-    return allowed.to(device=device, dtype=dtype)
-
-
-class _Geometry:
-    """Visible taps, colour rule and window of one call, with the meaning of
-    csrc/masked_conv_common.cpp. Only integer arithmetic runs per call."""
-
-    def __init__(self, x, weight, mask_type, data_channels, dilation, window):
-        if x.dim() != 4 or weight.dim() != 4 or x.shape[1] != weight.shape[1]:
-            raise RuntimeError(f"genfast: masked_conv2d expects x [B, C, H, W] and weight "
-                               f"[out, C, kh, kw], got {tuple(x.shape)} and {tuple(weight.shape)}")
-        if mask_type not in (0, 1, 2) or dilation < 1:
-            raise RuntimeError(f"genfast: bad mask_type {mask_type} or dilation {dilation}")
-        self.batch, self.cin, self.height, self.width = x.shape
-        self.cout, _, self.kh, self.kw = weight.shape
-        self.dilation = dilation
-        self.cy, self.cx = (self.kh - 1) // 2, (self.kw - 1) // 2
-        if window:
-            if len(window) != 4 or not (0 <= window[0] <= window[1] <= self.height
-                                        and 0 <= window[2] <= window[3] <= self.width):
-                raise RuntimeError(f"genfast: window {list(window)} is not inside the "
-                                   f"{self.height}x{self.width} output")
-            self.row0, self.row1, self.col0, self.col1 = (int(v) for v in window)
-        else:
-            self.row0, self.row1, self.col0, self.col1 = 0, self.height, 0, self.width
-        self.win_h, self.win_w = self.row1 - self.row0, self.col1 - self.col0
-        self.layer = (self.cin, self.cout, self.kh, self.kw, mask_type, data_channels)
-        if mask_type == 2:
-            # Mask V: the centre row and the rows above, whole, with no colour rule.
-            self.num_taps, self.has_centre = (self.cy + 1) * self.kw, False
-        else:
-            # The centre carries some channel pair when mask B has channels, or when mask A's
-            # top output group (which sees input group 0) is past group 0.
-            top_group = (self.cout - 1) * data_channels // self.cout if self.cout else 0
-            self.has_centre = self.cin > 0 and self.cout > 0 and (mask_type == 1 or top_group > 0)
-            self.num_taps = self.cy * self.kw + self.cx + int(self.has_centre)
-        # Image rows and columns that some visible tap of a window pixel reads: grad-input is
-        # zero elsewhere. Taps reach cy rows up and none down, cx columns left and kw-1-cx right.
-        self.read_rows = (max(0, self.row0 - self.cy * dilation), self.row1)
-        self.read_cols = (max(0, self.col0 - self.cx * dilation),
-                          min(self.width, self.col1 + (self.kw - 1 - self.cx) * dilation))
-
-    def packed_weight(self, weight: torch.Tensor) -> torch.Tensor:
-        """[T, Cin, Cout]: the visible taps' weights, the centre with its colour mask applied."""
-        taps = weight.reshape(self.cout, self.cin, self.kh * self.kw)[:, :, :self.num_taps]
-        packed = taps.permute(2, 1, 0).contiguous()
-        if self.has_centre:
-            packed[-1] *= _centre_mask(self.layer, weight.device, weight.dtype)
-        return packed
-
-    def tap_args(self, mirrored=False) -> tuple:
-        step = -self.dilation if mirrored else self.dilation
-        return self.num_taps, self.kw, self.cy, self.cx, step
 
 
 def _in_storage_order(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -354,8 +267,8 @@ def _in_storage_order(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
 def _launch_gather(out, src, packed, bias, tap_args, region, src_origin, out_origin,
                    transposed, channels_last):
     """out[region] = bias + the gather convolution of src with the packed weights."""
-    variant = _variant(out.dtype)
-    block_m, block_n, block_k, warps, stages = GATHER_BLOCKS[_capability(out.device)][variant]
+    variant = variant_key(out.dtype)
+    block_m, block_n, block_k, warps, stages = GATHER_BLOCKS[capability_key(out.device)][variant]
     k_channels, n_channels = src.shape[1], out.shape[1]
     num_pixels = out.shape[0] * region[0] * region[1]
     grid = (triton.cdiv(num_pixels, block_m), triton.cdiv(n_channels, block_n))
@@ -376,7 +289,7 @@ def masked_conv2d_forward(x, weight, bias, mask_type, data_channels, dilation, w
     1 (B) or 2 (V); window: [] or [row0, row1, col0, col1]. Returns [B, Cout, win_h, win_w] in x's
     suggested memory format.
     """
-    g = _Geometry(x, weight, mask_type, data_channels, dilation, window)
+    g = Geometry(x, weight, mask_type, data_channels, dilation, window)
     fmt = suggest_memory_format(x)
     y = torch.empty((g.batch, g.cout, g.win_h, g.win_w), dtype=x.dtype, device=x.device,
                     memory_format=fmt)
@@ -410,13 +323,13 @@ def _grad_input(dy, x, weight, g, channels_last):
 
 
 def _grad_weight(dy, x, weight, g, channels_last):
-    acc = _acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     gw = torch.zeros(weight.shape, dtype=acc, device=weight.device)
     num_pixels = g.batch * g.win_h * g.win_w
     if num_pixels > 0 and g.num_taps and g.cin > 0 and g.cout > 0:
-        variant = _variant(x.dtype)
+        variant = variant_key(x.dtype)
         block_m, block_ci, block_co, warps, stages = \
-            WEIGHT_BLOCKS[_capability(x.device)][variant]
+            WEIGHT_BLOCKS[capability_key(x.device)][variant]
         ci_blocks, co_blocks = triton.cdiv(g.cin, block_ci), triton.cdiv(g.cout, block_co)
         base = g.num_taps * ci_blocks * co_blocks
         splits = max(1, min(triton.cdiv(num_pixels, block_m), _TARGET_PROGRAMS // base, 65535))
@@ -433,7 +346,7 @@ def _grad_weight(dy, x, weight, g, channels_last):
         # Splits summed in a fixed order: the result does not depend on scheduling.
         packed = partial.sum(0) if splits > 1 else partial[0]  # [T, Cin, Cout]
         if g.has_centre:
-            packed[-1] *= _centre_mask(g.layer, packed.device, acc)
+            packed[-1] *= centre_mask(g.layer, packed.device, acc)
         gw.view(g.cout, g.cin, g.kh * g.kw)[:, :, :g.num_taps] = packed.permute(2, 1, 0)
     return gw.to(weight.dtype)
 
@@ -442,7 +355,7 @@ def masked_conv2d_backward(grad_y, x, weight, mask_type, data_channels, dilation
                            output_mask):
     """(grad_x, grad_weight, grad_bias) of genfast::masked_conv2d; an empty (0,) tensor for each
     gradient output_mask does not ask for. grad_x is in x's suggested memory format."""
-    g = _Geometry(x, weight, mask_type, data_channels, dilation, window)
+    g = Geometry(x, weight, mask_type, data_channels, dilation, window)
     if tuple(grad_y.shape) != (g.batch, g.cout, g.win_h, g.win_w):
         raise RuntimeError(f"genfast: grad_y must have the output's shape "
                            f"{[g.batch, g.cout, g.win_h, g.win_w]}, got {list(grad_y.shape)}")
@@ -452,7 +365,7 @@ def masked_conv2d_backward(grad_y, x, weight, mask_type, data_channels, dilation
     gx = _grad_input(dy, x, weight, g, channels_last) if output_mask[0] else x.new_empty(0)
     gw = _grad_weight(dy, x, weight, g, channels_last) if output_mask[1] \
         else weight.new_empty(0)
-    gb = (grad_y.sum((0, 2, 3), dtype=_acc_dtype(x.dtype)).to(x.dtype) if output_mask[2]
+    gb = (grad_y.sum((0, 2, 3), dtype=acc_dtype(x.dtype)).to(x.dtype) if output_mask[2]
           else x.new_empty(0))
     return gx, gw, gb
 
@@ -479,7 +392,7 @@ _VARIANT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "tf32": torch.
 
 def _variant_specs(cap: int, variant: str) -> list[AotSpec]:
     dtype = _VARIANT_DTYPES[variant]
-    t, a = triton_type(dtype), triton_type(_acc_dtype(dtype))
+    t, a = triton_type(dtype), triton_type(acc_dtype(dtype))
     dot = {"PRECISION": "tf32" if variant == "tf32" else "ieee", "DOT_IN_FP32": False}
     gather = {"out_ptr": t, "src_ptr": t, "w_ptr": t, "bias_ptr": t}
     gather.update({name: "i32" for name in _gather_conv_kernel.arg_names[4:]
