@@ -25,6 +25,12 @@ def capability_key(device: torch.device) -> int:
     return 90 if major >= 9 else 80
 
 
+@functools.lru_cache(maxsize=16)
+def multiprocessors(device: torch.device) -> int:
+    """SMs of a CUDA device (asked once per device: a host query, no synchronisation)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def variant_key(dtype: torch.dtype) -> str:
     """The launch-settings key of a dtype at the precision torch asks for now. float32 runs in
     TF32 exactly when cuDNN may use TF32 for convolutions (the reference's own precision):

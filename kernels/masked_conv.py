@@ -18,23 +18,27 @@ reads zero, which is the convolution's zero padding without a zero-bordered copy
   one owner, so there are no atomics; only the window's receptive field is computed.
 - grad-weight: dW_t[ci, co] = sum over output pixels of x[pixel + shift_t, ci] * dy[pixel, co].
   One program per (tap, ci block, co block, split of the pixels) reduces with tl.dot; the
-  splits' partial sums are added on the host in a fixed order (deterministic results).
+  splits' partial sums are added by one torch sum in a fixed order (deterministic).
 kernels/_masked_conv_host.py holds the host-side geometry, weight packing and precision choice.
 
 Precision: tl.dot runs on tensor cores for every dtype but float64 (DMMA on sm_80 and later).
 float32 uses TF32 exactly when torch lets cuDNN use it for convolutions (what the reference
 runs at), else IEEE float32 (FMAs); float16/bfloat16 go to the MMA as they are. Accumulation
-is float32 (float64 for float64). Index arithmetic is int64.
+is float32 (float64 for float64). Pixel coordinates are int32, element offsets int64.
 
-Bench shape (batch 16, 64 -> 64 channels, 28x28, 7x7 A: 24 taps; 3x3 B: 5 taps): forward and
-grad-input run M = 12544 pixels in BLOCK_M = 64 rows, a grid of 196 x 1 programs of 4 warps,
-about 1.5 programs per SM of an H100 (132 SMs) or 108 of an A100. Each such program holds a
-64x64 float32 accumulator (32 registers a thread) and 3 pipeline stages of 64x32 + 32x64
-tiles in shared memory (48 KiB in float32/TF32, 24 KiB in bfloat16); ptxas -v gives about
-120-170 registers, so up to 3 programs fit on an SM and the whole grid is resident at once.
-grad-weight runs 24 taps x 1 x 1 blocks x 21 pixel splits = 504 programs (3x3 B: 5 x 102 =
-510), each reducing ~600 pixels. tests/test_tensor_cores.py checks the PTX for mma / wgmma and
-ptxas for spills.
+Bench shape (batch 16, 64 -> 64 channels, 28x28 NCHW, 7x7 A: 24 taps; 3x3 B: 5 taps), float32
+in TF32 (bfloat16 alike), on an H100 (132 SMs):
+- forward and grad-input: M = 12544 pixels in BLOCK_M = 64 rows, a grid of 196 x 1 programs of
+  4 warps. ptxas -v: 246 (sm_80) / 205 (sm_90) registers a thread for the forward, 244 / 237
+  for grad-input (bfloat16: ~250), so registers allow 2 programs (8 warps, 1/8 occupancy) per
+  SM; shared memory is 3 stages of 64x32 + 32x64 tiles, 48 KiB (bfloat16: 24 KiB). All 196
+  programs are resident in one wave, 1 or 2 per SM. NCHW loads are one element per thread
+  (pixels contiguous, rows broken by the tile); NHWC with channels divisible by 16 vectorizes
+  them and needs 128-150 registers (sm_80), 3 programs per SM.
+- grad-weight: 8 warps, 176 / 158 registers (1 program per SM), 48 KiB shared; 24 taps x 11
+  pixel splits = 264 programs (2 per SM, two waves) of ~1140 pixels each (3x3 B: 5 x 52 = 260
+  programs of ~240 pixels), then one torch sum of the 11 [24, 64, 64] float32 partials.
+tests/test_triton_aot.py checks every variant's PTX for mma / wgmma and ptxas for spills.
 """
 from __future__ import annotations
 
@@ -46,7 +50,8 @@ import triton.language as tl
 from torch._prims_common import suggest_memory_format
 
 from ._aot import AotSpec, triton_type
-from ._masked_conv_host import Geometry, acc_dtype, capability_key, centre_mask, variant_key
+from ._masked_conv_host import (Geometry, acc_dtype, capability_key, centre_mask, multiprocessors,
+                                variant_key)
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 CAPABILITIES = (80, 90)  # the launch settings below are chosen (ptxas -v, no spills) for these
@@ -68,9 +73,10 @@ WEIGHT_BLOCKS = {  # (BLOCK_M pixels, BLOCK_CI, BLOCK_CO, warps, stages)
 # there (16 bytes).
 GATHER_BLOCKS[90] = {**GATHER_BLOCKS[80], "fp64": (64, 32, 16, 4, 3)}
 WEIGHT_BLOCKS[90] = WEIGHT_BLOCKS[80]
-# On a GPU, grad-weight splits the pixels over more programs until there are about this many.
-# The interpreter runs programs one after another, so there a split would only add work.
-_TARGET_PROGRAMS = 512
+# On a GPU, grad-weight splits the pixels over more programs until there are about this many
+# per SM: every split adds a [T, Cin, Cout] float32 partial sum to write and add up. The
+# interpreter runs programs one after another, so there a split would only add work.
+_WEIGHT_PROGRAMS_PER_SM = 2
 
 
 @triton.jit
@@ -125,7 +131,7 @@ def _gather_conv_kernel(
     m_ok = offs_m < num_pixels
     q = offs_m % region_w
     p = (offs_m // region_w) % region_h
-    b = offs_m // (region_w * region_h)
+    b = (offs_m // (region_w * region_h)).to(tl.int64)  # int64 offsets from here on
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < n_channels
     offs_k = tl.arange(0, BLOCK_K)
@@ -332,9 +338,10 @@ def _grad_weight(dy, x, weight, g, channels_last):
             WEIGHT_BLOCKS[capability_key(x.device)][variant]
         ci_blocks, co_blocks = triton.cdiv(g.cin, block_ci), triton.cdiv(g.cout, block_co)
         base = g.num_taps * ci_blocks * co_blocks
-        splits = max(1, min(triton.cdiv(num_pixels, block_m), _TARGET_PROGRAMS // base, 65535))
-        if not x.is_cuda:
-            splits = 1
+        splits = 1
+        if x.is_cuda:
+            target = _WEIGHT_PROGRAMS_PER_SM * multiprocessors(x.device)
+            splits = max(1, min(triton.cdiv(num_pixels, block_m), target // base, 65535))
         partial = torch.empty((splits, g.num_taps, g.cin, g.cout), dtype=acc, device=x.device)
         with _device_guard(x):
             _grad_weight_kernel[(g.num_taps * ci_blocks, co_blocks, splits)](
