@@ -29,7 +29,7 @@ is float32 (float64 for float64). Pixel coordinates are int32, element offsets i
 Bench shape (batch 16, 64 -> 64 channels, 28x28 NCHW, 7x7 A: 24 taps; 3x3 B: 5 taps), float32
 in TF32 (bfloat16 alike), on an H100 (132 SMs):
 - forward and grad-input: M = 12544 pixels in BLOCK_M = 64 rows, a grid of 196 x 1 programs of
-  4 warps. ptxas -v: 246 (sm_80) / 205 (sm_90) registers a thread for the forward, 244 / 237
+  4 warps. ptxas -v: 252 (sm_80) / 244 (sm_90) registers a thread for the forward, 248 / 242
   for grad-input (bfloat16: ~250), so registers allow 2 programs (8 warps, 1/8 occupancy) per
   SM; shared memory is 3 stages of 64x32 + 32x64 tiles, 48 KiB (bfloat16: 24 KiB). All 196
   programs are resident in one wave, 1 or 2 per SM. NCHW loads are one element per thread
