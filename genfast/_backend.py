@@ -66,9 +66,11 @@ AUTO_TABLE: dict[tuple[str, str], AutoEntry] = {
         f"the C++ kernels skip the hidden taps: 1.5-1.8x eager fwd+bwd ({_CPU_MEASURED})"),
     ("masked_conv2d", "cuda"): AutoEntry(
         ("reference",),
-        f"cuDNN on TF32 tensor cores beats genfast's FP32 kernels (SIMT in CUDA, IEEE tl.dot "
-        f"in Triton): 7x7 A ~0.21 ms eager vs ~0.37 ms genfast CUDA, 3x3 B ~0.16 vs ~0.15 ms "
-        f"(a tie within the error) ({_PROJECTED})"),
+        f"cuDNN on TF32 tensor cores beats genfast's SIMT FP32 CUDA kernel: 7x7 A ~0.21 ms "
+        f"eager vs ~0.37 ms, 3x3 B ~0.16 vs ~0.15 ms (a tie within the error) ({_PROJECTED}). "
+        f"The Triton kernel now runs the visible taps only on TF32/bfloat16 tensor cores, "
+        f"reading the input in place; it has not run on a GPU, so auto keeps cuDNN until "
+        f"genfast bench --device cuda shows it ahead"),
     ("lstm_rows", "cpu"): AutoEntry(
         ("cpu", "reference"),
         f"the whole recurrence in one C++ call: 1.8-2.9x eager per RowLSTM or DiagonalBiLSTM layer "

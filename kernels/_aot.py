@@ -33,10 +33,14 @@ class AotSpec:
     signature: dict[str, str]  # runtime argument name -> Triton type ("*fp32", "i32", "i64")
     constexprs: dict[str, Any]  # constexpr argument name -> value
     num_warps: int = 4
+    num_stages: int = 3  # Triton's default on NVIDIA targets
     # Arguments the launcher normally passes 16-byte aligned (pointers) or divisible by 16 (ints):
     # Triton's launcher specializes on this at run time, so the AOT compile assumes it too.
     divisible_by_16: tuple[str, ...] = ()
     tag: str = field(default="")  # tells this variant from the kernel's others, e.g. "fp32-noise1"
+    # The targets this variant's launch settings are for; a kernel whose settings differ per
+    # target lists one spec per target.
+    capabilities: tuple[int, ...] = (80, 90)
 
     @property
     def name(self) -> str:
@@ -56,6 +60,8 @@ def full_signature(spec: AotSpec) -> dict[str, str]:
 
 def compile_ptx(spec: AotSpec, capability: int) -> str:
     """The PTX Triton generates for ``spec`` on compute capability ``capability`` (80, 90)."""
+    if capability not in spec.capabilities:
+        raise ValueError(f"{spec.name} is set up for {spec.capabilities}, not sm_{capability}")
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -65,7 +71,8 @@ def compile_ptx(spec: AotSpec, capability: int) -> str:
     source = ASTSource(fn=spec.fn, signature=full_signature(spec), constexprs=spec.constexprs,
                        attrs=attrs)
     compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32),
-                              options={"num_warps": spec.num_warps})
+                              options={"num_warps": spec.num_warps,
+                                       "num_stages": spec.num_stages})
     return compiled.asm["ptx"]
 
 

@@ -23,7 +23,9 @@ if HAS_CUDA:
     # PyTorch may run float32 convolutions (cuDNN's default) and matmuls on TF32 tensor cores,
     # with a 10-bit mantissa: a kernel held to such a "float32" reference at float32 tolerances
     # fails for the wrong reason. The references of the tests run in IEEE float32; genfast's own
-    # kernels compute IEEE float32 whatever these flags say (README, "Building on a GPU machine").
+    # kernels compute IEEE float32 whatever these flags say, but Triton's masked convolution,
+    # which follows the convolution flag as the reference does (README, "Building on a GPU
+    # machine"; tests/test_tensor_cores.py).
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
 

@@ -58,8 +58,6 @@ def _forward_backward(fn, x, weight, bias, grad_y, dtype, **kwargs):
 def test_matches_reference(backend, case, dtype):
     name, device = backend
     _skip_unimplemented(name)
-    if name == "triton" and device == "cpu" and dtype in LOW_PRECISION:
-        pytest.skip("the Triton CPU interpreter has no float16/bfloat16 maths")
     _seed(case, str(dtype))
     x, weight, bias = _inputs(case, device)
     kw = dict(mask_type=case[7], data_channels=case[8], dilation=case[9])

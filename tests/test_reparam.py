@@ -7,7 +7,7 @@ import torch
 import genfast
 from genfast.ops.philox import gaussian_noise_ref
 from genfast.ops.reparam import reparameterize_kl_ref
-from conftest import LOW_PRECISION, assert_close
+from conftest import LOW_PRECISION, assert_close, requires_cuda
 
 # Odd shapes on purpose: batch 1, primes, non-powers of two, a 3-d latent.
 SHAPES = [(1,), (7,), (1, 33), (5, 13), (3, 5, 7), (2, 257)]
@@ -231,3 +231,53 @@ def test_gaussian_sample_module(backend):
     assert_close(kl, kl_ref)
     quiet = genfast.nn.GaussianSample(sample_in_eval=False, backend=name).eval()
     assert torch.equal(quiet(mu, logvar)[0], mu)
+
+
+class _HostPhiloxGenerator:
+    """Stands in for a CUDA generator outside graph capture (none is needed to check the
+    arithmetic): philox_state reserves counters as torch documents it, on the host."""
+
+    device = torch.device("cuda")
+
+    def __init__(self, seed, offset):
+        self.seed, self.offset, self.reserved = seed, offset, []
+
+    def philox_state(self, increment):
+        start = self.offset
+        self.offset = (start + -(-increment // 4) * 4) % 2**64
+        self.reserved.append((start, self.offset))
+        as_int64 = start - 2**64 if start >= 2**63 else start
+        return (torch.tensor([self.seed]), torch.tensor([as_int64]), torch.tensor([0]))
+
+
+@pytest.mark.parametrize("offset", [0, 8, 6, 2**63 + 8])
+def test_cuda_generator_seed_is_a_host_reservation(offset):
+    """A CUDA generator's seed pair comes from its host-side philox state (no device copy, no
+    synchronisation): each call's counters lie inside what it reserved, and calls do not
+    overlap."""
+    generator = _HostPhiloxGenerator(seed=-12345, offset=offset)
+    counters = []
+    for numel in (10, 1, 37):
+        key, counter = genfast.ops.reparam.draw_seed(generator, numel).tolist()
+        start, end = generator.reserved[-1]
+        assert key == -12345
+        assert start <= 4 * counter and 4 * (counter + -(-numel // 4)) <= end
+        counters.append((counter, counter + -(-numel // 4)))
+    assert all(a[1] <= b[0] for a, b in zip(counters, counters[1:]))
+
+
+@requires_cuda
+def test_cuda_generator_draw_does_not_synchronise():
+    if not genfast.backends()["triton"].available:
+        pytest.skip(f"triton unavailable: {genfast.backends()['triton'].reason}")
+    generator = torch.Generator(device="cuda").manual_seed(7)
+    mu, logvar = torch.zeros(4, 9, device="cuda"), torch.zeros(4, 9, device="cuda")
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        first = genfast.reparameterize(mu, logvar, generator=generator, backend="triton")
+        second = genfast.reparameterize(mu, logvar, generator=generator, backend="triton")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    generator.manual_seed(7)
+    again = genfast.reparameterize(mu, logvar, generator=generator, backend="triton")
+    assert torch.equal(first, again) and not torch.equal(first, second)

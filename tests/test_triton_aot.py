@@ -12,6 +12,7 @@ without importing genfast, so only triton and torch need to work for it.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,8 @@ PTXAS = "/usr/local/cuda/bin/ptxas"
 pytestmark = pytest.mark.slow
 
 # Runs in the subprocess: argv = [kernels dir, output dir, capabilities...]. Writes one .ptx per
-# (variant, capability) and manifest.json listing them, or the error each one raised.
+# (variant, capability the variant is set up for) and manifest.json listing them, or the error
+# each one raised; "variants" counts the compiles per module.
 _COMPILE_SCRIPT = r"""
 import importlib, importlib.util, json, os, sys, traceback
 from concurrent.futures import ProcessPoolExecutor
@@ -66,8 +68,11 @@ if __name__ == "__main__":
         if specs is None:
             missing.append(stem)
             continue
-        counts[stem] = len(specs)
-        jobs += [(stem, i, cap) for i in range(len(specs)) for cap in caps]
+        # A spec names the targets its launch settings are for (kernels/_aot.py).
+        stem_jobs = [(stem, i, cap) for i, s in enumerate(specs) for cap in caps
+                     if cap in s.capabilities]
+        counts[stem] = len(stem_jobs)
+        jobs += stem_jobs
     workers = max(1, min(8, os.cpu_count() or 1))
     with ProcessPoolExecutor(workers) as pool:
         entries = list(pool.map(compile_one, jobs))
@@ -105,8 +110,7 @@ def test_every_variant_compiles(compiled):
     failed = [e for e in compiled["entries"] if "error" in e]
     assert not failed, "\n\n".join(
         f"{e['module']}.{e['variant']} for sm_{e['capability']}:\n{e['error']}" for e in failed)
-    expected = sum(compiled["variants"].values()) * len(CAPABILITIES)
-    assert len(compiled["entries"]) == expected
+    assert len(compiled["entries"]) == sum(compiled["variants"].values())
 
 
 @pytest.mark.skipif(not os.access(PTXAS, os.X_OK),
@@ -130,3 +134,38 @@ def test_no_register_spills(compiled):
     spilled = [r for r in report if r["spill_stores"] or r["spill_loads"]]
     assert not spilled, f"register spills (see {report_path}): " + ", ".join(
         f"{r['module']}.{r['variant']} sm_{r['capability']}" for r in spilled)
+
+
+# The masked convolution's variants (kernels/masked_conv.py) by the precision in their tag, and
+# the tensor-core instruction each must contain on sm_80 (mma.sync) and sm_90 (wgmma for the
+# one-warpgroup tensor-core variants; Hopper has no float64 wgmma, so DMMA's mma.sync stays).
+_TENSOR_CORE_OPERANDS = {"tf32": "tf32.tf32", "bf16": "bf16.bf16", "fp16": "f16.f16",
+                         "fp64": "f64.f64"}
+_MMA = {80: r"mma\.sync\.aligned\.\S*{}", 90: r"wgmma\.mma_async\.\S*{}"}
+
+
+def _masked_conv_ptx(compiled, precision):
+    entries = [e for e in compiled["entries"] if e["module"] == "masked_conv" and "ptx" in e
+               and precision in re.split(r"[\[\]-]", e["variant"])]
+    assert entries, f"no masked_conv variant in {precision} was compiled"
+    return [(e, Path(e["ptx"]).read_text()) for e in entries]
+
+
+@pytest.mark.parametrize("precision", _TENSOR_CORE_OPERANDS)
+def test_masked_conv_runs_on_tensor_cores(compiled, precision):
+    """Forward, grad-input and grad-weight of every storage order run their products on
+    tensor cores: TF32 when torch allows it, bfloat16/float16 as they are, DMMA for float64."""
+    for entry, ptx in _masked_conv_ptx(compiled, precision):
+        cap = 80 if precision == "fp64" else entry["capability"]
+        pattern = _MMA[cap].format(re.escape(_TENSOR_CORE_OPERANDS[precision]))
+        assert re.search(pattern, ptx), (
+            f"{entry['variant']} on sm_{entry['capability']} has no {pattern} instruction")
+
+
+def test_masked_conv_ieee_float32_is_not_tf32(compiled):
+    """With TF32 off (torch.backends.cudnn.allow_tf32 = False) float32 runs as IEEE FMAs: no
+    TF32 tensor-core instruction, so the result is honest float32."""
+    for entry, ptx in _masked_conv_ptx(compiled, "ieee"):
+        assert "tf32" not in ptx, f"{entry['variant']} uses TF32 on sm_{entry['capability']}"
+        assert not re.search(r"\bw?gmma|\bmma\.", ptx), entry["variant"]
+        assert re.search(r"\bfma\.rn\.f32", ptx), entry["variant"]

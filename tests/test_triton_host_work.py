@@ -144,7 +144,7 @@ def test_the_watch_sees_host_work(host_work):
     x = torch.randn(1, 3, 4, 4, device=DEVICE)
     genfast.masked_conv2d(x, torch.randn(3, 3, 3, 3, device=DEVICE), mask_type="B",
                           dilation=2, backend="triton")
-    assert ("tensor", "genfast.kernels.masked_conv") in host_work
+    assert any(module.startswith("genfast.kernels") for _, module in host_work), host_work
     assert sum(info.misses for info in _host.cache_info().values()) > misses
 
 

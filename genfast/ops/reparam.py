@@ -150,19 +150,40 @@ if _ext.LOAD_ERROR is None:
 
 # ----------------------------------------------------------------------------- public API
 
-def draw_seed(generator: torch.Generator | None = None) -> torch.Tensor:
-    """An int64[2] (philox key, counter offset) CPU tensor drawn from ``generator``.
+def draw_seed(generator: torch.Generator | None = None, numel: int = 0) -> torch.Tensor:
+    """An int64[2] (philox key, counter offset) CPU tensor drawn from ``generator``, for a call
+    that draws ``numel`` stream elements.
 
     Without a generator it comes from torch's default CPU generator, so ``torch.manual_seed``
     makes genfast's sampling repeatable on every device.
     """
     if generator is None:  # the usual case, in one call: the same draw as below
         return torch.randint(*_INT64_RANGE, (2,), dtype=torch.int64)
+    if generator.device.type == "cuda" and hasattr(generator, "philox_state"):
+        return _reserve_philox(generator, numel)
     seed = torch.randint(*_INT64_RANGE, (2,), generator=generator, device=generator.device,
                          dtype=torch.int64)
-    # Only a CUDA generator costs a device-to-host copy (a synchronisation) per call: the
-    # kernels take the seed as host integers. A CPU generator costs none.
     return seed if seed.device.type == "cpu" else seed.cpu()
+
+
+def _reserve_philox(generator: torch.Generator, numel: int) -> torch.Tensor:
+    """The seed pair of a CUDA generator, without device work or a synchronisation.
+
+    A CUDA generator is Philox4x32-10 with its seed and offset on the host. Its philox_state
+    reserves counters the way torch's own random kernels do; genfast's stream (philox.py:
+    element e takes output e % 4 of counter offset + e // 4, subsequence 0) is theirs, so the
+    call draws exactly the reserved values and shares the stream with torch's random ops.
+    """
+    # Four more values than drawn: an offset that is not a multiple of 4 (set_offset allows
+    # one) starts the call at the next whole counter, still inside the reservation.
+    seed, offset, intragraph = generator.philox_state(numel + 4)
+    if seed.device.type != "cpu":
+        raise RuntimeError("genfast: noise from a CUDA generator cannot be drawn during CUDA "
+                           "graph capture (the kernels take the seed as host integers); pass "
+                           "eps instead")
+    start = (offset.item() + intragraph.item()) & ((1 << 64) - 1)
+    counter = -(-start // 4)  # < 2**62: a valid int64
+    return torch.tensor([seed.item(), counter], dtype=torch.int64)
 
 
 def _check_args(mu, logvar, eps, num_samples, reduction):
@@ -210,7 +231,8 @@ def _sample_kl(mu, logvar, eps, num_samples, generator, compute_z, reduction, ba
         z = reparameterize_ref(mu, logvar, eps, num_samples, generator) if compute_z else None
         kl = gaussian_kl_ref(mu, logvar, reduction) if kl_mode != KL_NONE else None
         return z, kl
-    seed = draw_seed(generator) if compute_z and eps is None else _NO_SEED
+    numel = mu.numel() * (num_samples or 1)
+    seed = draw_seed(generator, numel) if compute_z and eps is None else _NO_SEED
     z, kl = _CALLS[name](mu, logvar, eps, seed, num_samples or 0, compute_z, kl_mode)
     return (z if compute_z else None), (_reduce(kl, reduction, mu) if kl_mode != KL_NONE else None)
 
