@@ -139,24 +139,25 @@ def case_model(case: SamplingCase, device: str, quick: bool = False):
                        **case.hparams).to(device).eval()
 
 
-def estimate_naive_s(model, case: SamplingCase, device: str) -> float:
-    """Seconds of a whole naive sampling run, from NAIVE_STEPS_TIMED of its steps: each of the
-    C x H x W steps runs the whole network on the whole image, so every step costs the same."""
+def estimate_naive_s(model, batch: int, device: str, steps: int = NAIVE_STEPS_TIMED) -> float:
+    """Seconds of a whole naive sampling run of ``batch`` images, from ``steps`` of its steps
+    (after one untimed): each of the C x H x W steps runs the whole network on the whole
+    image, so every step costs the same."""
     from genfast.models.sampling import NaiveStepper
 
     c, h, w = model.image_shape
     with torch.inference_mode():
-        stepper = NaiveStepper(model, case.batch, model.default_labels(case.batch, device))
-        uniform = torch.rand(case.batch, dtype=torch.float64, device=device)
+        stepper = NaiveStepper(model, batch, model.default_labels(batch, device))
+        uniform = torch.rand(batch, dtype=torch.float64, device=device)
         stepper.start_row(0)
-        for step in range(NAIVE_STEPS_TIMED + 1):
+        for step in range(steps + 1):
             if step == 1:  # the first step warms up
                 start = time.perf_counter()
             j = step % w
             stepper.set_value(0, j, 0, stepper.draw(0, j, 0, uniform))
         if device == "cuda":
             torch.cuda.synchronize()
-        return (time.perf_counter() - start) / NAIVE_STEPS_TIMED * c * h * w
+        return (time.perf_counter() - start) / steps * c * h * w
 
 
 def run_sampling_case(case: SamplingCase, device: str, quick: bool = False,
@@ -166,7 +167,7 @@ def run_sampling_case(case: SamplingCase, device: str, quick: bool = False,
     model = case_model(case, device, quick)
     estimated = estimate_naive and not quick  # a quick run's naive pass is short: timed whole
     if estimated:
-        naive_s = estimate_naive_s(model, case, device)
+        naive_s = estimate_naive_s(model, case.batch, device)
         small = case_model(case, device, quick=True)
         identical = torch.equal(_timed_sample(small, case, "naive", device)[1],
                                 _timed_sample(small, case, "cached", device)[1])
