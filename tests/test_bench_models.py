@@ -46,14 +46,17 @@ def test_the_registered_cases_are_issue_22s_models_and_sizes():
 
 def test_quick_runs_time_the_small_batch_and_others_both():
     case = tiny_case()
-    assert [(s.name, m) for _, s, m in case.plan(quick=True)] == [
-        ("small", TRAIN_STEP), ("small", EVALUATE)]
-    assert [(s.name, m) for _, s, m in case.plan(quick=False)] == [
-        ("small", TRAIN_STEP), ("small", EVALUATE), ("large", TRAIN_STEP), ("large", EVALUATE)]
-    assert list(_work([case], full=False, quick=False)) == list(case.plan(quick=False))
+
+    def work(**options):
+        return [(s.name, m) for _, s, m in _work([case], **options)]
+    assert work(full=False, quick=True) == [("small", TRAIN_STEP), ("small", EVALUATE)]
+    both = [("small", TRAIN_STEP), ("small", EVALUATE), ("large", TRAIN_STEP),
+            ("large", EVALUATE)]
+    assert work(full=False, quick=False) == both and work(full=True, quick=False) == both
+    assert work(full=False, quick=True, size="large") == [("large", TRAIN_STEP),
+                                                          ("large", EVALUATE)]
     # plan() (the pytest-benchmark matrix) goes through the case's own modes too.
-    assert [(s.name, m) for _, s, m in plan([case])] == \
-        [(s.name, m) for _, s, m in case.plan(quick=False)]
+    assert [(s.name, m) for _, s, m in plan([case])] == both
     # Whole-model compiles are slow: only --full times them.
     impls = {i.name: i.skip for i in implementations(case, "cpu", slow_compile=False)}
     assert "--full" in impls[COMPILE] and impls[REFERENCE] == ""
@@ -92,7 +95,7 @@ def test_a_tiny_model_case_runs_and_reports_in_both_modes(model, hparams):
                      image_shape=image_shape, levels=7, batches=(2, 3))
     impls = implementations(case, "cpu", backends=["cpu"], compile=False)
     results = [run_case(case, size, mode, "cpu", impls, TINY_TIMING)
-               for _, size, mode in case.plan(quick=True)]
+               for _, size, mode in _work([case], full=False, quick=True)]
     for r in results:
         assert set(r.measurements) == {REFERENCE, "cpu"}
         assert all(m.median > 0 and m.blocks >= 3 for m in r.measurements.values())

@@ -42,14 +42,14 @@ def test_cached_and_naive_draw_the_same_integers_at_each_batch_size(spec, batch)
 @needs_cpu_backend
 def test_the_sweep_reports_sane_fields(tmp_path):
     seen = []
-    # A zero budget times two rows of the 8x8 quick image and extrapolates; batch 1 and 3.
+    # A zero budget times three rows of the 8x8 quick image and extrapolates; batch 1 and 3.
     points = run_throughput("cpu", quick=True, batches=(1, 3), models=TINY, budget_s=0.0,
                             naive_passes=1, check_side=3, on_point=seen.append)
     assert seen == points
     assert [(p.model, p.batch) for p in points] == [
         ("tiny_pixelcnn", 1), ("tiny_pixelcnn", 3), ("tiny_pixelrnn", 1), ("tiny_pixelrnn", 3)]
     for p in points:
-        assert p.image_shape == (1, 8, 8) and p.rows_timed == 2 and p.extrapolated
+        assert p.image_shape == (1, 8, 8) and p.rows_timed == 3 and p.extrapolated
         assert p.cached_s > 0 and p.naive_s > 0 and p.identical
         assert p.cached_images_per_s == pytest.approx(p.batch / p.cached_s)
         assert p.speedup == pytest.approx(p.naive_s / p.cached_s)
@@ -57,7 +57,7 @@ def test_the_sweep_reports_sane_fields(tmp_path):
         assert record["identical_shape"] == [1, 3, 3] and record["naive_passes_timed"] == 1
     assert "tiny_pixelrnn batch 3" in throughput.format_line(points[-1])
     table = throughput.format_table(points)
-    assert "cached images/s" in table and "2/8" in table and "Fast PixelCNN++" in table
+    assert "cached images/s" in table and "3/8" in table and "Fast PixelCNN++" in table
 
     rows = throughput.csv_rows(points, {"run": "now"})
     assert len(rows) == 2 * len(points)
@@ -70,8 +70,10 @@ def test_the_sweep_reports_sane_fields(tmp_path):
         assert image.format == "PNG" and image.size[0] > 500
 
 
-def test_a_whole_image_within_the_budget_is_timed_whole():
+def test_a_whole_image_within_the_budget_is_timed_row_by_row():
     model = TINY[0].build((1, 3, 4), "cpu")
+    setup, row_times = throughput.time_cached_rows(model, 2, "cpu", rows=3)
+    assert setup > 0 and len(row_times) == 3 and min(row_times) > 0
     seconds, rows = throughput.cached_run_s(model, 2, "cpu", budget_s=1e9)
     assert rows == 3 and seconds > 0
 

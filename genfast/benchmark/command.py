@@ -9,7 +9,7 @@ import torch
 
 from genfast._backend import FAST_BACKENDS
 from genfast.benchmark import report, sampling, throughput
-from genfast.benchmark.cases import FWD_BWD, case_names, get_cases
+from genfast.benchmark.cases import FWD_BWD, SIZE_NAMES, case_names, get_cases
 from genfast.benchmark.models import ModelCase
 from genfast.benchmark.runner import (default_device, implementations, plan, run_case,
                                       torch_threads)
@@ -52,6 +52,9 @@ def register(subparsers) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="few, short repeats, whole models at batch 16 only, sampling on 8x8 "
                              "images: a smoke run for CI, not for numbers to quote")
+    parser.add_argument("--size", choices=SIZE_NAMES, default=None,
+                        help="time only this size of each case (an op's small or large input, a "
+                             "whole model's batch 16 or 64; default: the run's sizes)")
     parser.add_argument("--repeats", type=int, default=None, metavar="N",
                         help=f"timed blocks per measurement (default: "
                              f"{TimingSettings.standard().repeats}, {TimingSettings().repeats} "
@@ -107,17 +110,18 @@ def _validate(args) -> tuple[list, list, bool, str, list[str] | None, TimingSett
     return cases, sampling_cases, sweep, device, backends, settings
 
 
-def _work(cases, full: bool, quick: bool):
+def _work(cases, full: bool, quick: bool, size: str | None = None):
     """Every (case, size, mode) of the run, in report order: an op forward+backward at its
     large size (every size and mode with --full); a whole model in both modes at both batch
-    sizes (the small one only with --quick)."""
+    sizes (the small one only with --quick). ``size`` (--size) replaces the run's sizes."""
     for case in cases:
         if isinstance(case, ModelCase):
-            yield from case.plan(quick)
+            sizes = [size] if size else [s.name for s in case.sizes][:1 if quick else None]
+            yield from plan([case], sizes)
         elif full:
-            yield from plan([case])
+            yield from plan([case], [size] if size else None)
         else:
-            yield from plan([case], ["large"], [FWD_BWD])
+            yield from plan([case], [size or "large"], [FWD_BWD])
 
 
 def run(args) -> int:
@@ -152,7 +156,7 @@ def _run(args, cases, sampling_cases, sweep, device, backends, settings, started
         if device == "cpu" and load is not None and load > 0.5 * (machine["cpus_usable"] or 1):
             print(f"note: the machine is busy (1-minute load average {load:.2f}); CPU timings "
                   "will be noisy", flush=True)
-        work = list(_work(cases, args.full, args.quick))
+        work = list(_work(cases, args.full, args.quick, args.size))
         # On stderr; disable=None: tqdm draws only on a terminal, so logs (CI) stay readable.
         bar = tqdm(work, desc="genfast bench", unit="case",
                    disable=True if args.no_progress else None, leave=False)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -78,14 +78,6 @@ class ModelCase:
                 return size
         raise KeyError(f"{self.name} has no size {name!r}; it has "
                        f"{[s.name for s in self.sizes]}")
-
-    def plan(self, quick: bool) -> Iterator[tuple["ModelCase", Size, str]]:
-        """The (case, size, mode) a run times: both modes, the small batch only when quick."""
-        for size in self.sizes:
-            if quick and size.name != "small":
-                continue
-            for mode in self.modes:
-                yield self, size, mode
 
     def make_model(self, backend: str, device: torch.device, seed: int = 0):
         from genfast.models import build_model

@@ -4,13 +4,14 @@ For each autoregressive model (default hyperparameters, what ``genfast train`` b
 initial weights, as the work per pixel does not depend on training) and each batch size, on
 1x28x28 images of 256 levels:
 
-* **cached**: ``model.cached_stepper`` driven by ``draw_images``, as ``model.sample`` runs it.
-  A large batch of 784 pixels takes long on 2 cores, so the first rows are timed, up to a
-  time budget, and the whole image extrapolated from them: each row of a cached stepper costs
-  the same (the same layers on one pixel, 28 times, plus the same once-per-row work). Where the
-  budget allows, the whole image is timed.
-* **naive**: a few full forward passes are timed and multiplied by C x H x W, the passes a
-  naive sample needs (each runs the whole network on the whole image, so each costs the same).
+* **cached**: ``model.cached_stepper`` driven by ``draw_images``, as ``model.sample`` runs it,
+  each row timed. A large batch of 784 pixels takes long on 2 cores, so the first rows are
+  timed, up to a time budget (every row where it allows), and the whole image extrapolated
+  from their median: each row of a cached stepper costs the same (the same layers on one
+  pixel, 28 times, plus the same once-per-row work).
+* **naive**: a few full forward passes are timed and their median multiplied by C x H x W, the
+  passes a naive sample needs (each runs the whole network on the whole image, so each costs
+  the same).
 
 Cached and naive sampling are also run whole on a small image at every batch size and their
 integers compared (they must be identical; tests/test_sampling_throughput.py checks it too).
@@ -21,6 +22,7 @@ the batch size: about 2x at batch 1, 183x at batch 256.
 """
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -37,7 +39,7 @@ IMAGE_SHAPE, LEVELS = (1, 28, 28), 256
 QUICK_SIDE = 8   # image side of genfast bench --quick
 CHECK_SIDE = 6   # image side where cached and naive run whole and are compared
 ROW_BUDGET_S = 3.0  # cached rows are timed until about this long, then extrapolated
-NAIVE_PASSES = 2    # timed full passes per naive estimate, after one untimed
+NAIVE_PASSES = 3    # timed full passes per naive estimate, after one untimed
 # Fast PixelCNN++'s reported speed-ups of cached over naive generation, by batch size.
 FAST_PIXELCNN_PP = {1: 2.0, 256: 183.0}
 
@@ -112,29 +114,38 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def time_cached_rows(model, batch: int, device, rows: int) -> float:
-    """Seconds to build a cached stepper for ``batch`` images and draw their first ``rows``
-    rows, the way model.sample draws them."""
+def time_cached_rows(model, batch: int, device, rows: int) -> tuple[float, list[float]]:
+    """(seconds to build a cached stepper for ``batch`` images, seconds of each of their first
+    ``rows`` rows), drawn the way model.sample draws them."""
     from genfast.models.sampling import draw_images
 
     c, _, w = model.image_shape
     generator = torch.Generator(device=device).manual_seed(1)
+    marks = []
+
+    def on_row(i):
+        _sync(device)
+        marks.append(time.perf_counter())
+
     with torch.inference_mode():
         start = time.perf_counter()
         stepper = model.cached_stepper(batch, model.default_labels(batch, device))
-        draw_images(stepper, batch, (c, rows, w), generator, device, False, "")
         _sync(device)
-        return time.perf_counter() - start
+        marks.append(time.perf_counter())
+        draw_images(stepper, batch, (c, rows, w), generator, device, False, "", on_row)
+    return marks[0] - start, [b - a for a, b in zip(marks, marks[1:])]
 
 
 def cached_run_s(model, batch: int, device, budget_s: float = ROW_BUDGET_S) -> tuple[float, int]:
-    """(seconds of a whole cached sampling run, rows timed): one warm-up row, then the whole
-    image if it fits the budget, else as many rows as do (at least 2), extrapolated."""
+    """(seconds of a whole cached sampling run, rows timed): after a warm-up row, every row if
+    they fit the budget, else as many as do (at least 3); the stepper's setup plus the median
+    row times the image's rows (the median passes over bursts of other work)."""
     height = model.image_shape[1]
-    one_row = time_cached_rows(model, batch, device, 1)
-    rows = height if one_row * height <= budget_s else max(2, min(height,
+    _, (one_row,) = time_cached_rows(model, batch, device, 1)
+    rows = height if one_row * height <= budget_s else max(3, min(height,
                                                                   int(budget_s / one_row)))
-    return time_cached_rows(model, batch, device, rows) * height / rows, rows
+    setup, row_times = time_cached_rows(model, batch, device, rows)
+    return setup + statistics.median(row_times) * height, rows
 
 
 def samples_identical(spec: ThroughputModel, batch: int, device, side: int = CHECK_SIDE) -> bool:
@@ -193,11 +204,11 @@ def format_table(points: list[ThroughputPoint]) -> str:
     out = text_table(header, rows, right={1, 2, 3, 4})
     if points:
         c, h, w = points[0].image_shape
-        out += ["", f"Sampling {c}x{h}x{w} images of {LEVELS} levels. cached: the rows timed "
-                    "(after one warm-up row), extrapolated to the image where fewer than all; "
-                    f"naive: {points[0].naive_passes} timed full forward passes x {c * h * w} "
-                    "(one per pixel and colour). identical: cached and naive whole runs draw "
-                    "the same integers for the same seed at the size given.",
+        out += ["", f"Sampling {c}x{h}x{w} images of {LEVELS} levels. cached: the stepper's "
+                    f"setup + the median of the rows timed (after one warm-up row) x {h}; "
+                    f"naive: the median of {points[0].naive_passes} timed full forward passes "
+                    f"x {c * h * w} (one per pixel and colour). identical: cached and naive "
+                    "whole runs draw the same integers for the same seed at the size given.",
                 f"Fast PixelCNN++ (Ramachandran et al. 2017) reports cached over naive growing "
                 f"from about {FAST_PIXELCNN_PP[1]:g}x at batch 1 to "
                 f"{FAST_PIXELCNN_PP[256]:g}x at batch 256."]
