@@ -10,7 +10,7 @@ import torch
 import genfast
 from genfast.benchmark import cases, report
 from genfast.benchmark.command import _work
-from genfast.benchmark.models import (CASES, EVALUATE, TRAIN_STEP, ModelCase)
+from genfast.benchmark.models import CASES, EVALUATE, TRAIN_STEP, ModelCase
 from genfast.benchmark.runner import (COMPILE, REFERENCE, build, implementations, plan,
                                       run_case)
 from genfast.benchmark.timing import TimingSettings

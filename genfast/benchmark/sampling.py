@@ -201,7 +201,8 @@ def format_sampling_table(results: list[SamplingResult]) -> str:
                 "same integers for the same seed."]
     if any(r.naive_estimated for r in results):
         out.append(f"est.: the naive run's time from the median of {NAIVE_STEPS_TIMED} of its "
-                   "steps (each runs the whole network); genfast bench --full times whole naive runs.")
+                   "steps (each runs the whole network); genfast bench --full times whole naive "
+                   "runs.")
     if any(r.quick for r in results):
         out.append("Quick run: small images; the targets apply to the full size only.")
     return "\n".join(out)
