@@ -13,8 +13,9 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-# Modules of genfast.benchmark that define CASES; one line per op family.
-OP_MODULES = ("reparam", "masked_conv", "gated", "lstm_row")
+# Modules of genfast.benchmark that define CASES; one line per op family. "models" holds the
+# whole-model cases (genfast.benchmark.models.ModelCase), timed after the ops.
+OP_MODULES = ("reparam", "masked_conv", "gated", "lstm_row", "models")
 
 FWD, FWD_BWD = "fwd", "fwd+bwd"
 MODES = (FWD, FWD_BWD)
@@ -86,6 +87,8 @@ class OpCase:
         ``genfast bench`` then leaves it out, and ``--full`` times it.
     targets
         Speeds the project promises for this op (checked with ``genfast bench --check``).
+    modes
+        The modes the case is timed in (an op: forward and forward+backward).
     auto_op
         The op name genfast's ``auto`` chooses a backend for (genfast._backend.AUTO_TABLE), so
         the report can say whether auto's choice was the fastest; "" for none.
@@ -106,6 +109,7 @@ class OpCase:
     targets: tuple[Target, ...] = field(default=())
     description: str = ""
     auto_op: str = ""
+    modes: tuple[str, ...] = MODES
 
     def size(self, name: str) -> Size:
         for size in self.sizes:

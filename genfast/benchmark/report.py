@@ -304,16 +304,21 @@ CSV_FIELDS = ("run", "genfast_commit", "device", "device_name", "cpu_capability"
 SAMPLE_MODE = "sample"  # the mode of the sampling rows (whole sampling runs)
 
 
-def csv_rows(results: list[Result], sampled: list, machine: dict, settings: dict) -> list[dict]:
-    """The run's rows: each timed implementation of each op case, and each sampling method."""
+def csv_common(machine: dict, settings: dict) -> dict:
+    """The fields every row of a run shares: the run's stamp, machine, versions and scope."""
     scope = ("full" if settings.get("full") else "standard") + \
         (" quick" if settings.get("quick") else "")
-    common = {"run": machine["date"], "genfast_commit": machine.get("genfast_commit", "unknown"),
-              "device": machine["device"], "device_name": machine["device_name"],
-              "cpu_capability": machine["cpu_capability"],
-              "genfast_cpu_isa": machine.get("genfast_cpu_isa"),
-              "torch_version": machine["torch_version"],
-              "torch_threads": machine["torch_threads"], "scope": scope}
+    return {"run": machine["date"], "genfast_commit": machine.get("genfast_commit", "unknown"),
+            "device": machine["device"], "device_name": machine["device_name"],
+            "cpu_capability": machine["cpu_capability"],
+            "genfast_cpu_isa": machine.get("genfast_cpu_isa"),
+            "torch_version": machine["torch_version"],
+            "torch_threads": machine["torch_threads"], "scope": scope}
+
+
+def csv_rows(results: list[Result], sampled: list, machine: dict, settings: dict) -> list[dict]:
+    """The run's rows: each timed implementation of each op case, and each sampling method."""
+    common = csv_common(machine, settings)
     rows = []
     for r in results:
         for impl, m in r.measurements.items():

@@ -76,7 +76,12 @@ def build(case: OpCase, size: Size, mode: str, impl: str, device: str | torch.de
     Inputs and cotangents are made here, outside the timed call, and the callable has been run
     once, so a torch.compile compilation has already happened. On a GPU the callable ends with
     torch.cuda.synchronize(). Compile failures propagate; ``run_case`` turns them into a skip.
+    A whole-model case (genfast.benchmark.models.ModelCase) builds its own callable.
     """
+    from genfast.benchmark.models import ModelCase
+
+    if isinstance(case, ModelCase):
+        return case.build(size, mode, impl, device, seed)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     device = torch.device(device)
@@ -239,7 +244,7 @@ def plan(cases: list[OpCase], sizes: list[str] | None = None,
         for size in case.sizes:
             if sizes is not None and size.name not in sizes:
                 continue
-            for mode in MODES:
+            for mode in case.modes:
                 if modes is None or mode in modes:
                     yield case, size, mode
 

@@ -142,26 +142,29 @@ def case_model(case: SamplingCase, device: str, quick: bool = False):
                        **case.hparams).to(device).eval()
 
 
-def estimate_naive_s(model, case: SamplingCase, device: str) -> float:
-    """Seconds of a whole naive sampling run, from NAIVE_STEPS_TIMED of its steps: each of the
-    C x H x W steps runs the whole network on the whole image, so every step costs the same."""
+def estimate_naive_s(model, batch: int, device: str, steps: int = NAIVE_STEPS_TIMED) -> float:
+    """Seconds of a whole naive sampling run of ``batch`` images: the median of ``steps`` timed
+    steps (after one untimed) times C x H x W. Each step runs the whole network on the whole
+    image, so every step costs the same, and the median passes over bursts of other work."""
     from genfast.models.sampling import NaiveStepper
 
     if hasattr(model, "naive_stepper"):  # draws a whole pixel per step (PixelCNN++)
         return _estimate_naive_pixel_s(model, case, device)
     c, h, w = model.image_shape
+    times = []
     with torch.inference_mode():
-        stepper = NaiveStepper(model, case.batch, model.default_labels(case.batch, device))
-        uniform = torch.rand(case.batch, dtype=torch.float64, device=device)
+        stepper = NaiveStepper(model, batch, model.default_labels(batch, device))
+        uniform = torch.rand(batch, dtype=torch.float64, device=device)
         stepper.start_row(0)
-        for step in range(NAIVE_STEPS_TIMED + 1):
-            if step == 1:  # the first step warms up
-                start = time.perf_counter()
+        for step in range(steps + 1):
+            start = time.perf_counter()
             j = step % w
             stepper.set_value(0, j, 0, stepper.draw(0, j, 0, uniform))
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - start) / NAIVE_STEPS_TIMED * c * h * w
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if step > 0:  # the first step warms up
+                times.append(time.perf_counter() - start)
+    return statistics.median(times) * c * h * w
 
 
 def _estimate_naive_pixel_s(model, case: SamplingCase, device: str) -> float:
@@ -188,7 +191,7 @@ def run_sampling_case(case: SamplingCase, device: str, quick: bool = False,
     model = case_model(case, device, quick)
     estimated = estimate_naive and not quick  # a quick run's naive pass is short: timed whole
     if estimated:
-        naive_s = estimate_naive_s(model, case, device)
+        naive_s = estimate_naive_s(model, case.batch, device)
         small = case_model(case, device, quick=True)
         identical = torch.equal(_timed_sample(small, case, "naive", device)[1],
                                 _timed_sample(small, case, "cached", device)[1])
@@ -219,8 +222,9 @@ def format_sampling_table(results: list[SamplingResult]) -> str:
                 "and colour, cached evaluates each layer at the new pixel only. identical: the "
                 "same integers for the same seed."]
     if any(r.naive_estimated for r in results):
-        out.append(f"est.: the naive run's time from {NAIVE_STEPS_TIMED} of its steps (each "
-                   "runs the whole network); genfast bench --full times whole naive runs.")
+        out.append(f"est.: the naive run's time from the median of {NAIVE_STEPS_TIMED} of its "
+                   "steps (each runs the whole network); genfast bench --full times whole naive "
+                   "runs.")
     if any(r.quick for r in results):
         out.append("Quick run: small images; the targets apply to the full size only.")
     return "\n".join(out)

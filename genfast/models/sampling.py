@@ -165,11 +165,12 @@ class CachedStepper(PixelStepper):
 
 def draw_images(stepper: PixelStepper, n: int, image_shape: tuple[int, int, int],
                 generator: torch.Generator | None, device, progress: bool,
-                description: str) -> torch.Tensor:
+                description: str, on_row: Callable[[int], None] | None = None) -> torch.Tensor:
     """Runs ``stepper`` over every pixel and colour in raster order: int64 [n, C, H, W].
 
     The noise of the draws comes a row at a time (one generator call per row, not per value),
-    the same for every stepper, so equal logits give equal images.
+    the same for every stepper, so equal logits give equal images. ``on_row(i)``, if given,
+    is called when row i is drawn (the sampling benchmark times rows with it).
     """
     from tqdm import tqdm
 
@@ -180,6 +181,8 @@ def draw_images(stepper: PixelStepper, n: int, image_shape: tuple[int, int, int]
                 leave=False)
     for i in rows:
         draw_row(stepper, images, i, uniform_noise((w, c, n), generator, device))
+        if on_row is not None:
+            on_row(i)
     return images
 
 
