@@ -27,15 +27,15 @@ def register(subparsers) -> None:
         "bench", help="time genfast's ops against PyTorch and torch.compile",
         description="Times each op's eager PyTorch reference, torch.compile(reference) and every "
                     "usable fast backend, forward+backward at the large size; a training step "
-                    "and an evaluate pass of each whole model (model_*) at batch 16 and 64 on "
-                    "the reference and the fast backends; then samples a PixelCNN with the "
-                    "cached and the naive method (the naive time estimated) and measures "
-                    "sampling throughput at batch 1 to 256 (sampling_throughput). --full times "
-                    "every op forward and forward+backward at a small and a large size, every "
-                    "whole model's torch.compile too, and samples every autoregressive model "
-                    "whole. Prints each result as it is measured, then tables; writes "
-                    "bench.json, bench.png and sampling_throughput.png to --out and appends to "
-                    "bench.csv there.")
+                    "and an evaluate pass of each whole model (model_*) at batch 16 on the "
+                    "reference and the fast backends; then samples a PixelCNN with the cached "
+                    "and the naive method (the naive time estimated). --full times every op "
+                    "forward and forward+backward at a small and a large size, every whole "
+                    "model at batch 16 and 64 with its torch.compile too, samples every "
+                    "autoregressive model whole and measures sampling throughput at batch 1 "
+                    "to 256 (sampling_throughput, also by --op). Prints each result as it is "
+                    "measured, then tables; writes bench.json, bench.png (and "
+                    "sampling_throughput.png) to --out and appends to bench.csv there.")
     parser.add_argument("--op", action="append", type=_comma_list, metavar="NAME[,NAME]",
                         help=f"op or sampling case to time (repeatable; default: all). "
                              f"Choices: {', '.join(_choices())}")
@@ -83,7 +83,8 @@ def _validate(args) -> tuple[list, list, bool, str, list[str] | None, TimingSett
     names = [name for group in (args.op or []) for name in group]
     sampling_names = [n for n in names if n in sampling.case_names()]
     ops = [n for n in names if n not in sampling_names and n != throughput.NAME]
-    sweep = throughput.NAME in names or not names
+    # The sweep draws 28x28 images at batch 1 to 256 per model: minutes, so only when asked.
+    sweep = throughput.NAME in names or (not names and args.full)
     try:
         cases = get_cases(ops) if ops else ([] if names else get_cases())
     except ValueError as exc:
@@ -112,11 +113,11 @@ def _validate(args) -> tuple[list, list, bool, str, list[str] | None, TimingSett
 
 def _work(cases, full: bool, quick: bool, size: str | None = None):
     """Every (case, size, mode) of the run, in report order: an op forward+backward at its
-    large size (every size and mode with --full); a whole model in both modes at both batch
-    sizes (the small one only with --quick). ``size`` (--size) replaces the run's sizes."""
+    large size (every size and mode with --full); a whole model in both modes at batch 16
+    (and 64 with --full). ``size`` (--size) replaces the run's sizes."""
     for case in cases:
         if isinstance(case, ModelCase):
-            sizes = [size] if size else [s.name for s in case.sizes][:1 if quick else None]
+            sizes = [size] if size else [s.name for s in case.sizes][:None if full else 1]
             yield from plan([case], sizes)
         elif full:
             yield from plan([case], [size] if size else None)
