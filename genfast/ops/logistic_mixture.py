@@ -277,10 +277,13 @@ def _check_nll_args(images, params, levels, reduction) -> None:
 
 
 def _check_levels_in_range(images, levels) -> None:
-    """For the paths that do not check inside their kernel (the C++ CPU kernel does)."""
-    if images.numel() and (images.min() < 0 or images.max() >= levels):
-        raise ValueError(f"genfast: images must hold levels in [0, {levels}), got values in "
-                         f"[{images.min().item()}, {images.max().item()}]")
+    """For the paths that do not check inside their kernel (the C++ CPU kernel does). Python
+    ints, so that a uint8 maximum is not compared with a wrapped-around 256."""
+    if images.numel():
+        low, high = (int(v) for v in images.aminmax())
+        if low < 0 or high >= levels:
+            raise ValueError(f"genfast: images must hold levels in [0, {levels}), got values "
+                             f"in [{low}, {high}]")
 
 
 def logistic_mixture_nll(images, params, levels=256, reduction="none", *, backend=None):
@@ -296,12 +299,13 @@ def logistic_mixture_nll(images, params, levels=256, reduction="none", *, backen
         backend: 'auto', 'reference', 'cpu', 'triton' or 'cuda' (default: see genfast.backends).
     Returns:
         float64 for float64 params, else float32 (computed in that precision).
-    Images outside [0, levels) are a ValueError, except on a GPU, where they are not checked.
+    Images outside [0, levels) are a ValueError, except on a GPU or under torch.compile
+    (where only the C++ CPU kernel checks them).
     """
     _check_nll_args(images, params, levels, reduction)
     name = _backend.select("logistic_mixture_nll", backend, params.device, params.dtype,
                            IMPLEMENTED)
-    if name != "cpu" and images.device.type == "cpu":
+    if name != "cpu" and images.device.type == "cpu" and not torch.compiler.is_compiling():
         _check_levels_in_range(images, levels)
     if name == "reference":
         nll = logistic_mixture_nll_ref(images, params, levels)
