@@ -182,13 +182,13 @@ inline typename Ops::V conditioned_mean(const typename Ops::Scalar* params, int6
 }
 
 // Plane indices of the layout (genfast/ops/logistic_mixture.py).
-inline int64_t mean_plane(const MixtureShape& s, int c, int m) {
+GENFAST_MIXTURE_FN int64_t mean_plane(const MixtureShape& s, int c, int m) {
   return s.mixtures + c * s.mixtures + m;
 }
-inline int64_t log_scale_plane(const MixtureShape& s, int c, int m) {
+GENFAST_MIXTURE_FN int64_t log_scale_plane(const MixtureShape& s, int c, int m) {
   return s.mixtures + (s.channels + c) * s.mixtures + m;
 }
-inline int64_t coeff_plane(const MixtureShape& s, int k, int m) {
+GENFAST_MIXTURE_FN int64_t coeff_plane(const MixtureShape& s, int k, int m) {
   return s.mixtures + 2 * s.channels * s.mixtures + k * s.mixtures + m;
 }
 

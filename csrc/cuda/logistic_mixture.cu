@@ -42,7 +42,6 @@ struct DeviceOps {
   using Scalar = T;
   using V = T;
   using Mask = bool;
-  static constexpr int kLanes = 1;
   __device__ __forceinline__ static V splat(double x) { return static_cast<T>(x); }
   __device__ __forceinline__ static V exp(V x) { return cuda::exp_acc(x); }
   __device__ __forceinline__ static V log(V x) { return ::log(x); }
