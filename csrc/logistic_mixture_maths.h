@@ -5,8 +5,8 @@
 // user's target switch, so each gets its own copy compiled for its level; it has no include guard
 // and includes nothing itself.
 //
-// GENFAST_MIXTURE_FN qualifies the functions: inline here, __device__ inline where a CUDA file
-// (csrc/cuda/logistic_mixture.cu) defines it first.
+// GENFAST_MIXTURE_FN qualifies the functions: inline here, __host__ __device__ inline where a
+// CUDA file (csrc/cuda/logistic_mixture.cu) defines it first.
 //
 // Ops provides: Scalar, V (a vector of kLanes pixels, or one pixel), splat, load, store, exp,
 // log, tanh, abs, max, select(mask, a, b), any(mask), mask_not, mask_and, mask_or; the

@@ -55,7 +55,9 @@ struct DeviceOps {
   __device__ __forceinline__ static bool any(Mask m) { return m; }
 };
 
-#define GENFAST_MIXTURE_FN __device__ __forceinline__
+// Host and device: the header's host-only templates (the CPU tile loops) call the plane
+// helpers too, and are never instantiated here.
+#define GENFAST_MIXTURE_FN __host__ __device__ __forceinline__
 #include "../logistic_mixture_maths.h"
 #undef GENFAST_MIXTURE_FN
 
