@@ -8,7 +8,9 @@
 // fixed-order tree sum per block into a [B, blocks] buffer that at::sum adds up (deterministic).
 // Backward: one loop for the log-sum-exps, then one more that recomputes each component's
 // channel terms (held in registers, C <= 4) and writes its gradient once its responsibility is
-// known. Computed in float (double for double).
+// known. Computed in float (double for double). nvcc 12 for sm_90 (-O3, ptxas -v): forward 40
+// registers (72 in double), backward 47-48 (66 in double) with a 144-byte stack frame for the
+// per-channel terms, no spills.
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/sum.h>
