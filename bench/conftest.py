@@ -32,7 +32,8 @@ def bench_params(case, device=None):
 
 @pytest.fixture
 def run_bench(benchmark):
-    """run_bench(case, size, mode, impl) times one implementation with pytest-benchmark.
+    """run_bench(case, size, mode, impl) times one implementation with pytest-benchmark, and
+    returns the timed callable.
 
     Results are grouped by (op, size, mode), so pytest-benchmark's table compares the
     reference, torch.compile(reference) and the backends side by side.
@@ -52,5 +53,6 @@ def run_bench(benchmark):
         if case.bytes_moved is not None:
             benchmark.extra_info["bytes_moved"] = case.bytes_moved(size, mode, case.dtype)
         benchmark(fn)
+        return fn
 
     return run

@@ -89,6 +89,20 @@ inline void define_op_schemas(torch::Library& m) {
       "int pad_left, int skew_width=0) -> (Tensor grad_x, Tensor grad_in_weight, "
       "Tensor grad_weight, Tensor grad_bias, Tensor grad_h0, Tensor grad_c0)");
 
+  // PixelCNN++'s discretized logistic mixture (genfast/ops/logistic_mixture.py has the layout).
+  //   images: integer levels [B, C, H, W] in [0, levels); params: [B, M * (1 + 2C + C(C-1)/2),
+  //   H, W]. Returns each image's negative log-likelihood in nats, [B], float64 for float64
+  //   params and float32 otherwise.
+  m.def("logistic_mixture_nll(Tensor images, Tensor params, int levels) -> Tensor");
+  // d(sum_b grad_nll[b] * nll[b]) / d params, recomputed from images and params.
+  m.def(
+      "logistic_mixture_nll_backward(Tensor grad_nll, Tensor images, Tensor params, int levels) "
+      "-> Tensor grad_params");
+  // Draws int64 images [B, C, H, W] from params [B, P, H, W], with the uniforms of the Philox
+  // stream of seed (int64[2] CPU tensor: key, counter offset), laid out as [B, 1 + C, H, W].
+  m.def(
+      "logistic_mixture_sample(Tensor params, int channels, int levels, Tensor seed) -> Tensor");
+
   // Categorical draws of the autoregressive samplers, by inverse CDF: for each row of logits
   // [n, levels] the first level whose cumulative softmax probability exceeds uniform[row]
   // (float64 [n], in [0, 1)). Returns int64 [n].

@@ -97,6 +97,23 @@ AUTO_TABLE: dict[tuple[str, str], AutoEntry] = {
         "and saved tanh/sigmoid; CUDA before Triton for its smaller launch cost. An estimate "
         "without figures (not in issue 19's roofline table), not measured: no GPU has run "
         "these yet"),
+    ("logistic_mixture_nll", "cpu"): AutoEntry(
+        ("cpu", "reference"),
+        "one fused pass each way, no [B, C, M, H, W] temporaries: 11-28x eager and 2.4-2.8x "
+        "torch.compile fwd+bwd at 16x3x32x32 with 10 components (40x / 3.6x at AVX2), a "
+        "sixth of eager's peak memory (genfast bench, 2-core AMD EPYC, busy machine)"),
+    ("logistic_mixture_nll", "cuda"): AutoEntry(
+        ("cuda", "triton", "reference"),
+        "eager runs some 60 elementwise kernels over [B, C, M, H, W] tensors each way; the fused "
+        "kernels read params once and write one value per block (forward) or the gradient "
+        "(backward). CUDA before Triton for its smaller launch cost. An estimate without "
+        "figures, not measured: no GPU has run these yet"),
+    ("logistic_mixture_sample", "cpu"): AutoEntry(
+        ("cpu", "reference"),
+        "one C++ call per draw. Fixed per device (not by dtype or ISA level) so that a sampler "
+        "draws the same bits throughout; the reference draws the same uniforms"),
+    ("logistic_mixture_sample", "cuda"): AutoEntry(
+        ("reference",), "genfast has no GPU kernel for the mixture sampler"),
     ("categorical_draw", "cpu"): AutoEntry(
         ("cpu", "reference"),
         "one C++ call per draw for float32/float64 logits. Fixed per device and dtype (not "

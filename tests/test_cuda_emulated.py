@@ -178,6 +178,30 @@ def test_gated_channels_last(order, dtype):
     checks.check_gated((2, 10, 3, 5), 1, dtype, channels_last=True)
 
 
+# ----------------------------------------------------------------------------- logistic mixture
+
+# (batch, channels, mixtures, height, width, levels): 300 pixels span two 256-thread blocks.
+MIXTURE_CASES = [
+    (2, 3, 5, 3, 7, 256),
+    (1, 1, 10, 15, 20, 17),
+    (3, 3, 1, 2, 2, 2),
+]
+
+
+@pytest.mark.parametrize("case", MIXTURE_CASES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_logistic_mixture(order, case, dtype):
+    checks.seed("logistic_mixture", case, str(dtype))
+    checks.check_logistic_mixture(case, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_logistic_mixture_tails(order, dtype):
+    """Every component far from the data: the tiny-probability branch and the edge bins."""
+    checks.seed("logistic_mixture_tails", str(dtype))
+    checks.check_logistic_mixture((2, 3, 3, 4, 5, 256), dtype, tails=True)
+
+
 # ----------------------------------------------------------------------------- edge cases
 
 def test_empty_and_tapless(order):
@@ -245,6 +269,10 @@ def test_gradcheck_float64():
         (mu, logvar))
     assert torch.autograd.gradcheck(lambda t: checks.emulated_ops().gated_activation(t, 1),
                                     (torch.randn(2, 6, 3, **f64),))
+    images, params = checks.logistic_mixture_inputs(2, 3, 2, 2, 3, 256)
+    assert torch.autograd.gradcheck(
+        lambda p: checks.emulated_ops().logistic_mixture_nll(images, p, 256),
+        (params.requires_grad_(),))
 
 
 def test_opcheck():
@@ -261,6 +289,8 @@ def test_opcheck():
         (ops.gaussian_sample_kl, (torch.randn(3, 5).requires_grad_(), torch.randn(3, 5), None,
                                   seed, 2, True, KL_ELEMENTWISE)),
         (ops.gated_activation, (torch.randn(2, 6, 3).requires_grad_(), 1)),
+        (ops.logistic_mixture_nll, (torch.randint(0, 17, (2, 3, 2, 3)),
+                                    torch.randn(2, 20, 2, 3).requires_grad_(), 17)),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)

@@ -40,6 +40,16 @@ struct CpuKernels {
                         const float* sum_gn, const float* grad_kl, float* grad_mu,
                         float* grad_logvar, int64_t n);
 
+  // The discretized logistic mixture on a tile of n pixels (csrc/logistic_mixture.cpp; n a
+  // multiple of 16): params [P][n] and levels [C][n] planes in, log-likelihoods [n] (scratch
+  // holds M * n floats), or d(grad_nll * NLL)/d params [P][n].
+  void (*logistic_mixture_forward)(const float* params, const float* levels, int64_t n,
+                                   int channels, int mixtures, float levels_minus_1,
+                                   float* scratch, float* log_lik);
+  void (*logistic_mixture_backward)(const float* params, const float* levels, int64_t n,
+                                    int channels, int mixtures, float levels_minus_1,
+                                    float grad_nll, float* grad);
+
   // The normals of stream elements [first, first + count) (gaussian_noise.h).
   void (*gaussian_noise)(NoiseStream stream, int64_t first, int64_t count, float* out);
   // dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols.

@@ -15,7 +15,7 @@ import torch
 
 # Modules of genfast.benchmark that define CASES; one line per op family. "models" holds the
 # whole-model cases (genfast.benchmark.models.ModelCase), timed after the ops.
-OP_MODULES = ("reparam", "masked_conv", "gated", "lstm_row", "models")
+OP_MODULES = ("reparam", "masked_conv", "gated", "lstm_row", "logistic_mixture", "models")
 
 FWD, FWD_BWD = "fwd", "fwd+bwd"
 MODES = (FWD, FWD_BWD)
@@ -41,7 +41,9 @@ class Size:
 class Target:
     """A speed the project promises: ``backend`` at (size, mode) on ``device`` is at least
     ``min_vs_reference`` times faster than the eager reference and, with ``beat_compile``,
-    at least ``min_vs_compile`` times faster than ``torch.compile(reference)`` too."""
+    at least ``min_vs_compile`` times faster than ``torch.compile(reference)`` too; with
+    ``max_memory_vs_reference``, its peak memory in that mode is at most that fraction of the
+    reference's (the case must measure it: OpCase.peak_memory)."""
 
     size: str
     mode: str
@@ -50,6 +52,7 @@ class Target:
     min_vs_reference: float = 1.0
     beat_compile: bool = False
     min_vs_compile: float = 1.0
+    max_memory_vs_reference: float | None = None
 
     def describe(self, case: "OpCase") -> str:
         label = case.size(self.size).label
@@ -58,6 +61,8 @@ class Target:
             want += f" and >= {self.min_vs_compile:g}x torch.compile(reference)"
         elif self.beat_compile:
             want += " and faster than torch.compile(reference)"
+        if self.max_memory_vs_reference is not None:
+            want += f", peak memory <= {self.max_memory_vs_reference:g} x reference's"
         return f"{case.name} {self.mode} {label} on {self.device}: {self.backend} {want}"
 
 
@@ -89,6 +94,9 @@ class OpCase:
         Speeds the project promises for this op (checked with ``genfast bench --check``).
     modes
         The modes the case is timed in (an op: forward and forward+backward).
+    peak_memory
+        Whether the fwd+bwd mode also measures each implementation's peak memory of one call
+        (genfast.benchmark.memory), reported beside the times.
     auto_op
         The op name genfast's ``auto`` chooses a backend for (genfast._backend.AUTO_TABLE), so
         the report can say whether auto's choice was the fastest; "" for none.
@@ -110,6 +118,7 @@ class OpCase:
     description: str = ""
     auto_op: str = ""
     modes: tuple[str, ...] = MODES
+    peak_memory: bool = False
 
     def size(self, name: str) -> Size:
         for size in self.sizes:

@@ -143,6 +143,15 @@ def check_targets(results: list[Result], device: str) -> list[TargetCheck]:
                     else:
                         ok = ok and vs_compile > 1.0
                         detail += f", {vs_compile:.2f}x torch.compile (want > 1x)"
+            if target.max_memory_vs_reference is not None:
+                ratio = result.memory_ratio(target.backend)
+                if ratio is None:
+                    complete = False
+                    detail += "; peak memory not measured"
+                else:
+                    ok = ok and ratio <= target.max_memory_vs_reference
+                    detail += (f", peak memory {ratio:.3f}x reference's "
+                               f"(want <= {target.max_memory_vs_reference:g}x)")
             status = "fail" if not ok else ("pass" if complete else "incomplete")
             if result.noisy():
                 detail += "; noisy timings, rerun on a quiet machine"
@@ -191,7 +200,22 @@ def format_line(r: Result) -> str:
     verdict = r.auto_verdict()
     auto = f"; {verdict.describe(r.skipped)}" if verdict else ""
     return (f"{r.case.name} {r.size.label} {r.mode}: {times}"
-            + (f" ({'; '.join(ratios)})" if ratios else "") + auto + _fmt_noise(r))
+            + (f" ({'; '.join(ratios)})" if ratios else "") + auto + _fmt_memory(r)
+            + _fmt_noise(r))
+
+
+def _fmt_bytes(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB"
+
+
+def _fmt_memory(r: Result) -> str:
+    """Each implementation's peak memory of one call and its ratio to the reference's."""
+    if not r.peak_memory:
+        return ""
+    parts = [f"{impl} {_fmt_bytes(n)}" + (f" ({r.memory_ratio(impl):.3f}x)"
+                                          if impl != REFERENCE and r.memory_ratio(impl) else "")
+             for impl, n in r.peak_memory.items()]
+    return "; peak memory " + ", ".join(parts)
 
 
 def format_table(results: list[Result], checks: list[TargetCheck] = ()) -> str:
@@ -222,6 +246,12 @@ def format_table(results: list[Result], checks: list[TargetCheck] = ()) -> str:
             skipped.setdefault((impl, why), None)
     if skipped:
         out += ["", "Not timed:"] + [f"  {impl}: {why}" for impl, why in skipped]
+    memory = [r for r in results if r.peak_memory]
+    if memory:
+        out += ["", "Peak memory of one call beyond its inputs (torch.profiler's allocator "
+                    "events on the CPU, torch.cuda's peak on a GPU; genfast/benchmark/memory.py):"]
+        out += [f"  {r.case.name} {r.size.name} {r.mode}{_fmt_memory(r).removeprefix(';')}"
+                for r in memory]
     verdicts = [(r, r.auto_verdict()) for r in results if r.auto is not None]
     if verdicts:
         out += ["", f"auto's choice on {results[0].device} (genfast.auto_table()) against the "
@@ -257,6 +287,7 @@ def _result_dict(r: Result) -> dict:
             "speedup_vs_compile": r.speedup(impl, COMPILE) if impl != COMPILE else None,
             "gb_per_s": r.gb_per_s(impl),
             "tflop_per_s": r.tflop_per_s(impl),
+            "peak_memory_bytes": r.peak_memory.get(impl),
         }
     for impl, why in r.skipped.items():
         impls[impl] = {"available": False, "reason": why}

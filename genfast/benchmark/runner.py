@@ -8,7 +8,7 @@ pytest-benchmark suite, so both time exactly the same thing.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
@@ -16,7 +16,8 @@ import torch
 import genfast
 from genfast import _backend
 from genfast._backend import FAST_BACKENDS
-from genfast.benchmark.cases import FWD, MODES, OpCase, Size
+from genfast.benchmark.cases import FWD, FWD_BWD, MODES, OpCase, Size
+from genfast.benchmark.memory import peak_bytes
 from genfast.benchmark.timing import Measurement, TimingSettings, measure_interleaved
 
 REFERENCE, COMPILE = "reference", "torch.compile"
@@ -173,6 +174,12 @@ class Result:
     measurements: dict[str, Measurement]
     skipped: dict[str, str]
     auto: str | None = None
+    peak_memory: dict[str, int] = field(default_factory=dict)  # bytes, where measured
+
+    def memory_ratio(self, impl: str) -> float | None:
+        """impl's peak memory / the reference's, or None when either was not measured."""
+        mem, base = self.peak_memory.get(impl), self.peak_memory.get(REFERENCE)
+        return mem / base if mem is not None and base else None
 
     def auto_verdict(self) -> AutoVerdict | None:
         if self.auto is None:
@@ -231,6 +238,10 @@ def run_case(case: OpCase, size: Size, mode: str, device: str, impls: list[Imple
                 result.skipped[impl.name] = f"torch.compile failed ({_first_line(exc)})"
         else:
             fns[impl.name] = build(case, size, mode, impl.name, device)
+    if case.peak_memory and mode == FWD_BWD:
+        if on_impl is not None:
+            on_impl("measuring peak memory")
+        result.peak_memory = {name: peak_bytes(fn, device) for name, fn in fns.items()}
     if on_impl is not None:
         on_impl("timing")
     result.measurements = measure_interleaved(fns, settings)

@@ -17,3 +17,9 @@ from genfast.ops.lstm_row import (  # noqa: F401
     lstm_rows_ref,
 )
 from genfast.ops.sample_draw import categorical_draw, categorical_draw_ref  # noqa: F401
+from genfast.ops.logistic_mixture import (  # noqa: F401
+    logistic_mixture_nll,
+    logistic_mixture_nll_ref,
+    logistic_mixture_sample,
+    logistic_mixture_sample_ref,
+)

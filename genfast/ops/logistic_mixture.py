@@ -20,12 +20,25 @@ grey), channel-major blocks:
     [M, M + CM)               means, channel c's M values at M + cM
     [M + CM, M + 2CM)         log scales (clamped below at -7, as the original)
     [M + 2CM, P)              tanh-squashed coefficients: a (g on r), b (b on r), c (b on g)
+
+The fast backends run ``genfast::logistic_mixture_nll``: one pass over the pixels, each
+pixel's components in registers (or one small tile), never the [B, C, M, H, W] temporaries of
+the reference; its backward op recomputes everything from images and params in one more pass.
+The gradient is taken with respect to params only (images are integer levels). The sampler
+``genfast::logistic_mixture_sample`` draws its uniforms from genfast's Philox stream by an
+explicit int64[2] seed, and the reference path draws the same uniforms
+(genfast.ops.philox.philox_uniform_ref), so both give the same image for the same seed.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+
+from genfast import _backend, _ext
+from genfast.ops._library import eager_call, register_fake_and_autograd, triton_kernels_exist
+from genfast.ops.philox import philox_uniform_ref
+from genfast.ops.reparam import draw_seed
 
 LOG_SCALE_MIN = -7.0
 # Below this bin probability the log density at the bin centre replaces log(cdf difference).
@@ -129,3 +142,200 @@ def logistic_mixture_sample_ref(params: torch.Tensor, channels: int, uniform: to
                      .clamp(-1.0, 1.0))
     x = torch.stack(drawn, dim=1)
     return torch.round((x + 1.0) * ((levels - 1) / 2.0)).long()
+
+
+def logistic_mixture_uniform_ref(seed: torch.Tensor, shape, device=None) -> torch.Tensor:
+    """The sampler's uniforms [B, 1 + C, H, W] (float64) of the int64[2] seed (key, offset)."""
+    key, offset = seed.tolist()
+    numel = math.prod(shape)
+    return philox_uniform_ref(key, offset, numel).reshape(shape).to(device)
+
+
+# ----------------------------------------------------------------------------- the ops
+
+REDUCTIONS = ("none", "sum", "mean")
+MOST_CHANNELS = 4  # the kernels hold each pixel's channel values in registers
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _fake_nll(images, params, levels):
+    return params.new_empty((params.shape[0],), dtype=_compute_dtype(params.dtype))
+
+
+def _fake_backward(grad_nll, images, params, levels):
+    return torch.empty(params.shape, dtype=params.dtype, device=params.device)
+
+
+def _setup_context(ctx, inputs, output):
+    images, params, levels = inputs
+    ctx.save_for_backward(images, params)
+    ctx.levels = levels
+
+
+def _make_backward(backward_op):
+    def backward(ctx, grad_nll):
+        images, params = ctx.saved_tensors
+        return None, backward_op(grad_nll, images, params, ctx.levels), None
+
+    return backward
+
+
+@torch.library.custom_op("genfast::logistic_mixture_nll_triton", mutates_args=())
+def _triton_forward(images: torch.Tensor, params: torch.Tensor, levels: int) -> torch.Tensor:
+    """genfast::logistic_mixture_nll on Triton (schema as in csrc/op_schemas.h).
+
+    Defined here rather than in C++ so that the Triton backend works without the extension.
+    """
+    from genfast.kernels import logistic_mixture as kernels
+
+    return kernels.logistic_mixture_nll(images, params, levels)
+
+
+@torch.library.custom_op("genfast::logistic_mixture_nll_triton_backward", mutates_args=())
+def _triton_backward(grad_nll: torch.Tensor, images: torch.Tensor, params: torch.Tensor,
+                     levels: int) -> torch.Tensor:
+    from genfast.kernels import logistic_mixture as kernels
+
+    return kernels.logistic_mixture_nll_backward(grad_nll, images, params, levels)
+
+
+def _register(forward_name: str, backward_name: str) -> None:
+    register_fake_and_autograd(forward_name, backward_name, _fake_nll, _fake_backward,
+                               _make_backward, _setup_context)
+
+
+_FORWARD_OPS = {}  # backend -> the registered forward op
+_CALLS = {}  # the same ops through eager_call, for logistic_mixture_nll
+if triton_kernels_exist("logistic_mixture"):
+    _register("genfast::logistic_mixture_nll_triton",
+              "genfast::logistic_mixture_nll_triton_backward")
+    _FORWARD_OPS["triton"] = torch.ops.genfast.logistic_mixture_nll_triton
+    _CALLS["triton"] = eager_call(torch.ops.genfast.logistic_mixture_nll_triton,
+                                  torch.ops.genfast.logistic_mixture_nll_triton_backward,
+                                  _setup_context, _make_backward)
+if _ext.has_op("logistic_mixture_nll"):
+    _register("genfast::logistic_mixture_nll", "genfast::logistic_mixture_nll_backward")
+    _FORWARD_OPS["cpu"] = torch.ops.genfast.logistic_mixture_nll
+    _CALLS["cpu"] = eager_call(torch.ops.genfast.logistic_mixture_nll,
+                               torch.ops.genfast.logistic_mixture_nll_backward, _setup_context,
+                               _make_backward)
+    if _ext.has_kernel("logistic_mixture_nll", "CUDA"):
+        _FORWARD_OPS["cuda"], _CALLS["cuda"] = _FORWARD_OPS["cpu"], _CALLS["cpu"]
+# A stale build of the extension may lack the ops: then only the reference and Triton have it.
+IMPLEMENTED = ("reference", *_CALLS)
+
+_SAMPLE_OP = None
+if _ext.has_op("logistic_mixture_sample"):
+    _SAMPLE_OP = torch.ops.genfast.logistic_mixture_sample.default
+
+    @torch.library.register_fake("genfast::logistic_mixture_sample")
+    def _fake_sample(params, channels, levels, seed):
+        return params.new_empty((params.shape[0], channels, *params.shape[2:]),
+                                dtype=torch.int64)
+SAMPLE_IMPLEMENTED = ("reference", "cpu") if _SAMPLE_OP is not None else ("reference",)
+
+
+# ----------------------------------------------------------------------------- public API
+
+def _check_params(params, channels: int, levels) -> None:
+    if not isinstance(params, torch.Tensor):
+        raise TypeError(f"genfast: params must be a torch.Tensor, got {type(params).__name__}")
+    if params.dtype not in _backend.FLOAT_DTYPES:
+        raise TypeError(f"genfast: params must be float16, bfloat16, float32 or float64, got "
+                        f"{params.dtype}")
+    if params.dim() != 4:
+        raise ValueError(f"genfast: params must be [B, P, H, W], got shape {tuple(params.shape)}")
+    if isinstance(levels, bool) or not isinstance(levels, int) or not 2 <= levels <= 2**24:
+        raise ValueError(f"genfast: levels must be an int in [2, 2^24], got {levels!r}")
+    if not 1 <= channels <= MOST_CHANNELS:
+        raise ValueError(f"genfast: the mixture has 1 to {MOST_CHANNELS} colour channels, got "
+                         f"{channels}")
+    per = params_per_mixture(channels)
+    if params.shape[1] < per or params.shape[1] % per:
+        raise ValueError(f"genfast: params must have M * {per} channels (M components of "
+                         f"{channels} colour channels), got {params.shape[1]}")
+
+
+def _check_nll_args(images, params, levels, reduction) -> None:
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"genfast: images must be a torch.Tensor, got {type(images).__name__}")
+    if images.dtype.is_floating_point or images.dtype.is_complex or images.dtype == torch.bool:
+        raise TypeError(f"genfast: images must hold integer levels, got {images.dtype}")
+    if images.dim() != 4:
+        raise ValueError(f"genfast: images must be [B, C, H, W], got shape {tuple(images.shape)}")
+    _check_params(params, images.shape[1], levels)
+    if (images.shape[0], *images.shape[2:]) != (params.shape[0], *params.shape[2:]):
+        raise ValueError(f"genfast: images {tuple(images.shape)} and params "
+                         f"{tuple(params.shape)} must agree in batch, height and width")
+    if images.device != params.device:
+        raise ValueError(f"genfast: images are on {images.device} but params on {params.device}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"genfast: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def _check_levels_in_range(images, levels) -> None:
+    """For the paths that do not check inside their kernel (the C++ CPU kernel does). Python
+    ints, so that a uint8 maximum is not compared with a wrapped-around 256."""
+    if images.numel():
+        low, high = (int(v) for v in images.aminmax())
+        if low < 0 or high >= levels:
+            raise ValueError(f"genfast: images must hold levels in [0, {levels}), got values "
+                             f"in [{low}, {high}]")
+
+
+def logistic_mixture_nll(images, params, levels=256, reduction="none", *, backend=None):
+    """Negative log-likelihood in nats of images under PixelCNN++'s discretized logistic mixture.
+
+    Args:
+        images: integer levels [B, C, H, W] in [0, levels), C from 1 to 4 (1 or 3 in practice).
+        params: [B, M * (1 + 2C + C(C-1)/2), H, W], the layout of this module's docstring
+            (float16, bfloat16, float32 or float64); differentiable.
+        levels: the number of levels L of a channel (256 for 8-bit images).
+        reduction: 'none' ([B], one value per image), 'sum' (over the batch) or 'mean' (over
+            the batch; divide by C * H * W * log(2) more for bits per dimension).
+        backend: 'auto', 'reference', 'cpu', 'triton' or 'cuda' (default: see genfast.backends).
+    Returns:
+        float64 for float64 params, else float32 (computed in that precision).
+    Images outside [0, levels) are a ValueError, except on a GPU or under torch.compile
+    (where only the C++ CPU kernel checks them).
+    """
+    _check_nll_args(images, params, levels, reduction)
+    name = _backend.select("logistic_mixture_nll", backend, params.device, params.dtype,
+                           IMPLEMENTED)
+    if name != "cpu" and images.device.type == "cpu" and not torch.compiler.is_compiling():
+        _check_levels_in_range(images, levels)
+    if name == "reference":
+        nll = logistic_mixture_nll_ref(images, params, levels)
+    else:
+        nll = _CALLS[name](images, params, levels)
+    if reduction == "sum":
+        return nll.sum()
+    return nll.mean() if reduction == "mean" else nll
+
+
+def logistic_mixture_sample(params, channels, levels=256, generator=None, *, backend=None):
+    """Draws integer images [B, C, H, W] (int64) from the mixture parameters [B, P, H, W].
+
+    The uniforms come from genfast's Philox stream by a seed drawn from ``generator`` (default:
+    torch's CPU generator), laid out as [B, 1 + C, H, W] (logistic_mixture_sample_ref's
+    ``uniform``). The C++ kernel (``cpu``, CPU tensors) and the reference draw the same
+    uniforms and compute in float64, so they give the same images for the same seed, except
+    where a value falls within rounding of a bin or component boundary; a sampler should use one
+    backend throughout, which ``auto`` does (it chooses on the device alone). params of any
+    spatial size, e.g. [B, P, 1, 1] for one pixel of a sampler.
+    """
+    if isinstance(channels, bool) or not isinstance(channels, int):
+        raise TypeError(f"genfast: channels must be an int, got {type(channels).__name__}")
+    _check_params(params, channels, levels)
+    seed = draw_seed(generator)
+    name = _backend.select("logistic_mixture_sample", backend, params.device, params.dtype,
+                           SAMPLE_IMPLEMENTED)
+    if name == "cpu":
+        return _SAMPLE_OP(params, channels, levels, seed)
+    batch, _, height, width = params.shape
+    uniform = logistic_mixture_uniform_ref(seed, (batch, 1 + channels, height, width),
+                                           params.device)
+    return logistic_mixture_sample_ref(params, channels, uniform, levels)

@@ -59,3 +59,15 @@ def gaussian_noise_ref(seed: int, offset: int, numel: int) -> torch.Tensor:
     n2, n3 = _box_muller(x[2], x[3])
     normals = np.stack([n0, n1, n2, n3], axis=1).reshape(-1)[:numel]
     return torch.from_numpy(normals.astype(np.float32))
+
+
+def philox_uniform_ref(seed: int, offset: int, numel: int) -> torch.Tensor:
+    """The first ``numel`` uniforms of genfast's uniform stream (seed, offset), float64.
+
+    Element ``e`` is (x + 1/2) / 2^32 for output ``e % 4`` x of the philox block with counter
+    ``offset + e // 4``: exact in float64 and strictly inside (0, 1). The logistic mixture
+    sampler's C++ kernel (csrc/logistic_mixture_sample.cpp) draws the same numbers.
+    """
+    groups = np.arange((numel + 3) // 4, dtype=np.uint64) + np.uint64(offset & ((1 << 64) - 1))
+    bits = np.stack(philox4x32(seed, groups), axis=1).reshape(-1)[:numel]
+    return torch.from_numpy((bits.astype(np.float64) + 0.5) * 2.0**-32)

@@ -18,7 +18,7 @@ ROOT = HERE.parent.parent
 CUDA_SOURCES = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
 # The host-side helpers of csrc/ that the .cu files call (argument checks, layouts).
 HOST_SOURCES = [ROOT / "csrc" / f"{stem}_common.cpp"
-                for stem in ("gated", "masked_conv", "reparam")]
+                for stem in ("gated", "masked_conv", "reparam", "logistic_mixture")]
 BUILD_DIR = ROOT / "build" / "cuda_emu"
 ORDERS = ("forward", "reverse", "random")
 
