@@ -30,9 +30,9 @@ from genfast.models.sampling import METHODS, uniform_noise
 from genfast.nn import MaskedConv2d
 from genfast.ops import logistic_mixture
 
-# The mixture likelihood and sampler the model calls: the references now, the fused ops of
-# genfast.ops.logistic_mixture when they land (one place to switch).
-mixture_nll = logistic_mixture.logistic_mixture_nll_ref
+# The sampler takes the uniforms both sampling methods draw a row at a time (so cached and
+# naive consume the same noise); the fused op genfast.ops.logistic_mixture_sample draws its
+# own from a seed instead. A pixel's draw is tiny next to the network's step.
 mixture_sample = logistic_mixture.logistic_mixture_sample_ref
 
 SCALES = 3  # full, 1/2 and 1/4 resolution
@@ -87,6 +87,7 @@ class PixelCNNPP(AutoregressiveModel):
         check_backend(backend, "pixelcnn_pp")
         colours = self.image_shape[0]
         self.filters, self.nr_resnet, self.mixtures = filters, nr_resnet, mixtures
+        self.backend = backend
         # The input gets a channel of ones, so the first layers tell the image from padding.
         self.first_u = DownShiftedConv2d(colours + 1, filters, backend)            # 2 x 3
         self.first_ul_above = MaskedConv2d(colours + 1, filters, (1, 3), "V",      # 1 x 3
@@ -158,7 +159,8 @@ class PixelCNNPP(AutoregressiveModel):
     def nll(self, images, labels=None):
         """Negative log-likelihood in nats of each image under the mixture: [B]."""
         self.check_images(images)
-        return mixture_nll(images, self.params(images), self.levels)
+        return logistic_mixture.logistic_mixture_nll(images, self.params(images), self.levels,
+                                                     backend=self.backend)
 
     def logits(self, images, labels=None):
         raise NotImplementedError("genfast: pixelcnn_pp outputs mixture parameters, not "
