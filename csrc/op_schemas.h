@@ -89,6 +89,18 @@ inline void define_op_schemas(torch::Library& m) {
       "int pad_left, int skew_width=0) -> (Tensor grad_x, Tensor grad_in_weight, "
       "Tensor grad_weight, Tensor grad_bias, Tensor grad_h0, Tensor grad_c0)");
 
+  // An autoregressive model's output layer fused with its loss: the 1 x 1 mask-B convolution
+  // (colour groups of images.size(1) colours; `interleaved` places them as the colour layout
+  // does) of features [B, Cin, H, W] by weight [C * levels, Cin], the log-softmax over levels
+  // and the NLL of images (int64 [B, C, H, W] in [0, levels)). nll: [B], features' dtype.
+  // grad_mask (features, weight, bias) asks for the gradients of each image's NLL, computed in
+  // the same pass: grad_features [B, Cin, H, W], grad_weight [B, C * levels, Cin] and
+  // grad_bias [B, C * levels], per image (float32 for float16/bfloat16 inputs); empty if unasked.
+  m.def(
+      "categorical_head_nll(Tensor features, Tensor weight, Tensor? bias, Tensor images, "
+      "int levels, bool interleaved, bool[3] grad_mask) -> (Tensor nll, Tensor grad_features, "
+      "Tensor grad_weight, Tensor grad_bias)");
+
   // Categorical draws of the autoregressive samplers, by inverse CDF: for each row of logits
   // [n, levels] the first level whose cumulative softmax probability exceeds uniform[row]
   // (float64 [n], in [0, 1)). Returns int64 [n].
