@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 # Modules of genfast.benchmark that define CASES; one line per op family.
-OP_MODULES = ("reparam", "masked_conv", "gated", "lstm_row")
+OP_MODULES = ("reparam", "masked_conv", "gated", "lstm_row", "categorical_head")
 
 FWD, FWD_BWD = "fwd", "fwd+bwd"
 MODES = (FWD, FWD_BWD)
