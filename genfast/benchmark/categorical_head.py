@@ -103,6 +103,7 @@ CASES = (
                     "a backend = the same model with the fused head",
         sizes=MODEL_SIZES,
         make_inputs=make_model_inputs,
+        auto_op="categorical_head_nll",  # the backend the model's head takes
         reference=model_loss_unfused,
         fast=model_loss,
         grad_inputs=("first_weight", "head_weight"),

@@ -17,3 +17,7 @@ from genfast.ops.lstm_row import (  # noqa: F401
     lstm_rows_ref,
 )
 from genfast.ops.sample_draw import categorical_draw, categorical_draw_ref  # noqa: F401
+from genfast.ops.categorical_head import (  # noqa: F401
+    categorical_head_nll,
+    categorical_head_nll_ref,
+)
