@@ -10,8 +10,9 @@ Then
 
 and a sample is drawn one pixel and one colour at a time (genfast.models.sampling): by
 re-running the network each time (``method="naive"``) or by evaluating each layer only where
-the new pixel changes it (``method="cached"``, the default), with the same result. A model with a categorical head computes the loss with the fused
-genfast.ops.categorical_head on the fast backends, without materialising the logits.
+the new pixel changes it (``method="cached"``, the default), with the same result. A model
+with a categorical head computes the loss with the fused genfast.ops.categorical_head on the
+fast backends, without materialising the logits.
 """
 from __future__ import annotations
 
