@@ -102,6 +102,17 @@ inline void define_op_schemas(torch::Library& m) {
   // stream of seed (int64[2] CPU tensor: key, counter offset), laid out as [B, 1 + C, H, W].
   m.def(
       "logistic_mixture_sample(Tensor params, int channels, int levels, Tensor seed) -> Tensor");
+  // An autoregressive model's output layer fused with its loss: the 1 x 1 mask-B convolution
+  // (colour groups of images.size(1) colours; `interleaved` places them as the colour layout
+  // does) of features [B, Cin, H, W] by weight [C * levels, Cin], the log-softmax over levels
+  // and the NLL of images (int64 [B, C, H, W] in [0, levels)). nll: [B], features' dtype.
+  // grad_mask (features, weight, bias) asks for the gradients of each image's NLL, computed in
+  // the same pass: grad_features [B, Cin, H, W], grad_weight [B, C * levels, Cin] and
+  // grad_bias [B, C * levels], per image (float32 for float16/bfloat16 inputs); empty if unasked.
+  m.def(
+      "categorical_head_nll(Tensor features, Tensor weight, Tensor? bias, Tensor images, "
+      "int levels, bool interleaved, bool[3] grad_mask) -> (Tensor nll, Tensor grad_features, "
+      "Tensor grad_weight, Tensor grad_bias)");
 
   // Categorical draws of the autoregressive samplers, by inverse CDF: for each row of logits
   // [n, levels] the first level whose cumulative softmax probability exceeds uniform[row]

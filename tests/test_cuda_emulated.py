@@ -202,6 +202,25 @@ def test_logistic_mixture_tails(order, dtype):
     checks.check_logistic_mixture((2, 3, 3, 4, 5, 256), dtype, tails=True)
 
 
+# ----------------------------------------------------------------------------- categorical head
+
+# (batch, features, colours, levels, height, width, colour layout): levels below, at and above
+# a warp's 32 lanes, both layouts, batch 1, prime sides.
+HEAD_CASES = [
+    (1, 5, 1, 2, 3, 4, "contiguous"),
+    (2, 6, 3, 17, 3, 5, "contiguous"),
+    (2, 9, 3, 33, 2, 3, "interleaved"),
+    (3, 7, 1, 40, 5, 1, "contiguous"),
+]
+
+
+@pytest.mark.parametrize("case", HEAD_CASES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_categorical_head(order, case, dtype):
+    checks.seed("categorical_head", case, str(dtype))
+    checks.check_categorical_head(case, dtype)
+
+
 # ----------------------------------------------------------------------------- edge cases
 
 def test_empty_and_tapless(order):

@@ -151,6 +151,7 @@ def test_every_global_kernel_is_emulated():
         checks.check_reparam_given_eps((5, 13), torch.float32, 2, kl_mode)
     checks.check_gated((2, 6, 5, 7), 1, torch.float32)
     checks.check_logistic_mixture((2, 3, 2, 3, 4, 256), torch.float32)
+    checks.check_categorical_head((2, 6, 3, 17, 3, 5, "contiguous"), torch.float32)
     kernels = global_kernels()
     assert len(kernels) >= 12, kernels  # the parser still finds the kernels it found before
     missing = kernels - set(launched())

@@ -15,7 +15,8 @@ import torch
 
 # Modules of genfast.benchmark that define CASES; one line per op family. "models" holds the
 # whole-model cases (genfast.benchmark.models.ModelCase), timed after the ops.
-OP_MODULES = ("reparam", "masked_conv", "gated", "lstm_row", "logistic_mixture", "models")
+OP_MODULES = ("reparam", "masked_conv", "gated", "lstm_row", "logistic_mixture",
+              "categorical_head", "models")
 
 FWD, FWD_BWD = "fwd", "fwd+bwd"
 MODES = (FWD, FWD_BWD)

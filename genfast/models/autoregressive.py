@@ -1,14 +1,18 @@
 """What every autoregressive genfast model shares: the loss, the evaluator and the sampler.
 
-A subclass only defines ``network(x, labels)`` -> [B, levels, C, H, W], where the logits of
+A subclass defines ``network(x, labels)`` -> [B, levels, C, H, W], where the logits of
 pixel (i, j), colour c may depend on the pixels before (i, j) in raster order and, at (i, j),
-on the colours before c only. Then
+on the colours before c only; or, when it ends in a 1x1 mask-B layer giving the logits (the
+categorical head), that layer as ``output_layer`` and ``head_features(x, labels)``, its input.
+Then
 
     log p(x) = sum over i, j, c of log softmax(logits)[x_ijc]              (nats)
 
 and a sample is drawn one pixel and one colour at a time (genfast.models.sampling): by
 re-running the network each time (``method="naive"``) or by evaluating each layer only where
-the new pixel changes it (``method="cached"``, the default), with the same result.
+the new pixel changes it (``method="cached"``, the default), with the same result. A model
+with a categorical head computes the loss with the fused genfast.ops.categorical_head on the
+fast backends, without materialising the logits.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from genfast.models.base import GenerativeModel
 from genfast.models.sampling_graph import check_available as check_graph_available
 from genfast.models.sampling_graph import graphed_sample
 from genfast.models.sampling import METHODS, NaiveStepper, PixelStepper, draw_images
+from genfast.ops.categorical_head import categorical_head_backend, categorical_head_nll
 from genfast.ops.masked_conv import check_colour_layout
 
 SUPPORTED_CHANNELS = (1, 3)
@@ -42,7 +47,21 @@ class AutoregressiveModel(GenerativeModel):
     def network(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Scaled images x [B, C, H, W] (floats in [-1, 1], see :meth:`scaled`) ->
         [B, levels, C, H, W] unnormalised log-probabilities. Differentiable in x, which is
-        what the causality tests check."""
+        what the causality tests check. By default the output layer of the head features."""
+        layer = self.output_layer
+        if layer is None:
+            raise NotImplementedError
+        return split_colour_logits(layer(self.head_features(x, labels)), self.image_shape[0],
+                                   self.levels, layer.colour_layout)
+
+    @property
+    def output_layer(self):
+        """The last layer, a 1x1 mask-B genfast.nn.MaskedConv2d to C * levels logits with the
+        image's colour groups, or None for a model without such a head."""
+        return None
+
+    def head_features(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Scaled images -> the input [B, Cin, H, W] of ``output_layer``."""
         raise NotImplementedError
 
     # -- shared -----------------------------------------------------------------------------
@@ -69,9 +88,20 @@ class AutoregressiveModel(GenerativeModel):
         return self.network(self.scaled(images), labels)
 
     def nll(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Negative log-likelihood in nats of each image: [B]."""
+        """Negative log-likelihood in nats of each image: [B]. Through the fused categorical
+        head where the model has one and its backend is not the reference."""
         self.check_images(images)
-        logits = self.logits(images, labels)
+        layer = self.output_layer
+        if layer is None:
+            logits = self.logits(images, labels)
+        else:
+            features = self.head_features(self.scaled(images), labels)
+            if categorical_head_backend(features, layer.backend) != "reference":
+                return categorical_head_nll(features, layer.weight, layer.bias, images,
+                                            self.levels, self.image_shape[0],
+                                            layer.colour_layout, backend=layer.backend)
+            logits = split_colour_logits(layer(features), self.image_shape[0], self.levels,
+                                         layer.colour_layout)
         per_value = F.cross_entropy(logits, images.long(), reduction="none")  # [B, C, H, W]
         return per_value.flatten(1).sum(1)
 

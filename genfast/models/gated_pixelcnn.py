@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genfast.models.autoregressive import AutoregressiveModel, multiple_of, split_colour_logits
+from genfast.models.autoregressive import AutoregressiveModel, multiple_of
 from genfast.models.base import register
 from genfast.models.pixelcnn import check_divisible, pointwise
 from genfast.nn import GatedPixelCNNLayer, MaskedConv2d
@@ -90,7 +90,11 @@ class GatedPixelCNN(AutoregressiveModel):
                              f"[0, {self.num_classes}), got shape {tuple(labels.shape)}")
         return F.one_hot(labels.long(), self.num_classes).to(self.head_out.weight.dtype)
 
-    def network(self, x, labels=None):
+    @property
+    def output_layer(self):
+        return self.head_out
+
+    def head_features(self, x, labels=None):
         condition = self._one_hot(labels, len(x))
         v = h = x
         for layer in self.layers:
@@ -98,8 +102,7 @@ class GatedPixelCNN(AutoregressiveModel):
         hidden = self.features_to_head(torch.relu(h))
         if self.current_pixel is not None:
             hidden = hidden + self.current_pixel(x)
-        out = self.head_out(torch.relu(hidden))
-        return split_colour_logits(out, self.image_shape[0], self.levels, self.colour_layout)
+        return torch.relu(hidden)
 
     def cached_stepper(self, n, labels):
         from genfast.models.gated_pixelcnn_sampler import GatedPixelCNNStepper

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from genfast.models.autoregressive import AutoregressiveModel, multiple_of, split_colour_logits
+from genfast.models.autoregressive import AutoregressiveModel, multiple_of
 from genfast.models.base import register
 from genfast.nn import MaskedConv2d
 from genfast.ops.masked_conv import check_colour_layout
@@ -67,6 +67,15 @@ class OutputHead(nn.Sequential):
                          nn.ReLU(), pointwise(hidden, colours * levels, colours, backend,
                                               colour_layout))
 
+    @property
+    def last(self) -> MaskedConv2d:
+        """The 1x1 layer giving the logits."""
+        return self[3]
+
+    def hidden(self, x):
+        """What the last layer reads: ReLU - 1x1 - ReLU of x."""
+        return torch.relu(self[1](torch.relu(x)))
+
 
 @register("pixelcnn")
 class PixelCNN(AutoregressiveModel):
@@ -111,10 +120,12 @@ class PixelCNN(AutoregressiveModel):
         self.head = OutputHead(channels, head_channels, colours, self.levels, backend,
                                colour_layout)
 
-    def network(self, x, labels=None):
-        features = self.blocks(self.first(x))
-        return split_colour_logits(self.head(features), self.image_shape[0], self.levels,
-                                   self.colour_layout)
+    @property
+    def output_layer(self):
+        return self.head.last
+
+    def head_features(self, x, labels=None):
+        return self.head.hidden(self.blocks(self.first(x)))
 
     def cached_stepper(self, n, labels):
         from genfast.models.pixelcnn_sampler import PixelCNNStepper

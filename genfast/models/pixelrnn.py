@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from genfast.models.autoregressive import AutoregressiveModel, multiple_of, split_colour_logits
+from genfast.models.autoregressive import AutoregressiveModel, multiple_of
 from genfast.models.base import register
 from genfast.models.pixelcnn import OutputHead, check_divisible, pointwise
 from genfast.nn import DiagonalBiLSTM, MaskedConv2d, RowLSTM
@@ -91,10 +91,12 @@ class PixelRNN(AutoregressiveModel):
         self.head = OutputHead(2 * hidden, head_channels, colours, self.levels, backend,
                                colour_layout)
 
-    def network(self, x, labels=None):
-        features = self.lstms(self.first(x))
-        return split_colour_logits(self.head(features), self.image_shape[0], self.levels,
-                                   self.colour_layout)
+    @property
+    def output_layer(self):
+        return self.head.last
+
+    def head_features(self, x, labels=None):
+        return self.head.hidden(self.lstms(self.first(x)))
 
     def cached_stepper(self, n, labels):
         from genfast.models.pixelrnn_sampler import PixelRNNStepper

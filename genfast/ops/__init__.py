@@ -23,3 +23,7 @@ from genfast.ops.logistic_mixture import (  # noqa: F401
     logistic_mixture_sample,
     logistic_mixture_sample_ref,
 )
+from genfast.ops.categorical_head import (  # noqa: F401
+    categorical_head_nll,
+    categorical_head_nll_ref,
+)

@@ -16,7 +16,8 @@ import torch
 
 from cuda_emu import load
 from conftest import LOW_PRECISION, assert_all_close, assert_close
-from genfast.ops import gated, logistic_mixture, lstm_row, masked_conv, reparam
+from genfast.ops import categorical_head, gated, logistic_mixture, lstm_row, masked_conv, reparam
+from genfast.ops.categorical_head import categorical_head_nll_ref
 from genfast.ops.gated import gated_activation_ref
 from genfast.ops.logistic_mixture import logistic_mixture_nll_ref, params_per_mixture
 from genfast.ops.lstm_row import lstm_rows_ref
@@ -36,6 +37,7 @@ def emulated_ops():
             (gated, "gated_activation", "gated_activation_backward"),
             (logistic_mixture, "logistic_mixture_nll", "logistic_mixture_nll_backward")):
         module._register(f"genfast_cuda_emu::{forward}", f"genfast_cuda_emu::{backward}")
+    categorical_head._register("genfast_cuda_emu::categorical_head_nll")  # no backward op
     return ops
 
 
@@ -283,3 +285,37 @@ def check_logistic_mixture(case, dtype, tails=False):
             torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
         else:
             assert_close(got, want, want64)
+
+
+def check_categorical_head(case, dtype):
+    """The fused categorical head's NLL and its gradients in features, weight and bias
+    (through the op's autograd formula) against the reference; case = (batch, features,
+    colours, levels, height, width, colour layout)."""
+    b, cin, colours, levels, h, w, layout = case
+    features64 = torch.randn(b, cin, h, w, dtype=torch.float64).relu()
+    weight64 = torch.randn(colours * levels, cin, dtype=torch.float64) / cin**0.5
+    bias64 = 0.3 * torch.randn(colours * levels, dtype=torch.float64)
+    images = torch.randint(0, levels, (b, colours, h, w))
+    grad64 = torch.randn(b, dtype=torch.float64)
+    op = emulated_ops().categorical_head_nll
+
+    def fast(features, weight, bias):
+        return op(features, weight, bias, images, levels, layout == "interleaved",
+                  [True, True, True])[0]
+
+    def ref(features, weight, bias):
+        return categorical_head_nll_ref(features, weight, bias, images, levels, colours, layout)
+
+    def run(fn, tensors, run_dtype):
+        leaves = [t.detach().to(run_dtype).requires_grad_() for t in tensors]
+        nll = fn(*leaves)
+        grads = torch.autograd.grad(nll, leaves, grad64.to(nll.dtype))
+        return [nll.detach(), *grads]
+
+    tensors = (features64, weight64, bias64)
+    got = run(fast, tensors, dtype)
+    want = run(ref, tensors, dtype)
+    want64 = run(ref, _rounded(tensors, dtype), torch.float64)
+    for g, r, r64 in zip(got, want, want64):
+        assert g.dtype == dtype and g.shape == r.shape
+        assert_close(g, r, r64)
