@@ -67,6 +67,7 @@ class ModelCase:
     bytes_moved: Callable | None = None
     flops: Callable | None = None
     auto_op: str = ""
+    peak_memory: bool = False  # whole-model peak memory is not measured (OpCase.peak_memory)
 
     @cached_property  # one Size object per size: results and targets key on them
     def sizes(self) -> tuple[Size, ...]:
