@@ -1,6 +1,7 @@
 """PixelCNN++ (genfast.models.pixelcnn_pp): shapes, causality of both streams, learning on
 digits, cached sampling against naive sampling (the same integers, and per pixel the same
 mixture parameters as the whole network), checkpoints, errors and torch.compile."""
+import math
 import zlib
 
 import pytest
@@ -261,3 +262,12 @@ def test_sampling_keeps_the_training_mode_and_the_thread_count():
         images = model.sample(2, method=method)
         assert images.shape == (2, 1, 4, 4)
         assert model.training and torch.get_num_threads() == threads
+
+
+def test_the_bench_estimates_naive_sampling_by_whole_pixels():
+    """genfast bench's naive estimate steps a pixel at a time through model.naive_stepper."""
+    from genfast.benchmark.sampling import estimate_naive_s
+
+    model = tiny("rgb").eval()
+    seconds = estimate_naive_s(model, 2, "cpu", steps=2)
+    assert math.isfinite(seconds) and seconds > 0

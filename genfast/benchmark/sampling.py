@@ -149,7 +149,7 @@ def estimate_naive_s(model, batch: int, device: str, steps: int = NAIVE_STEPS_TI
     from genfast.models.sampling import NaiveStepper
 
     if hasattr(model, "naive_stepper"):  # draws a whole pixel per step (PixelCNN++)
-        return _estimate_naive_pixel_s(model, case, device)
+        return _estimate_naive_pixel_s(model, batch, device, steps)
     c, h, w = model.image_shape
     times = []
     with torch.inference_mode():
@@ -167,21 +167,24 @@ def estimate_naive_s(model, batch: int, device: str, steps: int = NAIVE_STEPS_TI
     return statistics.median(times) * c * h * w
 
 
-def _estimate_naive_pixel_s(model, case: SamplingCase, device: str) -> float:
+def _estimate_naive_pixel_s(model, batch: int, device: str, steps: int) -> float:
     """estimate_naive_s for a model that draws all colours of a pixel per step: H x W steps,
-    each the whole network on the whole image and one draw (model.draw_pixel)."""
+    each the whole network on the whole image and one draw (model.draw_pixel); the median of
+    ``steps`` timed steps after one untimed."""
     c, h, w = model.image_shape
+    times = []
     with torch.inference_mode():
-        stepper = model.naive_stepper(case.batch)
-        uniform = torch.rand(case.batch, 1 + c, dtype=torch.float64, device=device)
-        for step in range(NAIVE_STEPS_TIMED + 1):
-            if step == 1:  # the first step warms up
-                start = time.perf_counter()
+        stepper = model.naive_stepper(batch)
+        uniform = torch.rand(batch, 1 + c, dtype=torch.float64, device=device)
+        for step in range(steps + 1):
+            start = time.perf_counter()
             j = step % w
             stepper.set_pixel(0, j, model.draw_pixel(stepper.params(0, j), uniform))
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - start) / NAIVE_STEPS_TIMED * h * w
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if step > 0:  # the first step warms up
+                times.append(time.perf_counter() - start)
+    return statistics.median(times) * h * w
 
 
 def run_sampling_case(case: SamplingCase, device: str, quick: bool = False,
