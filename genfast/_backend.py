@@ -99,9 +99,9 @@ AUTO_TABLE: dict[tuple[str, str], AutoEntry] = {
         "these yet"),
     ("logistic_mixture_nll", "cpu"): AutoEntry(
         ("cpu", "reference"),
-        "one fused pass each way, no [B, C, M, H, W] temporaries: 11-28x eager and 2.4-2.8x "
-        "torch.compile fwd+bwd at 16x3x32x32 with 10 components (40x / 3.6x at AVX2), a "
-        "sixth of eager's peak memory (genfast bench, 2-core AMD EPYC, busy machine)"),
+        "one fused pass each way, no [B, C, M, H, W] temporaries: 2.8-3.4x eager and 1.3-1.6x "
+        "torch.compile fwd+bwd at 16x3x32x32 with 10 components on one thread, a sixth of "
+        "eager's peak memory (genfast bench, 2-core AMD EPYC, AVX-512)"),
     ("logistic_mixture_nll", "cuda"): AutoEntry(
         ("cuda", "triton", "reference"),
         "eager runs some 60 elementwise kernels over [B, C, M, H, W] tensors each way; the fused "
@@ -117,7 +117,7 @@ AUTO_TABLE: dict[tuple[str, str], AutoEntry] = {
     ("categorical_head_nll", "cpu"): AutoEntry(
         ("cpu", "reference"),
         f"the layer's GEMMs on chunks of pixels with the softmax and the gradients in one pass, "
-        f"never the whole logits: 2.6-3.4x eager, 1.9-2.7x torch.compile fwd+bwd at 16x1x28x28,"
+        f"never the whole logits: 1.7-3.4x eager, 1.9-2.7x torch.compile fwd+bwd at 16x1x28x28,"
         f" 256 levels (measured: genfast bench on a busy 2-core AMD EPYC, AVX-512)"),
     ("categorical_head_nll", "cuda"): AutoEntry(
         ("reference",),
