@@ -12,9 +12,9 @@
 // log, tanh, abs, max, select(mask, a, b), any(mask), mask_not, mask_and, mask_or; the
 // comparisons are V's operators.
 //
-// A tile holds n pixels (a multiple of Ops::kLanes), its P parameter planes one after the other
-// (plane p at params + p * n) and its C level planes at levels + c * n, as floats holding whole
-// numbers, so that the edge bins are found exactly.
+// A tile holds n pixels (a multiple of Ops::kLanes) in planes `stride` values apart: its P
+// parameter planes (plane p at params + p * stride) and its C level planes (levels + c * stride),
+// the levels as floats holding whole numbers, so that the edge bins are found exactly.
 
 #ifndef GENFAST_MIXTURE_FN
 #define GENFAST_MIXTURE_FN inline
@@ -143,39 +143,39 @@ struct PixelGroup {
 };
 
 template <class Ops>
-inline PixelGroup<Ops> load_pixels(const typename Ops::Scalar* levels, int64_t n, int64_t i,
+inline PixelGroup<Ops> load_pixels(const typename Ops::Scalar* levels, int64_t stride, int64_t i,
                                    const MixtureShape& s) {
   PixelGroup<Ops> g;
   // As the reference: x = level * (2 / (L - 1)) - 1 with the scale rounded to the float type.
   const typename Ops::V scale = Ops::splat(2.0 / s.levels_minus_1);
   for (int c = 0; c < s.channels; ++c) {
-    g.level[c] = Ops::load(levels + c * n + i);
+    g.level[c] = Ops::load(levels + c * stride + i);
     g.x[c] = g.level[c] * scale - Ops::splat(1.0f);
   }
   return g;
 }
 
-// log sum_m exp(values[m * n + i]) over the mixtures.
+// log sum_m exp(values[m * stride + i]) over the mixtures.
 template <class Ops>
-inline typename Ops::V log_sum_exp(const typename Ops::Scalar* values, int64_t n, int64_t i,
+inline typename Ops::V log_sum_exp(const typename Ops::Scalar* values, int64_t stride, int64_t i,
                                    int mixtures) {
   using V = typename Ops::V;
   V top = Ops::load(values + i);
-  for (int m = 1; m < mixtures; ++m) top = Ops::max(top, Ops::load(values + m * n + i));
+  for (int m = 1; m < mixtures; ++m) top = Ops::max(top, Ops::load(values + m * stride + i));
   V sum = Ops::splat(0.0f);
-  for (int m = 0; m < mixtures; ++m) sum += Ops::exp(Ops::load(values + m * n + i) - top);
+  for (int m = 0; m < mixtures; ++m) sum += Ops::exp(Ops::load(values + m * stride + i) - top);
   return top + Ops::log(sum);
 }
 
 // The component's mean of channel c: its own mean plus the coefficients times the values of
 // the channels before it (PixelCNN++ section 2.2). coeff_tanh[k] holds tanh(coefficient k).
 template <class Ops>
-inline typename Ops::V conditioned_mean(const typename Ops::Scalar* params, int64_t n, int64_t i,
+inline typename Ops::V conditioned_mean(const typename Ops::Scalar* params, int64_t stride, int64_t i,
                                         const MixtureShape& s, int c, int m,
                                         const PixelGroup<Ops>& g,
                                         const typename Ops::V* coeff_tanh) {
   const int mixtures = s.mixtures;
-  typename Ops::V mean = Ops::load(params + (mixtures + c * mixtures + m) * n + i);
+  typename Ops::V mean = Ops::load(params + (mixtures + c * mixtures + m) * stride + i);
   const int k0 = c * (c - 1) / 2;  // coefficients of channel c start here
   for (int e = 0; e < c; ++e) mean += coeff_tanh[k0 + e] * g.x[e];
   return mean;
@@ -195,84 +195,92 @@ GENFAST_MIXTURE_FN int64_t coeff_plane(const MixtureShape& s, int k, int m) {
 // Log-likelihood of each of the n pixels of a tile into log_lik[n]; scratch holds M * n values.
 template <class Ops>
 void mixture_log_likelihood(const typename Ops::Scalar* params,
-                            const typename Ops::Scalar* levels, int64_t n, const MixtureShape& s,
+                            const typename Ops::Scalar* levels, int64_t n, int64_t stride,
+                            const MixtureShape& s,
                             typename Ops::Scalar* scratch, typename Ops::Scalar* log_lik) {
   using V = typename Ops::V;
   const V half_bin = Ops::splat(1.0 / s.levels_minus_1);
   const V log_half_levels = Ops::splat(std::log(s.levels_minus_1 / 2.0));
   const int coefficients = s.channels * (s.channels - 1) / 2;
   for (int64_t i = 0; i < n; i += Ops::kLanes) {
-    const PixelGroup<Ops> g = load_pixels<Ops>(levels, n, i, s);
+    const PixelGroup<Ops> g = load_pixels<Ops>(levels, stride, i, s);
     for (int m = 0; m < s.mixtures; ++m) {
       V coeff_tanh[kMostChannels * (kMostChannels - 1) / 2];
       for (int k = 0; k < coefficients; ++k)
-        coeff_tanh[k] = Ops::tanh(Ops::load(params + coeff_plane(s, k, m) * n + i));
-      V total = Ops::load(params + m * n + i);  // the logit
+        coeff_tanh[k] = Ops::tanh(Ops::load(params + coeff_plane(s, k, m) * stride + i));
+      V total = Ops::load(params + m * stride + i);  // the logit
       for (int c = 0; c < s.channels; ++c) {
-        const V mean = conditioned_mean<Ops>(params, n, i, s, c, m, g, coeff_tanh);
-        const V raw_log_scale = Ops::load(params + log_scale_plane(s, c, m) * n + i);
+        const V mean = conditioned_mean<Ops>(params, stride, i, s, c, m, g, coeff_tanh);
+        const V raw_log_scale = Ops::load(params + log_scale_plane(s, c, m) * stride + i);
         total += bin_terms<Ops, false>(g.x[c], g.level[c], mean, raw_log_scale, s, half_bin,
                                        log_half_levels).log_prob;
       }
-      Ops::store(scratch + m * n + i, total);
+      Ops::store(scratch + m * stride + i, total);
     }
     // log sum_m softmax(logits)_m prod_c P_c = lse(logit + sum log P) - lse(logit).
-    const V ll = log_sum_exp<Ops>(scratch, n, i, s.mixtures) -
-                 log_sum_exp<Ops>(params, n, i, s.mixtures);
+    const V ll = log_sum_exp<Ops>(scratch, stride, i, s.mixtures) -
+                 log_sum_exp<Ops>(params, stride, i, s.mixtures);
     Ops::store(log_lik + i, ll);
   }
 }
 
-// d(grad_nll * NLL) / d params of a tile into grad[P * n], recomputed from params and levels.
+// d(grad_nll * NLL) / d params of a tile into grad[P * n], recomputed from params and levels,
+// and each pixel's log-likelihood into log_lik[n], which this pass knows on the way (so that a
+// training step's forward can be this pass alone: genfast::logistic_mixture_nll_with_grad).
 // The derivatives of each (channel, component) go to their planes of grad first, unscaled,
 // with the component's total log-probability in its logit plane; once every component of a
 // pixel is known, its responsibility w_m = softmax(total)_m scales them.
 template <class Ops>
 void mixture_gradient(const typename Ops::Scalar* params, const typename Ops::Scalar* levels,
-                      int64_t n, const MixtureShape& s, typename Ops::Scalar grad_nll,
-                      typename Ops::Scalar* grad) {
+                      int64_t n, int64_t stride, const MixtureShape& s,
+                      typename Ops::Scalar grad_nll,
+                      typename Ops::Scalar* grad, typename Ops::Scalar* log_lik) {
   using V = typename Ops::V;
   const V half_bin = Ops::splat(1.0 / s.levels_minus_1);
   const V log_half_levels = Ops::splat(std::log(s.levels_minus_1 / 2.0));
   const V g_out = Ops::splat(grad_nll);
   const int coefficients = s.channels * (s.channels - 1) / 2;
   for (int64_t i = 0; i < n; i += Ops::kLanes) {
-    const PixelGroup<Ops> g = load_pixels<Ops>(levels, n, i, s);
+    const PixelGroup<Ops> g = load_pixels<Ops>(levels, stride, i, s);
     for (int m = 0; m < s.mixtures; ++m) {
       V coeff_tanh[kMostChannels * (kMostChannels - 1) / 2];
-      for (int k = 0; k < coefficients; ++k)
-        coeff_tanh[k] = Ops::tanh(Ops::load(params + coeff_plane(s, k, m) * n + i));
-      V total = Ops::load(params + m * n + i);
+      for (int k = 0; k < coefficients; ++k) {
+        coeff_tanh[k] = Ops::tanh(Ops::load(params + coeff_plane(s, k, m) * stride + i));
+        // Kept in the coefficient's grad plane until its gradient replaces it below.
+        Ops::store(grad + coeff_plane(s, k, m) * stride + i, coeff_tanh[k]);
+      }
+      V total = Ops::load(params + m * stride + i);
       for (int c = 0; c < s.channels; ++c) {
-        const V mean = conditioned_mean<Ops>(params, n, i, s, c, m, g, coeff_tanh);
-        const V raw_log_scale = Ops::load(params + log_scale_plane(s, c, m) * n + i);
+        const V mean = conditioned_mean<Ops>(params, stride, i, s, c, m, g, coeff_tanh);
+        const V raw_log_scale = Ops::load(params + log_scale_plane(s, c, m) * stride + i);
         const BinTerms<Ops> t = bin_terms<Ops, true>(g.x[c], g.level[c], mean, raw_log_scale,
                                                      s, half_bin, log_half_levels);
         total += t.log_prob;
-        Ops::store(grad + mean_plane(s, c, m) * n + i, t.d_mean);
-        Ops::store(grad + log_scale_plane(s, c, m) * n + i, t.d_log_scale);
+        Ops::store(grad + mean_plane(s, c, m) * stride + i, t.d_mean);
+        Ops::store(grad + log_scale_plane(s, c, m) * stride + i, t.d_log_scale);
       }
-      Ops::store(grad + m * n + i, total);
+      Ops::store(grad + m * stride + i, total);
     }
-    const V lse_total = log_sum_exp<Ops>(grad, n, i, s.mixtures);
-    const V lse_logits = log_sum_exp<Ops>(params, n, i, s.mixtures);
+    const V lse_total = log_sum_exp<Ops>(grad, stride, i, s.mixtures);
+    const V lse_logits = log_sum_exp<Ops>(params, stride, i, s.mixtures);
+    Ops::store(log_lik + i, lse_total - lse_logits);
     for (int m = 0; m < s.mixtures; ++m) {
       // NLL = -(lse(total) - lse(logits)): d/dlogit_m = prior_m - w_m, d/dtotal_m = -w_m.
-      const V w = Ops::exp(Ops::load(grad + m * n + i) - lse_total);
-      const V prior = Ops::exp(Ops::load(params + m * n + i) - lse_logits);
-      Ops::store(grad + m * n + i, g_out * (prior - w));
+      const V w = Ops::exp(Ops::load(grad + m * stride + i) - lse_total);
+      const V prior = Ops::exp(Ops::load(params + m * stride + i) - lse_logits);
+      Ops::store(grad + m * stride + i, g_out * (prior - w));
       const V scale = -g_out * w;
       for (int c = 0; c < s.channels; ++c) {
-        const V d_mean = scale * Ops::load(grad + mean_plane(s, c, m) * n + i);
-        Ops::store(grad + mean_plane(s, c, m) * n + i, d_mean);
-        const int64_t ls = log_scale_plane(s, c, m) * n + i;
+        const V d_mean = scale * Ops::load(grad + mean_plane(s, c, m) * stride + i);
+        Ops::store(grad + mean_plane(s, c, m) * stride + i, d_mean);
+        const int64_t ls = log_scale_plane(s, c, m) * stride + i;
         Ops::store(grad + ls, scale * Ops::load(grad + ls));
         const int k0 = c * (c - 1) / 2;
         for (int e = 0; e < c; ++e) {
           // mean_c += tanh(raw_k) * x_e: d/draw_k = d_mean * x_e * (1 - tanh(raw_k)^2).
-          const V t = Ops::tanh(Ops::load(params + coeff_plane(s, k0 + e, m) * n + i));
-          Ops::store(grad + coeff_plane(s, k0 + e, m) * n + i,
-                     d_mean * g.x[e] * (Ops::splat(1.0f) - t * t));
+          const int64_t k = coeff_plane(s, k0 + e, m) * stride + i;
+          const V t = Ops::load(grad + k);
+          Ops::store(grad + k, d_mean * g.x[e] * (Ops::splat(1.0f) - t * t));
         }
       }
     }

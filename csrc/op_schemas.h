@@ -98,6 +98,10 @@ inline void define_op_schemas(torch::Library& m) {
   m.def(
       "logistic_mixture_nll_backward(Tensor grad_nll, Tensor images, Tensor params, int levels) "
       "-> Tensor grad_params");
+  // Both in one pass: the NLL, and its gradient for grad_nll = 1 (a training step's forward).
+  m.def(
+      "logistic_mixture_nll_with_grad(Tensor images, Tensor params, int levels) "
+      "-> (Tensor nll, Tensor grad_params)");
   // Draws int64 images [B, C, H, W] from params [B, P, H, W], with the uniforms of the Philox
   // stream of seed (int64[2] CPU tensor: key, counter offset), laid out as [B, 1 + C, H, W].
   m.def(

@@ -41,14 +41,16 @@ struct CpuKernels {
                         float* grad_logvar, int64_t n);
 
   // The discretized logistic mixture on a tile of n pixels (csrc/logistic_mixture.cpp; n a
-  // multiple of 16): params [P][n] and levels [C][n] planes in, log-likelihoods [n] (scratch
-  // holds M * n floats), or d(grad_nll * NLL)/d params [P][n].
+  // multiple of 16), each plane `stride` floats after the last: params [P] and levels [C]
+  // planes in, log-likelihoods [n] out (scratch holds M planes), or d(grad_nll * NLL)/d params
+  // [P] planes and the log-likelihoods too.
   void (*logistic_mixture_forward)(const float* params, const float* levels, int64_t n,
-                                   int channels, int mixtures, float levels_minus_1,
-                                   float* scratch, float* log_lik);
+                                   int64_t stride, int channels, int mixtures,
+                                   float levels_minus_1, float* scratch, float* log_lik);
   void (*logistic_mixture_backward)(const float* params, const float* levels, int64_t n,
-                                    int channels, int mixtures, float levels_minus_1,
-                                    float grad_nll, float* grad);
+                                    int64_t stride, int channels, int mixtures,
+                                    float levels_minus_1, float grad_nll, float* grad,
+                                    float* log_lik);
 
   // The normals of stream elements [first, first + count) (gaussian_noise.h).
   void (*gaussian_noise)(NoiseStream stream, int64_t first, int64_t count, float* out);

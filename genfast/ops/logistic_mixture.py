@@ -23,7 +23,10 @@ grey), channel-major blocks:
 
 The fast backends run ``genfast::logistic_mixture_nll``: one pass over the pixels, each
 pixel's components in registers (or one small tile), never the [B, C, M, H, W] temporaries of
-the reference; its backward op recomputes everything from images and params in one more pass.
+the reference; its backward op recomputes everything from images and params in one more pass. Where autograd
+will want the gradient (eager, outside torch.compile), ``genfast::logistic_mixture_nll_with_grad``
+computes the NLL and its gradient in one pass instead, and the backward only scales that
+(genfast/ops/_gradient_in_forward.py).
 The gradient is taken with respect to params only (images are integer levels). The sampler
 ``genfast::logistic_mixture_sample`` draws its uniforms from genfast's Philox stream by an
 explicit int64[2] seed, and the reference path draws the same uniforms
@@ -36,6 +39,7 @@ import math
 import torch
 
 from genfast import _backend, _ext
+from genfast.ops._gradient_in_forward import gradient_in_forward_call
 from genfast.ops._library import eager_call, register_fake_and_autograd, triton_kernels_exist
 from genfast.ops.philox import philox_uniform_ref
 from genfast.ops.reparam import draw_seed
@@ -224,6 +228,19 @@ if _ext.has_op("logistic_mixture_nll"):
                                _make_backward)
     if _ext.has_kernel("logistic_mixture_nll", "CUDA"):
         _FORWARD_OPS["cuda"], _CALLS["cuda"] = _FORWARD_OPS["cpu"], _CALLS["cpu"]
+if _ext.has_op("logistic_mixture_nll_with_grad"):
+    @torch.library.register_fake("genfast::logistic_mixture_nll_with_grad")
+    def _fake_with_grad(images, params, levels):
+        return _fake_nll(images, params, levels), _fake_backward(None, images, params, levels)
+
+    # A training step's forward computes the gradient in the same pass (half the work of a
+    # forward and a recomputing backward); the backward scales it.
+    for _name, _key in (("cpu", "CPU"), ("cuda", "CUDA")):
+        if _name in _CALLS and _ext.has_kernel("logistic_mixture_nll_with_grad", _key):
+            _CALLS[_name] = gradient_in_forward_call(
+                torch.ops.genfast.logistic_mixture_nll_with_grad.default,
+                torch.ops.genfast.logistic_mixture_nll_backward.default, _CALLS[_name],
+                differentiable=1)
 # A stale build of the extension may lack the ops: then only the reference and Triton have it.
 IMPLEMENTED = ("reference", *_CALLS)
 

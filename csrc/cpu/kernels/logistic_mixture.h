@@ -35,17 +35,18 @@ struct VectorOps {
 
 #include "../../logistic_mixture_maths.h"
 
-void forward(const float* params, const float* levels, int64_t n, int channels, int mixtures,
-             float levels_minus_1, float* scratch, float* log_lik) {
-  mixture_log_likelihood<VectorOps>(params, levels, n,
+void forward(const float* params, const float* levels, int64_t n, int64_t stride, int channels,
+             int mixtures, float levels_minus_1, float* scratch, float* log_lik) {
+  mixture_log_likelihood<VectorOps>(params, levels, n, stride,
                                     MixtureShape{channels, mixtures, levels_minus_1}, scratch,
                                     log_lik);
 }
 
-void backward(const float* params, const float* levels, int64_t n, int channels, int mixtures,
-              float levels_minus_1, float grad_nll, float* grad) {
-  mixture_gradient<VectorOps>(params, levels, n, MixtureShape{channels, mixtures, levels_minus_1},
-                              grad_nll, grad);
+void backward(const float* params, const float* levels, int64_t n, int64_t stride, int channels,
+              int mixtures, float levels_minus_1, float grad_nll, float* grad, float* log_lik) {
+  mixture_gradient<VectorOps>(params, levels, n, stride,
+                              MixtureShape{channels, mixtures, levels_minus_1}, grad_nll, grad,
+                              log_lik);
 }
 
 }  // namespace genfast::cpu::GENFAST_ISA_NS::logistic_mixture
