@@ -202,6 +202,13 @@ def test_logistic_mixture_tails(order, dtype):
     checks.check_logistic_mixture((2, 3, 3, 4, 5, 256), dtype, tails=True)
 
 
+@pytest.mark.parametrize("case", MIXTURE_CASES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_logistic_mixture_with_grad(order, case, dtype):
+    checks.seed("logistic_mixture_with_grad", case, str(dtype))
+    checks.check_logistic_mixture_with_grad(case, dtype)
+
+
 # ----------------------------------------------------------------------------- categorical head
 
 # (batch, features, colours, levels, height, width, colour layout): levels below, at and above

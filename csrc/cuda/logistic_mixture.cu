@@ -8,9 +8,11 @@
 // fixed-order tree sum per block into a [B, blocks] buffer that at::sum adds up (deterministic).
 // Backward: one loop for the log-sum-exps, then one more that recomputes each component's
 // channel terms (held in registers, C <= 4) and writes its gradient once its responsibility is
-// known. Computed in float (double for double). nvcc 12 for sm_90 (-O3, ptxas -v): forward 40
-// registers (72 in double), backward 47-48 (66 in double) with a 144-byte stack frame for the
-// per-channel terms, no spills.
+// known. genfast::logistic_mixture_nll_with_grad runs the backward for grad_nll = 1 and sums
+// the log-likelihoods it knows on the way as the forward does: a training step's one launch.
+// Computed in float (double for double). nvcc 13 for sm_90 (-O3, ptxas -v): forward 40
+// registers (72 in double); backward and with_grad 56 (88 in double), with a 96-byte stack
+// frame for the per-channel terms (176 in double); no spills.
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/sum.h>
@@ -147,6 +149,19 @@ __device__ __forceinline__ void log_sum_exps(const Pixel<scalar_t, A>& p, const 
   *lse_logits = logits.value();
 }
 
+// partial[b, block] = the block's log-likelihoods, added in a fixed tree order. Every thread of
+// the block calls it.
+__device__ __forceinline__ void block_sum(double* partial, int64_t b, double log_lik,
+                                          double* sums) {
+  sums[threadIdx.x] = log_lik;
+  __syncthreads();
+  for (int stride = kThreads / 2; stride > 0; stride /= 2) {
+    if (threadIdx.x < stride) sums[threadIdx.x] += sums[threadIdx.x + stride];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) partial[b * gridDim.x + blockIdx.x] = sums[0];
+}
+
 template <typename scalar_t, typename index_t>
 __global__ void forward_kernel(double* __restrict__ partial, const index_t* __restrict__ images,
                                const scalar_t* __restrict__ params, int64_t pixels,
@@ -166,55 +181,65 @@ __global__ void forward_kernel(double* __restrict__ partial, const index_t* __re
                                        &lse_logits);
     log_lik = static_cast<double>(lse_total - lse_logits);
   }
-  // A fixed-order tree sum over the block.
-  sums[threadIdx.x] = log_lik;
-  __syncthreads();
-  for (int stride = kThreads / 2; stride > 0; stride /= 2) {
-    if (threadIdx.x < stride) sums[threadIdx.x] += sums[threadIdx.x + stride];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) partial[b * gridDim.x + blockIdx.x] = sums[0];
+  block_sum(partial, b, log_lik, sums);
 }
 
-template <typename scalar_t, typename index_t>
-__global__ void backward_kernel(scalar_t* __restrict__ grad,
-                                const acc_type<scalar_t>* __restrict__ grad_nll,
-                                const index_t* __restrict__ images,
-                                const scalar_t* __restrict__ params, int64_t pixels,
-                                int64_t planes, MixtureShape s) {
-  using A = acc_type<scalar_t>;
-  const int64_t b = blockIdx.y;
-  const int64_t pix = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (pix >= pixels) return;
-  const A half_bin = static_cast<A>(1.0 / s.levels_minus_1);
-  const A log_half_levels = static_cast<A>(::log(s.levels_minus_1 / 2.0));
-  const Pixel<scalar_t, A> p =
-      load_pixel<scalar_t, index_t, A>(images, params, b, pix, pixels, planes, s);
-  A lse_total, lse_logits;
-  log_sum_exps<scalar_t, A>(p, s, half_bin, log_half_levels, &lse_total, &lse_logits);
-  const A g_out = grad_nll[b];
-  scalar_t* out = grad + b * planes * pixels + pix;
+// Writes d(g_out * NLL)/d params of one pixel, its log-sum-exps known, recomputing each
+// component's channel terms (held in registers, C <= 4).
+template <typename scalar_t, typename A>
+__device__ __forceinline__ void write_gradient(scalar_t* out, const Pixel<scalar_t, A>& p,
+                                               const MixtureShape& s, A half_bin,
+                                               A log_half_levels, A lse_total, A lse_logits,
+                                               A g_out) {
   for (int m = 0; m < s.mixtures; ++m) {
     BinTerms<device::DeviceOps<A>> terms[kMostChannels];
     const A total = component<true>(p, s, m, half_bin, log_half_levels, terms);
     // NLL = lse(logits) - lse(totals): d/dlogit_m = prior_m - w_m, d/dtotal_m = -w_m.
     const A w = cuda::exp_acc(total - lse_total);
     const A prior = cuda::exp_acc(p.param(m) - lse_logits);
-    out[m * pixels] = static_cast<scalar_t>(g_out * (prior - w));
+    out[m * p.pixels] = static_cast<scalar_t>(g_out * (prior - w));
     const A scale = -g_out * w;
     for (int c = 0; c < s.channels; ++c) {
       const A d_mean = scale * terms[c].d_mean;
-      out[device::mean_plane(s, c, m) * pixels] = static_cast<scalar_t>(d_mean);
-      out[device::log_scale_plane(s, c, m) * pixels] =
+      out[device::mean_plane(s, c, m) * p.pixels] = static_cast<scalar_t>(d_mean);
+      out[device::log_scale_plane(s, c, m) * p.pixels] =
           static_cast<scalar_t>(scale * terms[c].d_log_scale);
       const int k0 = c * (c - 1) / 2;
       for (int e = 0; e < c; ++e) {
         const int64_t plane = device::coeff_plane(s, k0 + e, m);
         const A t = cuda::tanh_acc(p.param(plane));
-        out[plane * pixels] = static_cast<scalar_t>(d_mean * p.x[e] * (A(1) - t * t));
+        out[plane * p.pixels] = static_cast<scalar_t>(d_mean * p.x[e] * (A(1) - t * t));
       }
     }
   }
+}
+
+// The gradient for grad_nll, or with grad_nll null for grad_nll = 1 and then also each block's
+// log-likelihood sum into partial (genfast::logistic_mixture_nll_with_grad).
+template <typename scalar_t, typename index_t>
+__global__ void backward_kernel(scalar_t* __restrict__ grad,
+                                const acc_type<scalar_t>* __restrict__ grad_nll,
+                                double* __restrict__ partial,
+                                const index_t* __restrict__ images,
+                                const scalar_t* __restrict__ params, int64_t pixels,
+                                int64_t planes, MixtureShape s) {
+  using A = acc_type<scalar_t>;
+  GENFAST_SHARED(double, sums, [kThreads]);
+  const int64_t b = blockIdx.y;
+  const int64_t pix = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  double log_lik = 0.0;
+  if (pix < pixels) {
+    const A half_bin = static_cast<A>(1.0 / s.levels_minus_1);
+    const A log_half_levels = static_cast<A>(::log(s.levels_minus_1 / 2.0));
+    const Pixel<scalar_t, A> p =
+        load_pixel<scalar_t, index_t, A>(images, params, b, pix, pixels, planes, s);
+    A lse_total, lse_logits;
+    log_sum_exps<scalar_t, A>(p, s, half_bin, log_half_levels, &lse_total, &lse_logits);
+    log_lik = static_cast<double>(lse_total - lse_logits);
+    write_gradient(grad + b * planes * pixels + pix, p, s, half_bin, log_half_levels, lse_total,
+                   lse_logits, grad_nll ? grad_nll[b] : A(1));
+  }
+  if (partial) block_sum(partial, b, log_lik, sums);
 }
 
 MixtureShape shape_of(const Problem& p) {
@@ -265,7 +290,7 @@ Tensor logistic_mixture_nll_backward_cuda(const Tensor& grad_nll, const Tensor& 
     using A = acc_type<scalar_t>;
     dispatch_images(images_c, [&]<typename index_t>() {
       GENFAST_LAUNCH(grid_of(p), kThreads, 0, stream, backward_kernel<scalar_t, index_t>)(
-          grad.mutable_data_ptr<scalar_t>(), grad_c.const_data_ptr<A>(),
+          grad.mutable_data_ptr<scalar_t>(), grad_c.const_data_ptr<A>(), nullptr,
           images_c.const_data_ptr<index_t>(), params_c.const_data_ptr<scalar_t>(), p.pixels,
           p.planes, shape_of(p));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -274,11 +299,43 @@ Tensor logistic_mixture_nll_backward_cuda(const Tensor& grad_nll, const Tensor& 
   return grad;
 }
 
+// The NLL and its gradient for grad_nll = 1 in one launch: the backward's passes, which know
+// each pixel's log-likelihood on the way.
+std::tuple<Tensor, Tensor> logistic_mixture_nll_with_grad_cuda(const Tensor& images,
+                                                              const Tensor& params,
+                                                              int64_t levels) {
+  const Problem p = check_nll_args(images, params, levels, cuda::kDeviceType);
+  TORCH_CHECK_VALUE(p.batch <= 65535, "genfast: the CUDA kernels take at most 65535 images");
+  const c10::cuda::CUDAGuard guard(params.device());
+  const auto acc = compute_dtype(params.scalar_type());
+  Tensor grad = at::empty(params.sizes(), params.options());
+  if (p.batch == 0 || p.pixels == 0)
+    return {at::zeros({p.batch}, params.options().dtype(acc)), grad};
+  const dim3 grid = grid_of(p);
+  Tensor partial = at::empty({p.batch, static_cast<int64_t>(grid.x)},
+                             params.options().dtype(at::kDouble));
+  const Tensor images_c = images.contiguous(), params_c = params.contiguous();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(params.device().index()).stream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params.scalar_type(),
+                                  "logistic_mixture_nll_with_grad", [&] {
+    using A = acc_type<scalar_t>;
+    dispatch_images(images_c, [&]<typename index_t>() {
+      GENFAST_LAUNCH(grid, kThreads, 0, stream, backward_kernel<scalar_t, index_t>)(
+          grad.mutable_data_ptr<scalar_t>(), static_cast<const A*>(nullptr),
+          partial.mutable_data_ptr<double>(), images_c.const_data_ptr<index_t>(),
+          params_c.const_data_ptr<scalar_t>(), p.pixels, p.planes, shape_of(p));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return {partial.sum(1).neg_().to(acc), grad};
+}
+
 }  // namespace
 
 GENFAST_CUDA_LIBRARY_IMPL(m) {
   m.impl("logistic_mixture_nll", &logistic_mixture_nll_cuda);
   m.impl("logistic_mixture_nll_backward", &logistic_mixture_nll_backward_cuda);
+  m.impl("logistic_mixture_nll_with_grad", &logistic_mixture_nll_with_grad_cuda);
 }
 
 }  // namespace genfast::logistic_mixture

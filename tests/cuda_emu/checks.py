@@ -287,6 +287,19 @@ def check_logistic_mixture(case, dtype, tails=False):
             assert_close(got, want, want64)
 
 
+def check_logistic_mixture_with_grad(case, dtype):
+    """genfast::logistic_mixture_nll_with_grad: the forward's NLL and the backward's gradient
+    for ones, in one launch."""
+    images, params64 = logistic_mixture_inputs(*case)
+    params = params64.to(dtype)
+    ops = emulated_ops()
+    nll, grad = ops.logistic_mixture_nll_with_grad(images, params, case[-1])
+    assert torch.equal(nll, ops.logistic_mixture_nll(images, params, case[-1]))
+    ones = torch.ones(case[0], dtype=nll.dtype)
+    torch.testing.assert_close(
+        grad, ops.logistic_mixture_nll_backward(ones, images, params, case[-1]), rtol=0, atol=0)
+
+
 def check_categorical_head(case, dtype):
     """The fused categorical head's NLL and its gradients in features, weight and bias
     (through the op's autograd formula) against the reference; case = (batch, features,
