@@ -73,9 +73,11 @@ layer forward+backward is ~0.5-0.7 ms (Row LSTM) and ~1.5-2 ms (Diagonal BiLSTM)
 issue 19's ~2 / ~5 ms for the persistent Triton kernel, ~4.1 / ~10.6 ms for CUDA and
 ~1.7 / ~6.5 ms for torch.compile(reference).
 
-Both Diagonal BiLSTM directions in one launch would halve its launches, but the layer calls
-lstm_rows once per direction with separate weights (genfast/nn/pixelrnn.py): it needs a grouped
-op (a weight per group of the batch) with its own schema and fallbacks, not done here.
+Both Diagonal BiLSTM directions run in one launch per row: a weight [G, 4D, D, k] (and bias
+[G, 4D]) splits the batch into G groups, and a program of image b reads weight group
+b // (B / G). genfast.nn.DiagonalBiLSTM stacks its two directions along the batch that way on
+this backend, which halves its launches (and doubles each launch's grid: 256 programs at the
+bench shape); grad-weight runs one launch per group.
 """
 from __future__ import annotations
 
@@ -176,16 +178,31 @@ def _check_int32(hidden, rows, length, ksize):
                            f"L={length}, k={ksize}")
 
 
-def _check(gates_in, weight, h0, c0, pad_left):
-    if gates_in.dim() != 4 or weight.dim() != 3:
+def weight_groups(batch: int, weight: torch.Tensor) -> tuple[int, int]:
+    """(G, images per group) of a weight [4D, D, k] (G = 1) or [G, 4D, D, k]: the batch splits
+    into G equal groups, image b running with weight group b // (B / G)."""
+    groups = weight.shape[0] if weight.dim() == 4 else 1
+    if groups < 1 or batch % groups:
+        raise RuntimeError(f"genfast: lstm_rows with {groups} weight groups needs a batch that "
+                           f"splits into them, got {batch}")
+    return groups, max(batch // groups, 1)
+
+
+def _check(gates_in, weight, bias, h0, c0, pad_left):
+    if gates_in.dim() != 4 or weight.dim() not in (3, 4):
         raise RuntimeError(f"genfast: lstm_rows expects gates_in [B, 4D, R, L] and weight "
-                           f"[4D, D, k], got {tuple(gates_in.shape)} and {tuple(weight.shape)}")
+                           f"[4D, D, k] or [G, 4D, D, k], got {tuple(gates_in.shape)} and "
+                           f"{tuple(weight.shape)}")
     batch, channels, rows, length = gates_in.shape
-    hidden, ksize = weight.shape[1], weight.shape[2]
-    if channels != 4 * hidden or weight.shape[0] != 4 * hidden:
+    groups, _ = weight_groups(batch, weight)
+    hidden, ksize = weight.shape[-2], weight.shape[-1]
+    if channels != 4 * hidden or weight.shape[-3] != 4 * hidden:
         raise RuntimeError(f"genfast: lstm_rows needs gates_in [B, 4D, R, L] and weight "
                            f"[4D, D, k] with one D, got {tuple(gates_in.shape)} and "
                            f"{tuple(weight.shape)}")
+    if bias is not None and bias.numel() != groups * 4 * hidden:
+        raise RuntimeError(f"genfast: lstm_rows needs a bias of {groups} x {4 * hidden} values, "
+                           f"got shape {tuple(bias.shape)}")
     for name, t in (("h0", h0), ("c0", c0)):
         if tuple(t.shape) != (batch, hidden, length):
             raise RuntimeError(f"genfast: {name} must have shape {[batch, hidden, length]}, "
@@ -202,11 +219,14 @@ def _check(gates_in, weight, h0, c0, pad_left):
 def lstm_rows_forward(gates_in, weight, bias, h0, c0, pad_left):
     """(h, c, gates) of genfast::lstm_rows (schema in csrc/registration.cpp).
 
-    gates_in: [B, 4D, R, L]; weight: [4D, D, k]; bias: [4D] or None; h0, c0: [B, D, L];
-    pad_left in [0, k). Returns h [B, D, R, L] in gates_in's dtype, c [B, D, R, L] and the
-    activations gates [B, 4D, R, L] in the state dtype (float32 for float16 / bfloat16 inputs).
+    gates_in: [B, 4D, R, L]; weight: [4D, D, k], or [G, 4D, D, k] for G groups of the batch
+    (weight_groups), one launch per row for all of them; bias: [4D] ([G, 4D]) or None; h0, c0:
+    [B, D, L]; pad_left in [0, k). Returns h [B, D, R, L] in gates_in's dtype, c [B, D, R, L]
+    and the activations gates [B, 4D, R, L] in the state dtype (float32 for float16 / bfloat16
+    inputs).
     """
-    batch, hidden, rows, length, ksize = _check(gates_in, weight, h0, c0, pad_left)
+    batch, hidden, rows, length, ksize = _check(gates_in, weight, bias, h0, c0, pad_left)
+    groups, per_group = weight_groups(batch, weight)
     dtype, state = gates_in.dtype, _state_dtype(gates_in.dtype)
     device = gates_in.device
     h = torch.empty((batch, hidden, rows, length), dtype=dtype, device=device)
@@ -214,7 +234,8 @@ def lstm_rows_forward(gates_in, weight, bias, h0, c0, pad_left):
     gates = torch.empty((batch, 4 * hidden, rows, length), dtype=state, device=device)
     if h.numel() == 0:
         return h, c, gates
-    bias_s = bias.to(state).contiguous() if bias is not None else zeros(4 * hidden, state, device)
+    bias_s = (bias.to(state).contiguous() if bias is not None
+              else zeros(groups * 4 * hidden, state, device))
     variant = _variant(dtype, device)
     block_d, block_k, warps = ROW_BLOCKS[variant]
     grid, block_l = row_grid(batch, hidden, length, variant, device)
@@ -223,7 +244,7 @@ def lstm_rows_forward(gates_in, weight, bias, h0, c0, pad_left):
     with _device_guard(gates_in):
         for row in range(rows):
             _forward_row_kernel[grid](
-                *args, row, batch, hidden, rows, length, ksize, pad_left,
+                *args, row, batch, hidden, rows, length, ksize, pad_left, per_group,
                 BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_K=block_k, num_warps=warps,
                 **_dot_options(variant, device))
     return h, c, gates
@@ -257,10 +278,11 @@ def lstm_rows_backward(grad_h, grad_c, weight, h, c, gates, h0, c0, pad_left):
     weight's, grad_h0 and grad_c0 those of h0 and c0.
     """
     batch, hidden, rows, length = h.shape
-    ksize = weight.shape[2]
+    ksize = weight.shape[-1]
+    groups, per_group = weight_groups(batch, weight)
     dtype, state = h.dtype, _state_dtype(h.dtype)
     device = h.device
-    if tuple(weight.shape[:2]) != (4 * hidden, hidden) or tuple(gates.shape) != (
+    if tuple(weight.shape[-3:-1]) != (4 * hidden, hidden) or tuple(gates.shape) != (
             batch, 4 * hidden, rows, length) or grad_h.shape != h.shape \
             or grad_c.shape != h.shape or c.shape != h.shape:
         raise RuntimeError("genfast: lstm_rows_backward got inconsistent shapes: "
@@ -274,7 +296,8 @@ def lstm_rows_backward(grad_h, grad_c, weight, h, c, gates, h0, c0, pad_left):
     carry = torch.empty((2, batch, hidden, length), dtype=state, device=device)
     dpre = torch.empty((batch, 4 * hidden, rows, length), dtype=state, device=device)
     if dpre.numel() == 0:
-        grad_weight = torch.zeros((4 * hidden, hidden * ksize), dtype=state, device=device)
+        grad_weight = torch.zeros((groups, 4 * hidden, hidden * ksize), dtype=state,
+                                  device=device)
         grad_h0.zero_()
         carry.zero_()
     else:
@@ -288,15 +311,20 @@ def lstm_rows_backward(grad_h, grad_c, weight, h, c, gates, h0, c0, pad_left):
         with _device_guard(h):
             for row in range(rows - 1, -2, -1):
                 _backward_row_kernel[grid](
-                    *args, row, batch, hidden, rows, length, ksize, pad_left,
+                    *args, row, batch, hidden, rows, length, ksize, pad_left, per_group,
                     BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_K=block_k, num_warps=warps,
                     **_dot_options(variant, device))
-        grad_weight = _grad_weight(dpre, h.contiguous(), h0.to(dtype).contiguous(), batch,
-                                   hidden, rows, length, ksize, pad_left, variant)
-    grad_bias = dpre.sum((0, 2, 3))
+        # One fully parallel launch per group (a batch slice of contiguous tensors).
+        h_c, h0_c = h.contiguous(), h0.to(dtype).contiguous()
+        grad_weight = torch.stack([
+            _grad_weight(dpre[g * per_group:(g + 1) * per_group],
+                         h_c[g * per_group:(g + 1) * per_group],
+                         h0_c[g * per_group:(g + 1) * per_group], per_group, hidden, rows,
+                         length, ksize, pad_left, variant) for g in range(groups)])
+    grad_bias = dpre.view(groups, per_group, 4 * hidden, rows, length).sum((1, 3, 4))
     grad_c0 = carry[rows % 2].to(c0.dtype, copy=True)  # not a view into the scratch
-    return (dpre.to(dtype), grad_weight.view(4 * hidden, hidden, ksize).to(weight.dtype),
-            grad_bias.to(weight.dtype), grad_h0.to(h0.dtype), grad_c0)
+    return (dpre.to(dtype), grad_weight.view(weight.shape).to(weight.dtype),
+            grad_bias.view(weight.shape[:-2]).to(weight.dtype), grad_h0.to(h0.dtype), grad_c0)
 
 
 # ----------------------------------------------------------------------------- AOT variants
@@ -316,7 +344,7 @@ def _aot_specs() -> list[AotSpec]:
                     "grad_c_ptr": s, "c_ptr": s, "gates_ptr": s, "c0_ptr": s, "w_ptr": t,
                     **sizes}
         weight = {"partial_ptr": s, "dpre_ptr": s, "h_ptr": t, "h0_ptr": t,
-                  **{name: "i32" for name in SIZES[1:]}}
+                  **{name: "i32" for name in SIZES[1:-1]}}
         block_d, block_k, warps = ROW_BLOCKS[variant]
         for fn, signature in ((_forward_row_kernel, forward), (_backward_row_kernel, backward)):
             pointers = tuple(name for name, ty in signature.items() if ty.startswith("*"))

@@ -18,7 +18,7 @@ from .gated import _sigmoid, _tanh
 
 # Sizes and the row index are runtime values: specializing on them (value 1, divisibility by
 # 16) would compile a new variant for some rows.
-SIZES = ["row", "batch", "hidden", "rows", "length", "ksize", "pad_left"]
+SIZES = ["row", "batch", "hidden", "rows", "length", "ksize", "pad_left", "per_group"]
 
 # AOT_SPECS of these kernels are listed by kernels/lstm_row.py, next to their launch settings.
 AOT_SPECS = []
@@ -50,8 +50,8 @@ def _forward_row_kernel(
     c_ptr,       # out [B, D, R, L] cell states in the state dtype (row `row` written)
     gates_ptr,   # out [B, 4D, R, L] activations i, f, o, g in the state dtype (row `row`)
     x_ptr,       # in [B, 4D, R, L] gates_in: input-to-state pre-activations
-    w_ptr,       # in [4D, D*k] state-to-state weight in gates_in's dtype, column e*k + t
-    bias_ptr,    # in [4D] bias in the state dtype (zeros when there is none)
+    w_ptr,       # in [G, 4D, D*k] state-to-state weights in gates_in's dtype, column e*k + t
+    bias_ptr,    # in [G, 4D] biases in the state dtype (zeros when there are none)
     h0_ptr,      # in [B, D, L] initial hidden state in gates_in's dtype (read for row 0)
     c0_ptr,      # in [B, D, L] initial cell state in the state dtype (read for row 0)
     row,         # r, the row this launch computes; rows < r were written by earlier launches
@@ -61,6 +61,7 @@ def _forward_row_kernel(
     length,      # L
     ksize,       # k, taps of the state-to-state convolution
     pad_left,    # taps left of the centre
+    per_group,   # images per weight group: image b uses weight and bias group b // per_group
     BLOCK_D: tl.constexpr,  # hidden channels per program, each with its four gates
     BLOCK_L: tl.constexpr,  # positions per program
     BLOCK_K: tl.constexpr,  # reduction (channel, tap) pairs per tl.dot
@@ -81,6 +82,9 @@ def _forward_row_kernel(
     plane = rows * length
     red = hidden * ksize
     gate_step = hidden * plane  # from one gate's channels to the next gate's
+    group = b // per_group
+    w_ptr += group * 4 * hidden * red
+    bias_ptr += group * 4 * hidden
     # The previous row's states: h0 / c0 ([B, D, L]) for row 0, else row r-1 of h / c.
     if row == 0:
         h_prev = h0_ptr + b * hidden * length
@@ -153,7 +157,7 @@ def _backward_row_kernel(
     c_ptr,        # in [B, D, R, L] the forward's cell states
     gates_ptr,    # in [B, 4D, R, L] the forward's activations i, f, o, g
     c0_ptr,       # in [B, D, L] initial cell state in the state dtype
-    w_ptr,        # in [4D, D*k] state-to-state weight in gates_in's dtype
+    w_ptr,        # in [G, 4D, D*k] state-to-state weights in gates_in's dtype
     row,          # r in R-1 .. 0, then -1 for grad_h0 alone
     batch,        # B
     hidden,       # D
@@ -161,6 +165,7 @@ def _backward_row_kernel(
     length,       # L
     ksize,        # k
     pad_left,     # as in the forward
+    per_group,    # as in the forward
     BLOCK_D: tl.constexpr,  # hidden channels per program
     BLOCK_L: tl.constexpr,  # positions per program
     BLOCK_K: tl.constexpr,  # reduction (gate channel, tap) pairs per tl.dot
@@ -182,6 +187,7 @@ def _backward_row_kernel(
     plane = rows * length
     gate_step = hidden * plane
     dp_b = dpre_ptr + b * 4 * gate_step
+    w_ptr += (b // per_group) * 4 * hidden * hidden * ksize
     s_offs = offs_e[:, None] * length + offs_m[None, :]  # (e, m) in [D, L] state buffers
     # dL/dh_r[e, m] through row r+1 = sum over (o, t) of W[o, e, t] * dpre_{r+1}[o, m - t + pad],
     # the transposed weight read in place: element (e, o*k + t) at o*D*k + e*k + t.
@@ -232,7 +238,7 @@ def _backward_row_kernel(
         tl.store(dp_b + 3 * gate_step + offs, gc * gate_i * (1.0 - gate_g * gate_g), mask=mask)
 
 
-@triton.jit(do_not_specialize=SIZES[1:])
+@triton.jit(do_not_specialize=SIZES[1:-1])
 def _grad_weight_kernel(
     partial_ptr,  # out [S, 4D, D*k] each split's sums in the state dtype
     dpre_ptr,     # in [B, 4D, R, L] dL/d(pre-activations) in the state dtype

@@ -180,7 +180,7 @@ def test_gated_channels_last(order, dtype):
 
 # ----------------------------------------------------------------------------- logistic mixture
 
-# (batch, channels, mixtures, height, width, levels): 300 pixels span two 256-thread blocks.
+# (batch, channels, mixtures, height, width, levels): 300 pixels span three 128-thread blocks.
 MIXTURE_CASES = [
     (2, 3, 5, 3, 7, 256),
     (1, 1, 10, 15, 20, 17),

@@ -61,7 +61,7 @@ from genfast import _backend
 from genfast.nn.gated_pixelcnn import shift_down
 from genfast.nn.masked_conv import MaskedConv2d
 from genfast.ops import lstm_row_conv as fused
-from genfast.ops.lstm_row import IMPLEMENTED, lstm_rows
+from genfast.ops.lstm_row import IMPLEMENTED, lstm_rows, lstm_rows_grouped
 from genfast.ops.masked_conv import (check_colour_layout, colour_groups, conv_mask,
                                      group_order, select_channels)
 
@@ -421,9 +421,25 @@ class DiagonalBiLSTM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.in_channels, "DiagonalBiLSTM")
-        right = self.right_to_left(x.flip(3)).flip(3)
+        if _backend.select("lstm_rows", self.backend, x.device, x.dtype,
+                           IMPLEMENTED) == "triton":
+            left, right = self._both_directions(x)
+        else:
+            left, right = self.left_to_right(x), self.right_to_left(x.flip(3))
         # right sees row r from column j to the end; a row lower it is all in the past.
-        return self.left_to_right(x) + shift_down(right)
+        return left + shift_down(right.flip(3))
+
+    def _both_directions(self, x: torch.Tensor):
+        """Each direction's h, the right-to-left one on the mirrored image, from one grouped
+        recurrence (one launch per step for both on the Triton backend): the directions stacked
+        along the batch, each with its own weights."""
+        directions = (self.left_to_right, self.right_to_left)
+        gates = torch.cat([_skew_steps(d._gates(image))
+                           for d, image in zip(directions, (x, x.flip(3)))])
+        weight = torch.stack([d._weight() for d in directions])
+        bias = torch.stack([d.bias for d in directions])
+        h, _ = lstm_rows_grouped(gates, weight, bias, pad_left=1, backend=self.backend)
+        return _unskew_steps(h, x.shape[3]).chunk(2)
 
     def extra_repr(self) -> str:
         return _extra_repr(self)

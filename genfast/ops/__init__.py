@@ -14,6 +14,7 @@ from genfast.ops.lstm_row import (  # noqa: F401
     lstm_row_step,
     lstm_row_step_ref,
     lstm_rows,
+    lstm_rows_grouped,
     lstm_rows_ref,
 )
 from genfast.ops.sample_draw import categorical_draw, categorical_draw_ref  # noqa: F401

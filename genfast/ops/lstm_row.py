@@ -87,7 +87,7 @@ def _fake_forward(gates_in, weight, bias, h0, c0, pad_left):
 def _fake_backward(grad_h, grad_c, weight, h, c, gates, h0, c0, pad_left):
     return (torch.empty(gates.shape, dtype=h.dtype, device=h.device),
             torch.empty_like(weight, memory_format=torch.contiguous_format),
-            weight.new_empty(weight.shape[0]),
+            weight.new_empty(weight.shape[:-2]),
             torch.empty_like(h0, memory_format=torch.contiguous_format),
             torch.empty_like(c0, memory_format=torch.contiguous_format))
 
@@ -237,6 +237,45 @@ def lstm_rows(gates_in, weight, bias=None, h0=None, c0=None, pad_left=None, *, b
     h0, c0 = initial_states(gates_in, gates_in.shape[1] // 4, h0, c0)
     h, c, _ = _FORWARD_OPS[name](gates_in, weight, bias, h0, c0, pad_left)
     return h, c
+
+
+def lstm_rows_grouped(gates_in, weight, bias=None, pad_left=None, *, backend=None):
+    """lstm_rows for G groups of the batch at once, each with its own weights: image b of
+    gates_in [B, 4D, R, L] runs with weight[g] [4D, D, k] and bias[g] for g = b // (B / G)
+    (zero initial states). The Triton backend runs every group in one launch per row (how
+    genfast.nn.DiagonalBiLSTM runs its two directions together on a GPU); the others run the
+    groups one after another.
+
+    Args:
+        weight: [G, 4D, D, k]; bias: [G, 4D] or None; the rest as for lstm_rows.
+    Returns:
+        (h, c), each [B, D, R, L], as lstm_rows.
+    """
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
+        got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else weight
+        raise ValueError("genfast: lstm_rows_grouped needs weight [groups, 4 * hidden, hidden, "
+                         f"k], got {got!r}")
+    groups = weight.shape[0]
+    if not isinstance(gates_in, torch.Tensor) or groups < 1 or gates_in.shape[0] % groups:
+        raise ValueError(f"genfast: lstm_rows_grouped splits the batch into {groups} weight "
+                         f"groups, got gates_in of shape {tuple(gates_in.shape)}")
+    if bias is not None and (not isinstance(bias, torch.Tensor) or bias.dim() != 2
+                             or bias.shape[0] != groups):
+        raise ValueError(f"genfast: lstm_rows_grouped needs bias [{groups}, 4 * hidden], got "
+                         f"{tuple(bias.shape) if isinstance(bias, torch.Tensor) else bias!r}")
+    per_group = gates_in.shape[0] // groups
+    slices = [slice(g * per_group, (g + 1) * per_group) for g in range(groups)]
+    for g, rows in enumerate(slices):  # every group as lstm_rows would check it
+        pad = _check_args(gates_in[rows], weight[g], None if bias is None else bias[g], None,
+                          None, pad_left)
+    name = _backend.select("lstm_rows", backend, gates_in.device, gates_in.dtype, IMPLEMENTED)
+    if name == "triton":
+        h0, c0 = initial_states(gates_in, gates_in.shape[1] // 4)
+        h, c, _ = _FORWARD_OPS[name](gates_in, weight, bias, h0, c0, pad)
+        return h, c
+    outs = [lstm_rows(gates_in[rows], weight[g], None if bias is None else bias[g],
+                      pad_left=pad, backend=name) for g, rows in enumerate(slices)]
+    return torch.cat([h for h, _ in outs]), torch.cat([c for _, c in outs])
 
 
 def initial_states(like, hidden, h0=None, c0=None):
