@@ -53,8 +53,9 @@ Triton's metadata for sm_90a, 4 warps (128 threads) per program:
 | _backward_row_kernel (BLOCK_L 16) | R + 1 | 16 x 4 x 2 = 128 | 40 | 8 KiB | 12 |
 | _grad_weight_kernel | 1 | 8 x 6 x 10 = 480 | 90 | 12 KiB | 5 |
 
-(bfloat16: 96 / 40 / 80 registers, 2 / 5 / 5 KiB.) R = 28 for the Row LSTM (k = 3), 55 per
-direction of the Diagonal BiLSTM (L = 28, k = 2, the same grid). Registers, not shared
+(bfloat16: 96 / 40 / 80 registers, 2 / 5 / 5 KiB.) R = 28 for the Row LSTM (k = 3); the
+Diagonal BiLSTM runs R = 55 steps (L = 28, k = 2) for both directions at once, a grid of
+32 x 4 x 2 = 256 programs (two weight groups), and two grad-weight launches. Registers, not shared
 memory, bound residency (6 forward programs = 24 of 64 warps per SM), but a row's 128 programs
 take one program each on 128 of the 132 SMs, against 16 SMs for the persistent kernel this
 replaces: a row is too small to fill the SMs' warps, so it is latency-bound either way.
@@ -66,10 +67,11 @@ Roofline estimate (a projection, not measured: no GPU has run it; +-50%): a forw
 So each launch costs its latency: about 1-3 us between dependent launches (less in a CUDA
 graph) plus about 2-3 us for the chain of L2 loads and the epilogue, so ~4-5 us a forward row
 and ~5-7 us a backward row (K = 768). The Row LSTM's recurrence: 28 x ~4.5 + 29 x ~6 us +
-~30 us grad-weight ~ 0.35 ms of GPU time, the Diagonal BiLSTM's ~1 ms (2 x 111 launches);
-add the layers' input convolutions and skews. Without a CUDA graph the host issues each Triton
-launch in several microseconds, about the same as the GPU runs it, so the estimate for a
-layer forward+backward is ~0.5-0.7 ms (Row LSTM) and ~1.5-2 ms (Diagonal BiLSTM), against
+~30 us grad-weight ~ 0.35 ms of GPU time, the Diagonal BiLSTM's ~0.6 ms (111 launches of
+twice the programs, each still latency-bound); add the layers' input convolutions and skews.
+Without a CUDA graph the host issues each Triton launch in several microseconds, about the
+same as the GPU runs it, so the estimate for a layer forward+backward is ~0.5-0.7 ms (Row
+LSTM) and ~1-1.3 ms (Diagonal BiLSTM; ~1.5-2 ms with a launch per direction), against
 issue 19's ~2 / ~5 ms for the persistent Triton kernel, ~4.1 / ~10.6 ms for CUDA and
 ~1.7 / ~6.5 ms for torch.compile(reference).
 
@@ -180,7 +182,8 @@ def _check_int32(hidden, rows, length, ksize):
 
 def weight_groups(batch: int, weight: torch.Tensor) -> tuple[int, int]:
     """(G, images per group) of a weight [4D, D, k] (G = 1) or [G, 4D, D, k]: the batch splits
-    into G equal groups, image b running with weight group b // (B / G)."""
+    into G equal groups, image b running with weight group b // (B / G) (at least 1 for the
+    kernels' division when B = 0)."""
     groups = weight.shape[0] if weight.dim() == 4 else 1
     if groups < 1 or batch % groups:
         raise RuntimeError(f"genfast: lstm_rows with {groups} weight groups needs a batch that "
@@ -321,7 +324,7 @@ def lstm_rows_backward(grad_h, grad_c, weight, h, c, gates, h0, c0, pad_left):
                          h_c[g * per_group:(g + 1) * per_group],
                          h0_c[g * per_group:(g + 1) * per_group], per_group, hidden, rows,
                          length, ksize, pad_left, variant) for g in range(groups)])
-    grad_bias = dpre.view(groups, per_group, 4 * hidden, rows, length).sum((1, 3, 4))
+    grad_bias = dpre.view(groups, batch // groups, 4 * hidden, rows, length).sum((1, 3, 4))
     grad_c0 = carry[rows % 2].to(c0.dtype, copy=True)  # not a view into the scratch
     return (dpre.to(dtype), grad_weight.view(weight.shape).to(weight.dtype),
             grad_bias.view(weight.shape[:-2]).to(weight.dtype), grad_h0.to(h0.dtype), grad_c0)

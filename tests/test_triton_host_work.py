@@ -86,6 +86,15 @@ def _lstm_rows():
     return (h, c, *torch.autograd.grad((h.sum() + c.square().sum()), [gates, weight]))
 
 
+def _lstm_rows_grouped():
+    torch.manual_seed(0)
+    gates = torch.randn(4, 12, 4, 5, device=DEVICE, requires_grad=True)
+    weight = torch.randn(2, 12, 3, 2, device=DEVICE, requires_grad=True)
+    bias = torch.randn(2, 12, device=DEVICE, requires_grad=True)
+    h, c = genfast.ops.lstm_rows_grouped(gates, weight, bias, pad_left=1, backend="triton")
+    return (h, c, *torch.autograd.grad((h.sum() + c.square().sum()), [gates, weight, bias]))
+
+
 def _reparam():
     mu = torch.linspace(-1, 1, 48, device=DEVICE).view(6, 8).requires_grad_()
     logvar = torch.linspace(-2, 1, 48, device=DEVICE).view(6, 8).requires_grad_()
@@ -104,6 +113,7 @@ OPS = {
     "masked_conv2d": _masked_conv(),
     "masked_conv2d-window-no-bias": _masked_conv(window=(1, 3, 2, 6), bias=False),
     "lstm_rows": _lstm_rows,
+    "lstm_rows_grouped": _lstm_rows_grouped,
     "reparameterize_kl": _reparam,
     "gated_activation": _gated,
 }
