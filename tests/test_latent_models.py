@@ -183,6 +183,35 @@ def test_vae_backends_compute_the_same_model(digits):
     torch.testing.assert_close(a, b, rtol=0.02, atol=0.0)
 
 
+@pytest.mark.parametrize("image_shape,levels", [((1, 8, 8), 17), ((3, 12, 12), 5)])
+def test_vae_channels_last_decoder_gives_the_reference_likelihood(image_shape, levels):
+    """The cpu backend's channels_last decoder and its likelihood over contiguous levels:
+    the same logits, log p(x|z) and parameter gradients as the reference backend's NCHW ones,
+    for grey and RGB (the [B, H, W, C, levels] view)."""
+    if len(FAST_VAE_BACKENDS) < 2:
+        pytest.skip("genfast's cpu backend is not available")
+    models = []
+    for backend in ("reference", "cpu"):
+        torch.manual_seed(0)
+        models.append(build_model("vae", image_shape=image_shape, levels=levels, latent_dim=4,
+                                  width=8, backend=backend).double())
+    torch.manual_seed(1)
+    z = torch.randn(5, 4, dtype=torch.float64)
+    images = torch.randint(0, levels, (5, *image_shape))
+    results = []
+    for model in models:
+        logits = model.decoder_logits(z)
+        log_prob = model.reconstruction_log_prob(logits, images)
+        grads = torch.autograd.grad(log_prob.sum(), list(model.decoder.parameters()))
+        results.append((logits, log_prob, grads))
+    (ref_logits, ref_lp, ref_grads), (logits, lp, grads) = results
+    assert logits.stride(2) == 1 and ref_logits.stride(2) != 1  # the two paths ran
+    torch.testing.assert_close(logits, ref_logits)
+    torch.testing.assert_close(lp, ref_lp)
+    for g, g_ref in zip(grads, ref_grads):
+        torch.testing.assert_close(g, g_ref)
+
+
 # ----------------------------------------------------------------------------- AE features
 
 def test_autoencoder_features_feed_a_few_label_classifier(digits, digits_test):

@@ -18,6 +18,7 @@ import torch
 from torch.nn import functional as F
 
 import genfast
+from genfast import _backend
 from genfast.models.base import GenerativeModel, register
 from genfast.models.conv_stacks import conv_decoder, conv_encoder
 from genfast.models.hparams import check_backend, check_positive_int
@@ -71,11 +72,21 @@ class VAE(GenerativeModel):
     def decoder_logits(self, z: torch.Tensor) -> torch.Tensor:
         """p(x|z) as logits: z [B, latent_dim] -> [B, C, H, W] (Bernoulli) or
         [B, C, levels, H, W] (categorical)."""
-        out = self.decoder(z)
+        out = self._decode(z)
         if self.bernoulli:
             return out
         channels, height, width = self.image_shape
         return out.view(out.shape[0], channels, self.levels, height, width)
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoder. On a CPU, unless genfast's backend here is the reference, its feature
+        maps are channels_last: oneDNN's transposed convolutions run faster on them, and the
+        logits come out with each pixel's levels contiguous for the likelihood."""
+        if z.device.type != "cpu" or _backend.select(
+                "reparameterize_kl", self.backend, z.device, z.dtype) == "reference":
+            return self.decoder(z)
+        maps = self.decoder[:2](z)  # Linear, Unflatten (conv_decoder)
+        return self.decoder[2:](maps.contiguous(memory_format=torch.channels_last))
 
     def reconstruction_log_prob(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """log p(x|z) in nats, summed over pixels: logits as from :meth:`decoder_logits`,
@@ -83,6 +94,11 @@ class VAE(GenerativeModel):
         if self.bernoulli:
             per_pixel = -F.binary_cross_entropy_with_logits(logits, images.to(logits.dtype),
                                                             reduction="none")
+        elif logits.stride(2) == 1:
+            # Levels contiguous (channels_last maps): the log-softmax over the last axis of the
+            # [B, H, W, C, levels] view reads the logits in place; the same sum.
+            per_pixel = logits.permute(0, 3, 4, 1, 2).log_softmax(-1).gather(
+                -1, images.long().permute(0, 2, 3, 1).unsqueeze(-1)).squeeze(-1)
         else:
             per_pixel = logits.log_softmax(2).gather(2, images.long().unsqueeze(2)).squeeze(2)
         return per_pixel.flatten(1).sum(1)
