@@ -164,28 +164,6 @@ __device__ __forceinline__ void block_sum(double* partial, int64_t b, double log
   if (threadIdx.x == 0) partial[b * gridDim.x + blockIdx.x] = sums[0];
 }
 
-template <typename scalar_t, typename index_t>
-__global__ void forward_kernel(double* __restrict__ partial, const index_t* __restrict__ images,
-                               const scalar_t* __restrict__ params, int64_t pixels,
-                               int64_t planes, MixtureShape s) {
-  using A = acc_type<scalar_t>;
-  GENFAST_SHARED(double, sums, [kThreads]);
-  const int64_t b = blockIdx.y;
-  const int64_t pix = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  double log_lik = 0.0;
-  if (pix < pixels) {
-    const A half_bin = static_cast<A>(1.0 / s.levels_minus_1);
-    const A log_half_levels = static_cast<A>(::log(s.levels_minus_1 / 2.0));
-    const Pixel<scalar_t, A> p =
-        load_pixel<scalar_t, index_t, A>(images, params, b, pix, pixels, planes, s);
-    A lse_total, lse_logits;
-    log_sum_exps<scalar_t, A>(p, s, half_bin, log_half_levels, &lse_total,
-                                       &lse_logits);
-    log_lik = static_cast<double>(lse_total - lse_logits);
-  }
-  block_sum(partial, b, log_lik, sums);
-}
-
 // Writes d(g_out * NLL)/d params of one pixel, its log-sum-exps known, recomputing each
 // component's channel terms (held in registers, C <= 4).
 template <typename scalar_t, typename A>
@@ -216,15 +194,16 @@ __device__ __forceinline__ void write_gradient(scalar_t* out, const Pixel<scalar
   }
 }
 
-// The gradient for grad_nll, or with grad_nll null for grad_nll = 1 and then also each block's
-// log-likelihood sum into partial (genfast::logistic_mixture_nll_with_grad).
-template <typename scalar_t, typename index_t>
-__global__ void backward_kernel(scalar_t* __restrict__ grad,
-                                const acc_type<scalar_t>* __restrict__ grad_nll,
-                                double* __restrict__ partial,
-                                const index_t* __restrict__ images,
-                                const scalar_t* __restrict__ params, int64_t pixels,
-                                int64_t planes, MixtureShape s) {
+// One thread per pixel. With kGradient it writes d(grad_nll * NLL)/d params (grad_nll null
+// meaning 1); with partial given it sums each block's log-likelihoods into it. The forward is
+// <false> with partial, the backward <true> without, genfast::logistic_mixture_nll_with_grad
+// <true> with both.
+template <bool kGradient, typename scalar_t, typename index_t>
+__global__ void mixture_kernel(scalar_t* __restrict__ grad,
+                               const acc_type<scalar_t>* __restrict__ grad_nll,
+                               double* __restrict__ partial, const index_t* __restrict__ images,
+                               const scalar_t* __restrict__ params, int64_t pixels,
+                               int64_t planes, MixtureShape s) {
   using A = acc_type<scalar_t>;
   GENFAST_SHARED(double, sums, [kThreads]);
   const int64_t b = blockIdx.y;
@@ -238,8 +217,9 @@ __global__ void backward_kernel(scalar_t* __restrict__ grad,
     A lse_total, lse_logits;
     log_sum_exps<scalar_t, A>(p, s, half_bin, log_half_levels, &lse_total, &lse_logits);
     log_lik = static_cast<double>(lse_total - lse_logits);
-    write_gradient(grad + b * planes * pixels + pix, p, s, half_bin, log_half_levels, lse_total,
-                   lse_logits, grad_nll ? grad_nll[b] : A(1));
+    if constexpr (kGradient)
+      write_gradient(grad + b * planes * pixels + pix, p, s, half_bin, log_half_levels,
+                     lse_total, lse_logits, grad_nll ? grad_nll[b] : A(1));
   }
   if (partial) block_sum(partial, b, log_lik, sums);
 }
@@ -268,7 +248,9 @@ Tensor logistic_mixture_nll_cuda(const Tensor& images, const Tensor& params, int
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params.scalar_type(),
                                   "logistic_mixture_nll", [&] {
     dispatch_images(images_c, [&]<typename index_t>() {
-      GENFAST_LAUNCH(grid, kThreads, 0, stream, forward_kernel<scalar_t, index_t>)(
+      using A = acc_type<scalar_t>;
+      GENFAST_LAUNCH(grid, kThreads, 0, stream, mixture_kernel<false, scalar_t, index_t>)(
+          static_cast<scalar_t*>(nullptr), static_cast<const A*>(nullptr),
           partial.mutable_data_ptr<double>(), images_c.const_data_ptr<index_t>(),
           params_c.const_data_ptr<scalar_t>(), p.pixels, p.planes, shape_of(p));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -291,7 +273,7 @@ Tensor logistic_mixture_nll_backward_cuda(const Tensor& grad_nll, const Tensor& 
                                   "logistic_mixture_nll_backward", [&] {
     using A = acc_type<scalar_t>;
     dispatch_images(images_c, [&]<typename index_t>() {
-      GENFAST_LAUNCH(grid_of(p), kThreads, 0, stream, backward_kernel<scalar_t, index_t>)(
+      GENFAST_LAUNCH(grid_of(p), kThreads, 0, stream, mixture_kernel<true, scalar_t, index_t>)(
           grad.mutable_data_ptr<scalar_t>(), grad_c.const_data_ptr<A>(), nullptr,
           images_c.const_data_ptr<index_t>(), params_c.const_data_ptr<scalar_t>(), p.pixels,
           p.planes, shape_of(p));
@@ -322,7 +304,7 @@ std::tuple<Tensor, Tensor> logistic_mixture_nll_with_grad_cuda(const Tensor& ima
                                   "logistic_mixture_nll_with_grad", [&] {
     using A = acc_type<scalar_t>;
     dispatch_images(images_c, [&]<typename index_t>() {
-      GENFAST_LAUNCH(grid, kThreads, 0, stream, backward_kernel<scalar_t, index_t>)(
+      GENFAST_LAUNCH(grid, kThreads, 0, stream, mixture_kernel<true, scalar_t, index_t>)(
           grad.mutable_data_ptr<scalar_t>(), static_cast<const A*>(nullptr),
           partial.mutable_data_ptr<double>(), images_c.const_data_ptr<index_t>(),
           params_c.const_data_ptr<scalar_t>(), p.pixels, p.planes, shape_of(p));
