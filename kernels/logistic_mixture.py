@@ -153,6 +153,30 @@ def _load_pixels(images_ptr, b, pixels, offs, mask, levels, C: tl.constexpr, ACC
 
 
 @triton.jit
+def _log_sum_exps(params_ptr, base, pixels, offs, mask, M, lv0, x0, lv1, x1, lv2, x2, lv3, x3,
+                  half_bin, log_half_levels, last_level, C: tl.constexpr, ACC: tl.constexpr,
+                  BLOCK: tl.constexpr):
+    """Each pixel's log-sum-exp over the components of its totals (logit + sum of the channels'
+    log-probabilities) and of its logits, kept running over the components."""
+    top_t = tl.full([BLOCK], float("-inf"), ACC)
+    sum_t = tl.zeros([BLOCK], ACC)
+    top_l = tl.full([BLOCK], float("-inf"), ACC)
+    sum_l = tl.zeros([BLOCK], ACC)
+    for m in range(M):
+        logit = _param(params_ptr, base, pixels, offs, mask, m, ACC)
+        total = _component_total(params_ptr, base, pixels, offs, mask, m, M, logit, lv0, x0,
+                                 lv1, x1, lv2, x2, lv3, x3, half_bin, log_half_levels,
+                                 last_level, C, ACC)
+        new_top = tl.maximum(top_t, total)
+        sum_t = sum_t * tl.exp(top_t - new_top) + tl.exp(total - new_top)
+        top_t = new_top
+        new_top = tl.maximum(top_l, logit)
+        sum_l = sum_l * tl.exp(top_l - new_top) + tl.exp(logit - new_top)
+        top_l = new_top
+    return top_t + tl.log(sum_t), top_l + tl.log(sum_l)
+
+
+@triton.jit
 def _forward_kernel(
     partial_ptr,  # out [B, programs per image]: each program's sum of log-likelihoods (ACC)
     images_ptr,   # in [B, C, H * W] integer levels
@@ -174,23 +198,10 @@ def _forward_kernel(
     log_half_levels = tl.log(last_level * 0.5)
     P = M * (1 + 2 * C + C * (C - 1) // 2)
     base = b.to(tl.int64) * P * pixels
-    # Running log-sum-exps of the totals and of the logits over the components.
-    top_t = tl.full([BLOCK], float("-inf"), ACC)
-    sum_t = tl.zeros([BLOCK], ACC)
-    top_l = tl.full([BLOCK], float("-inf"), ACC)
-    sum_l = tl.zeros([BLOCK], ACC)
-    for m in range(M):
-        logit = _param(params_ptr, base, pixels, offs, mask, m, ACC)
-        total = _component_total(params_ptr, base, pixels, offs, mask, m, M, logit, lv0, x0,
-                                 lv1, x1, lv2, x2, lv3, x3, half_bin, log_half_levels,
-                                 last_level, C, ACC)
-        new_top = tl.maximum(top_t, total)
-        sum_t = sum_t * tl.exp(top_t - new_top) + tl.exp(total - new_top)
-        top_t = new_top
-        new_top = tl.maximum(top_l, logit)
-        sum_l = sum_l * tl.exp(top_l - new_top) + tl.exp(logit - new_top)
-        top_l = new_top
-    log_lik = (top_t + tl.log(sum_t)) - (top_l + tl.log(sum_l))
+    lse_total, lse_logits = _log_sum_exps(params_ptr, base, pixels, offs, mask, M, lv0, x0, lv1,
+                                          x1, lv2, x2, lv3, x3, half_bin, log_half_levels,
+                                          last_level, C, ACC, BLOCK)
+    log_lik = lse_total - lse_logits
     tl.store(partial_ptr + b * tl.num_programs(0) + block, tl.sum(tl.where(mask, log_lik, 0.0)))
 
 
@@ -218,23 +229,9 @@ def _backward_kernel(
     P = M * (1 + 2 * C + C * (C - 1) // 2)
     base = b.to(tl.int64) * P * pixels
     g_out = tl.load(grad_nll_ptr + b).to(ACC)
-    top_t = tl.full([BLOCK], float("-inf"), ACC)
-    sum_t = tl.zeros([BLOCK], ACC)
-    top_l = tl.full([BLOCK], float("-inf"), ACC)
-    sum_l = tl.zeros([BLOCK], ACC)
-    for m in range(M):
-        logit = _param(params_ptr, base, pixels, offs, mask, m, ACC)
-        total = _component_total(params_ptr, base, pixels, offs, mask, m, M, logit, lv0, x0,
-                                 lv1, x1, lv2, x2, lv3, x3, half_bin, log_half_levels,
-                                 last_level, C, ACC)
-        new_top = tl.maximum(top_t, total)
-        sum_t = sum_t * tl.exp(top_t - new_top) + tl.exp(total - new_top)
-        top_t = new_top
-        new_top = tl.maximum(top_l, logit)
-        sum_l = sum_l * tl.exp(top_l - new_top) + tl.exp(logit - new_top)
-        top_l = new_top
-    lse_total = top_t + tl.log(sum_t)
-    lse_logits = top_l + tl.log(sum_l)
+    lse_total, lse_logits = _log_sum_exps(params_ptr, base, pixels, offs, mask, M, lv0, x0, lv1,
+                                          x1, lv2, x2, lv3, x3, half_bin, log_half_levels,
+                                          last_level, C, ACC, BLOCK)
     out_ty = grad_ptr.dtype.element_ty
     for m in range(M):
         logit = _param(params_ptr, base, pixels, offs, mask, m, ACC)
