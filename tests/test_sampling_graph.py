@@ -8,30 +8,11 @@ import torch
 from genfast.models import build_model
 from genfast.models.sampling import draw_images, draw_row, row_noise, uniform_noise
 
+from test_sampling import MODELS, conditioning, make
+
 requires_cuda = pytest.mark.requires_cuda
-# Small RGB versions of each cached sampler: (registry name, hyperparameters).
-GRAPH_MODELS = {
-    "pixelcnn": ("pixelcnn", dict(channels=12, blocks=2, head_channels=18)),
-    "gated_pixelcnn_conditional": ("gated_pixelcnn", dict(channels=9, layers=3,
-                                                          head_channels=18, num_classes=4)),
-    "pixelrnn_row": ("pixelrnn", dict(layer="row", hidden=6, layers=2, head_channels=18)),
-    "pixelrnn_diagonal": ("pixelrnn", dict(layer="diagonal", hidden=6, layers=2,
-                                           head_channels=18)),
-}
-
-
-def make(key, image_shape=(3, 4, 3), levels=5):
-    name, hparams = GRAPH_MODELS[key]
-    torch.manual_seed(len(key))
-    model = build_model(name, image_shape=image_shape, levels=levels, **hparams)
-    with torch.no_grad():  # spread the logits so the draws depend on the model
-        for p in model.parameters():
-            p.mul_(2.0)
-    return model
-
-
-def conditioning(key, n):
-    return torch.arange(n) % 4 if key.endswith("conditional") else None
+# The cached samplers of test_sampling.py's small models (one per kind of network).
+GRAPH_MODELS = sorted(set(MODELS) - {"independent", "gated_pixelcnn"})
 
 
 def test_row_noise_is_the_row_by_row_noise():
@@ -46,7 +27,7 @@ def test_row_noise_is_the_row_by_row_noise():
 def test_draw_rows_from_upfront_noise_is_draw_images():
     """What the graph replays (draw_row over noise drawn up front) draws what the eager loop
     draws."""
-    model = make("pixelcnn").eval()
+    model = make("pixelcnn", "rgb").eval()
     n = 3
     with torch.inference_mode():
         eager = draw_images(model.cached_stepper(n, None), n, model.image_shape,
@@ -73,9 +54,9 @@ def _sample(model, n, seed, cond, cuda_graph):
 
 
 @requires_cuda
-@pytest.mark.parametrize("key", sorted(GRAPH_MODELS))
+@pytest.mark.parametrize("key", GRAPH_MODELS)
 def test_graph_draws_the_eager_cached_samples(key):
-    model = make(key).cuda()
+    model = make(key, "rgb").cuda()
     n = 5
     cond = conditioning(key, n)
     cond = None if cond is None else cond.cuda()
@@ -92,7 +73,7 @@ def test_graph_draws_the_eager_cached_samples(key):
 
 @requires_cuda
 def test_graph_replay_is_independent_of_the_returned_images():
-    model = make("pixelcnn", (1, 5, 6), 256).cuda()
+    model = make("pixelcnn", "grey").cuda()
     first = _sample(model, 4, 0, None, True)
     kept = first.clone()
     _sample(model, 4, 1, None, True)
