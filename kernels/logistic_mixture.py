@@ -7,7 +7,8 @@ mixture components, so no [B, C, M, H, W] temporary exists: the forward keeps ru
 log-sum-exps over the components and writes one partial sum per program; the backward makes one
 pass for the log-sum-exps, then a second that recomputes each component to write its gradient
 (the component's responsibility is known only after its channels are done, so the channels are
-computed once for the total and once more for the derivatives).
+computed once for the total and once more for the derivatives). One kernel template runs both,
+and both at once for a training step (genfast::logistic_mixture_nll_with_grad).
 
 Grid: (H * W / BLOCK, B), one pixel per thread: 8 x 16 = 128 programs of 4 warps at the
 benchmark shape (16 x 3 x 32 x 32), about one per SM on an H100. ptxas -v (kernels/_aot.py,
@@ -177,47 +178,25 @@ def _log_sum_exps(params_ptr, base, pixels, offs, mask, M, lv0, x0, lv1, x1, lv2
 
 
 @triton.jit
-def _forward_kernel(
-    partial_ptr,  # out [B, programs per image]: each program's sum of log-likelihoods (ACC)
-    images_ptr,   # in [B, C, H * W] integer levels
-    params_ptr,   # in [B, P, H * W] mixture parameters
-    pixels,       # H * W
-    levels,       # L
-    M,            # mixture components
-    C: tl.constexpr,      # colour channels, 1 to 4
-    ACC: tl.constexpr,    # the compute dtype: float64 for float64 params, else float32
-    BLOCK: tl.constexpr,  # pixels per program
-):
-    block = tl.program_id(0)
-    b = tl.program_id(1)
-    offs = block * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < pixels
-    last_level, lv0, x0, lv1, x1, lv2, x2, lv3, x3 = _load_pixels(
-        images_ptr, b, pixels, offs, mask, levels, C, ACC)
-    half_bin = 1.0 / last_level
-    log_half_levels = tl.log(last_level * 0.5)
-    P = M * (1 + 2 * C + C * (C - 1) // 2)
-    base = b.to(tl.int64) * P * pixels
-    lse_total, lse_logits = _log_sum_exps(params_ptr, base, pixels, offs, mask, M, lv0, x0, lv1,
-                                          x1, lv2, x2, lv3, x3, half_bin, log_half_levels,
-                                          last_level, C, ACC, BLOCK)
-    log_lik = lse_total - lse_logits
-    tl.store(partial_ptr + b * tl.num_programs(0) + block, tl.sum(tl.where(mask, log_lik, 0.0)))
-
-
-@triton.jit
-def _backward_kernel(
-    grad_ptr,      # out [B, P, H * W] d(sum_b grad_nll[b] nll[b]) / d params, params' dtype
-    grad_nll_ptr,  # in [B] the cotangent of each image's NLL (ACC)
+def _mixture_kernel(
+    grad_ptr,      # out [B, P, H * W] (GRADIENT) d(sum_b g_b nll[b]) / d params, params' dtype
+    grad_nll_ptr,  # in [B] (SCALED) g_b, the cotangent of each image's NLL (ACC); else g_b = 1
+    partial_ptr,   # out [B, programs per image] (PARTIAL) each program's log-likelihood sum
     images_ptr,    # in [B, C, H * W] integer levels
     params_ptr,    # in [B, P, H * W] mixture parameters
     pixels,        # H * W
     levels,        # L
     M,             # mixture components
-    C: tl.constexpr,      # colour channels, 1 to 4
-    ACC: tl.constexpr,    # the compute dtype
-    BLOCK: tl.constexpr,  # pixels per program
+    C: tl.constexpr,         # colour channels, 1 to 4
+    ACC: tl.constexpr,       # the compute dtype: float64 for float64 params, else float32
+    BLOCK: tl.constexpr,     # pixels per program
+    GRADIENT: tl.constexpr,  # write the gradient (the backward, and with_grad)
+    SCALED: tl.constexpr,    # scale it by grad_nll (the backward)
+    PARTIAL: tl.constexpr,   # write the log-likelihood sums (the forward, and with_grad)
 ):
+    """The forward (PARTIAL), the backward (GRADIENT, SCALED) or both at once for g = 1
+    (GRADIENT, PARTIAL: genfast::logistic_mixture_nll_with_grad); the pointers a variant does
+    not use are not read."""
     block = tl.program_id(0)
     b = tl.program_id(1)
     offs = block * BLOCK + tl.arange(0, BLOCK)
@@ -228,10 +207,28 @@ def _backward_kernel(
     log_half_levels = tl.log(last_level * 0.5)
     P = M * (1 + 2 * C + C * (C - 1) // 2)
     base = b.to(tl.int64) * P * pixels
-    g_out = tl.load(grad_nll_ptr + b).to(ACC)
     lse_total, lse_logits = _log_sum_exps(params_ptr, base, pixels, offs, mask, M, lv0, x0, lv1,
                                           x1, lv2, x2, lv3, x3, half_bin, log_half_levels,
                                           last_level, C, ACC, BLOCK)
+    if PARTIAL:
+        log_lik = lse_total - lse_logits
+        tl.store(partial_ptr + b * tl.num_programs(0) + block,
+                 tl.sum(tl.where(mask, log_lik, 0.0)))
+    if GRADIENT:
+        if SCALED:
+            g_out = tl.load(grad_nll_ptr + b).to(ACC)
+        else:
+            g_out = tl.full([], 1.0, ACC)
+        _write_gradient(grad_ptr, params_ptr, base, pixels, offs, mask, M, lv0, x0, lv1, x1,
+                        lv2, x2, lv3, x3, half_bin, log_half_levels, last_level, lse_total,
+                        lse_logits, g_out, C, ACC)
+
+
+@triton.jit
+def _write_gradient(grad_ptr, params_ptr, base, pixels, offs, mask, M, lv0, x0, lv1, x1, lv2,
+                    x2, lv3, x3, half_bin, log_half_levels, last_level, lse_total, lse_logits,
+                    g_out, C: tl.constexpr, ACC: tl.constexpr):
+    """Recomputes each component, its responsibility now known, and writes its gradient."""
     out_ty = grad_ptr.dtype.element_ty
     for m in range(M):
         logit = _param(params_ptr, base, pixels, offs, mask, m, ACC)
@@ -305,9 +302,14 @@ def logistic_mixture_nll(images, params, levels):
         return torch.zeros(batch, dtype=acc, device=params.device)
     partial = torch.empty(batch, blocks, dtype=acc, device=params.device)
     with _device_guard(params):
-        _forward_kernel[(blocks, batch)](
-            partial, _images_int64(images), params.contiguous(), pixels, levels, mixtures,
-            C=channels, ACC=_acc(params.dtype), BLOCK=BLOCK, num_warps=NUM_WARPS)
+        _mixture_kernel[(blocks, batch)](
+            partial, partial, partial, _images_int64(images), params.contiguous(), pixels,
+            levels, mixtures, C=channels, ACC=_acc(params.dtype), BLOCK=BLOCK, GRADIENT=False,
+            SCALED=False, PARTIAL=True, num_warps=NUM_WARPS)
+    return _nll_of(partial, acc)
+
+
+def _nll_of(partial, acc):
     # Partials summed in a fixed order: the result does not depend on scheduling.
     return -partial.sum(dim=1, dtype=torch.float64).to(acc)
 
@@ -320,11 +322,29 @@ def logistic_mixture_nll_backward(grad_nll, images, params, levels):
     if grad.numel() == 0:
         return grad
     with _device_guard(params):
-        _backward_kernel[(blocks, batch)](
-            grad, grad_nll.to(_compute_dtype(params.dtype)).contiguous(), _images_int64(images),
-            params.contiguous(), pixels, levels, mixtures, C=channels, ACC=_acc(params.dtype),
-            BLOCK=BLOCK, num_warps=NUM_WARPS)
+        _mixture_kernel[(blocks, batch)](
+            grad, grad_nll.to(_compute_dtype(params.dtype)).contiguous(), grad,
+            _images_int64(images), params.contiguous(), pixels, levels, mixtures, C=channels,
+            ACC=_acc(params.dtype), BLOCK=BLOCK, GRADIENT=True, SCALED=True, PARTIAL=False,
+            num_warps=NUM_WARPS)
     return grad
+
+
+def logistic_mixture_nll_with_grad(images, params, levels):
+    """(each image's NLL, its gradient for grad_nll = 1) in one launch."""
+    batch, channels, mixtures, pixels = _shape(images, params)
+    acc = _compute_dtype(params.dtype)
+    grad = torch.empty(params.shape, dtype=params.dtype, device=params.device)
+    blocks = triton.cdiv(pixels, BLOCK)
+    if batch == 0 or blocks == 0:
+        return torch.zeros(batch, dtype=acc, device=params.device), grad
+    partial = torch.empty(batch, blocks, dtype=acc, device=params.device)
+    with _device_guard(params):
+        _mixture_kernel[(blocks, batch)](
+            grad, partial, partial, _images_int64(images), params.contiguous(), pixels, levels,
+            mixtures, C=channels, ACC=_acc(params.dtype), BLOCK=BLOCK, GRADIENT=True,
+            SCALED=False, PARTIAL=True, num_warps=NUM_WARPS)
+    return _nll_of(partial, acc), grad
 
 
 # ----------------------------------------------------------------------------- AOT variants
@@ -338,15 +358,22 @@ def _aot_specs() -> list[AotSpec]:
     scalars = {"pixels": "i32", "levels": "i32", "M": "i32"}
     for dtype in _DTYPES:
         t, a = triton_type(dtype), triton_type(_compute_dtype(dtype))
-        forward = {"partial_ptr": a, "images_ptr": "*i64", "params_ptr": t, **scalars}
-        backward = {"grad_ptr": t, "grad_nll_ptr": a, "images_ptr": "*i64", "params_ptr": t,
-                    **scalars}
-        for fn, signature in ((_forward_kernel, forward), (_backward_kernel, backward)):
+        # The forward passes partial as its unused grad pointers (a, not t).
+        forward = {"grad_ptr": a, "grad_nll_ptr": a, "partial_ptr": a, "images_ptr": "*i64",
+                   "params_ptr": t, **scalars}
+        backward = {**forward, "grad_ptr": t, "partial_ptr": t}
+        with_grad = {**forward, "grad_ptr": t}
+        for kind, signature, flags in (("forward", forward, (False, False, True)),
+                                       ("backward", backward, (True, True, False)),
+                                       ("with_grad", with_grad, (True, False, True))):
             pointers = tuple(name for name, ty in signature.items() if ty.startswith("*"))
+            constexprs = dict(zip(("GRADIENT", "SCALED", "PARTIAL"), flags))
             for channels in (1, 2, 3, 4):
                 specs.append(AotSpec(
-                    fn, signature, {"C": channels, "ACC": _acc(dtype), "BLOCK": BLOCK},
-                    num_warps=NUM_WARPS, divisible_by_16=pointers, tag=f"{t[1:]}-c{channels}"))
+                    _mixture_kernel, signature,
+                    {"C": channels, "ACC": _acc(dtype), "BLOCK": BLOCK, **constexprs},
+                    num_warps=NUM_WARPS, divisible_by_16=pointers,
+                    tag=f"{kind}-{t[1:]}-c{channels}"))
     return specs
 
 

@@ -23,9 +23,10 @@ grey), channel-major blocks:
 
 The fast backends run ``genfast::logistic_mixture_nll``: one pass over the pixels, each
 pixel's components in registers (or one small tile), never the [B, C, M, H, W] temporaries of
-the reference; its backward op recomputes everything from images and params in one more pass. Where autograd
-will want the gradient (eager, outside torch.compile), ``genfast::logistic_mixture_nll_with_grad``
-computes the NLL and its gradient in one pass instead, and the backward only scales that
+the reference; its backward op recomputes everything from images and params in one more pass.
+Where autograd will want the gradient (eager, outside torch.compile),
+``genfast::logistic_mixture_nll_with_grad`` (``_triton_with_grad`` on Triton) computes the NLL
+and its gradient in one pass instead, and the backward only scales that
 (genfast/ops/_gradient_in_forward.py).
 The gradient is taken with respect to params only (images are integer levels). The sampler
 ``genfast::logistic_mixture_sample`` draws its uniforms from genfast's Philox stream by an
@@ -206,6 +207,19 @@ def _triton_backward(grad_nll: torch.Tensor, images: torch.Tensor, params: torch
     return kernels.logistic_mixture_nll_backward(grad_nll, images, params, levels)
 
 
+@torch.library.custom_op("genfast::logistic_mixture_nll_triton_with_grad", mutates_args=())
+def _triton_with_grad(images: torch.Tensor, params: torch.Tensor,
+                      levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from genfast.kernels import logistic_mixture as kernels
+
+    return kernels.logistic_mixture_nll_with_grad(images, params, levels)
+
+
+@_triton_with_grad.register_fake
+def _fake_triton_with_grad(images, params, levels):
+    return _fake_nll(images, params, levels), _fake_backward(None, images, params, levels)
+
+
 def _register(forward_name: str, backward_name: str) -> None:
     register_fake_and_autograd(forward_name, backward_name, _fake_nll, _fake_backward,
                                _make_backward, _setup_context)
@@ -241,6 +255,11 @@ if _ext.has_op("logistic_mixture_nll_with_grad"):
                 torch.ops.genfast.logistic_mixture_nll_with_grad.default,
                 torch.ops.genfast.logistic_mixture_nll_backward.default, _CALLS[_name],
                 differentiable=1)
+if "triton" in _CALLS:
+    _CALLS["triton"] = gradient_in_forward_call(
+        torch.ops.genfast.logistic_mixture_nll_triton_with_grad.default,
+        torch.ops.genfast.logistic_mixture_nll_triton_backward.default, _CALLS["triton"],
+        differentiable=1)
 # A stale build of the extension may lack the ops: then only the reference and Triton have it.
 IMPLEMENTED = ("reference", *_CALLS)
 
