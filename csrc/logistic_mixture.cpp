@@ -146,20 +146,20 @@ void sum_tiles(const std::vector<double>& partial, int64_t tiles_per_image, cons
   }
 }
 
-double sum_of(const float* log_lik, int64_t count) {
-  double sum = 0.0;
-  for (int64_t j = 0; j < count; ++j) sum += log_lik[j];
-  return sum;
-}
-double sum_of(const double* log_lik, int64_t count) {
+template <typename acc_t>
+double sum_of(const acc_t* log_lik, int64_t count) {
   double sum = 0.0;
   for (int64_t j = 0; j < count; ++j) sum += log_lik[j];
   return sum;
 }
 
+// The computation's type for params of type scalar_t: double for double, else float.
+template <typename scalar_t>
+using acc_of = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
 template <typename scalar_t, typename index_t>
 void forward_kernel(const Tensor& images, const Tensor& params, const Problem& p, Tensor& nll) {
-  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  using acc_t = acc_of<scalar_t>;
   const scalar_t* params_p = params.const_data_ptr<scalar_t>();
   const index_t* images_p = images.const_data_ptr<index_t>();
   const int64_t tiles_per_image = (p.pixels + kTile - 1) / kTile;
@@ -186,14 +186,11 @@ void forward_kernel(const Tensor& images, const Tensor& params, const Problem& p
 // and with nll given, each image's NLL too, equal to the forward's (the same terms, summed in
 // the same order).
 template <typename scalar_t, typename index_t>
-void gradient_kernel(const float* grad_nll_f, const double* grad_nll_d, const Tensor& images,
+void gradient_kernel(const acc_of<scalar_t>* grad_nll_p, const Tensor& images,
                      const Tensor& params, const Problem& p, Tensor& grad_params, Tensor* nll) {
-  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  using acc_t = acc_of<scalar_t>;
   const scalar_t* params_p = params.const_data_ptr<scalar_t>();
   const index_t* images_p = images.const_data_ptr<index_t>();
-  const acc_t* grad_nll_p = nullptr;
-  if constexpr (std::is_same_v<acc_t, double>) grad_nll_p = grad_nll_d;
-  else grad_nll_p = grad_nll_f;
   scalar_t* grad_p = grad_params.mutable_data_ptr<scalar_t>();
   const int64_t tiles_per_image = (p.pixels + kTile - 1) / kTile;
   std::vector<double> partial(nll ? p.batch * tiles_per_image : 0, 0.0);
@@ -242,14 +239,11 @@ Tensor logistic_mixture_nll_backward_cpu(const Tensor& grad_nll, const Tensor& i
   if (grad_params.numel() == 0) return grad_params;
   const Tensor images_c = images.contiguous(), params_c = params.contiguous();
   const Tensor grad_c = grad_nll.to(compute_dtype(params.scalar_type())).contiguous();
-  const bool is_double = grad_c.scalar_type() == at::kDouble;
-  const float* grad_f = is_double ? nullptr : grad_c.const_data_ptr<float>();
-  const double* grad_d = is_double ? grad_c.const_data_ptr<double>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params.scalar_type(),
                                   "logistic_mixture_nll_backward", [&] {
     dispatch_images(images_c, [&]<typename index_t>() {
-      gradient_kernel<scalar_t, index_t>(grad_f, grad_d, images_c, params_c, p, grad_params,
-                                         nullptr);
+      gradient_kernel<scalar_t, index_t>(grad_c.const_data_ptr<acc_of<scalar_t>>(), images_c,
+                                         params_c, p, grad_params, nullptr);
     });
   });
   return grad_params;
@@ -268,8 +262,7 @@ std::tuple<Tensor, Tensor> logistic_mixture_nll_with_grad_cpu(const Tensor& imag
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params.scalar_type(),
                                   "logistic_mixture_nll_with_grad", [&] {
     dispatch_images(images_c, [&]<typename index_t>() {
-      gradient_kernel<scalar_t, index_t>(nullptr, nullptr, images_c, params_c, p, grad_params,
-                                         &nll);
+      gradient_kernel<scalar_t, index_t>(nullptr, images_c, params_c, p, grad_params, &nll);
     });
   });
   return {nll, grad_params};
