@@ -170,8 +170,8 @@ inline typename Ops::V log_sum_exp(const typename Ops::Scalar* values, int64_t s
 // The component's mean of channel c: its own mean plus the coefficients times the values of
 // the channels before it (PixelCNN++ section 2.2). coeff_tanh[k] holds tanh(coefficient k).
 template <class Ops>
-inline typename Ops::V conditioned_mean(const typename Ops::Scalar* params, int64_t stride, int64_t i,
-                                        const MixtureShape& s, int c, int m,
+inline typename Ops::V conditioned_mean(const typename Ops::Scalar* params, int64_t stride,
+                                        int64_t i, const MixtureShape& s, int c, int m,
                                         const PixelGroup<Ops>& g,
                                         const typename Ops::V* coeff_tanh) {
   const int mixtures = s.mixtures;
@@ -192,7 +192,7 @@ GENFAST_MIXTURE_FN int64_t coeff_plane(const MixtureShape& s, int k, int m) {
   return s.mixtures + 2 * s.channels * s.mixtures + k * s.mixtures + m;
 }
 
-// Log-likelihood of each of the n pixels of a tile into log_lik[n]; scratch holds M * n values.
+// Log-likelihood of each of the n pixels of a tile into log_lik[n]; scratch holds M planes.
 template <class Ops>
 void mixture_log_likelihood(const typename Ops::Scalar* params,
                             const typename Ops::Scalar* levels, int64_t n, int64_t stride,
@@ -224,7 +224,7 @@ void mixture_log_likelihood(const typename Ops::Scalar* params,
   }
 }
 
-// d(grad_nll * NLL) / d params of a tile into grad[P * n], recomputed from params and levels,
+// d(grad_nll * NLL) / d params of a tile into grad's P planes, recomputed from params and levels,
 // and each pixel's log-likelihood into log_lik[n], which this pass knows on the way (so that a
 // training step's forward can be this pass alone: genfast::logistic_mixture_nll_with_grad).
 // The derivatives of each (channel, component) go to their planes of grad first, unscaled,
@@ -233,8 +233,8 @@ void mixture_log_likelihood(const typename Ops::Scalar* params,
 template <class Ops>
 void mixture_gradient(const typename Ops::Scalar* params, const typename Ops::Scalar* levels,
                       int64_t n, int64_t stride, const MixtureShape& s,
-                      typename Ops::Scalar grad_nll,
-                      typename Ops::Scalar* grad, typename Ops::Scalar* log_lik) {
+                      typename Ops::Scalar grad_nll, typename Ops::Scalar* grad,
+                      typename Ops::Scalar* log_lik) {
   using V = typename Ops::V;
   const V half_bin = Ops::splat(1.0 / s.levels_minus_1);
   const V log_half_levels = Ops::splat(std::log(s.levels_minus_1 / 2.0));
