@@ -15,7 +15,6 @@ pixel) and the cached one (pixelcnn_pp_sampler), which therefore draw the same i
 """
 from __future__ import annotations
 
-import contextlib
 
 import torch
 from torch import nn
@@ -171,9 +170,8 @@ class PixelCNNPP(AutoregressiveModel):
         """One pixel of each image from its mixture parameters [n, P, 1, 1] and uniforms
         [n, 1 + C]: int64 [n, C]. Both samplers call this on equal inputs."""
         c = self.image_shape[0]
-        with one_thread():
-            return mixture_sample(params.contiguous(), c, uniform.view(-1, 1 + c, 1, 1),
-                                  self.levels)[:, :, 0, 0]
+        return mixture_sample(params.contiguous(), c, uniform.view(-1, 1 + c, 1, 1),
+                              self.levels)[:, :, 0, 0]
 
     def cached_stepper(self, n, labels=None):
         from genfast.models.pixelcnn_pp_sampler import PixelCNNPPStepper
@@ -199,11 +197,7 @@ class PixelCNNPP(AutoregressiveModel):
         was_training = self.training
         self.eval()
         try:
-            # The cached sampler's calls see a row or a pixel: on one thread, as threads' start
-            # costs more than such work (torch.tanh of 16 x 32 x 16 floats: 2 us alone, ms
-            # with an OpenMP region on a busy host).
-            threads = one_thread() if method == "cached" else contextlib.nullcontext()
-            with torch.inference_mode(), threads:
+            with torch.inference_mode():
                 stepper = (self.cached_stepper(n) if method == "cached"
                            else self.naive_stepper(n))
                 images = draw_pixels(self, stepper, n, generator, progress,
@@ -211,17 +205,6 @@ class PixelCNNPP(AutoregressiveModel):
             return images.clone()
         finally:
             self.train(was_training)
-
-
-@contextlib.contextmanager
-def one_thread():
-    """torch's intra-op threads set to one inside, restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class NaivePixelStepper:
