@@ -234,52 +234,63 @@ dim3 grid_of(const Problem& p) {
               static_cast<unsigned>(p.batch));
 }
 
-Tensor logistic_mixture_nll_cuda(const Tensor& images, const Tensor& params, int64_t levels) {
-  const Problem p = check_nll_args(images, params, levels, cuda::kDeviceType);
-  TORCH_CHECK_VALUE(p.batch <= 65535, "genfast: the CUDA kernels take at most 65535 images");
-  const c10::cuda::CUDAGuard guard(params.device());
-  const auto acc = compute_dtype(params.scalar_type());
-  if (p.batch == 0 || p.pixels == 0) return at::zeros({p.batch}, params.options().dtype(acc));
-  const dim3 grid = grid_of(p);
-  Tensor partial = at::empty({p.batch, static_cast<int64_t>(grid.x)},
-                             params.options().dtype(at::kDouble));
+// Launches mixture_kernel<kGradient> over every pixel on the current stream. grad (written),
+// grad_nll (read, acc dtype) and partial ([B, blocks] float64, written) may be null where the
+// variant does not use them.
+template <bool kGradient>
+void launch_mixture(const Tensor& images, const Tensor& params, const Problem& p, Tensor* grad,
+                    const Tensor* grad_nll, Tensor* partial) {
   const Tensor images_c = images.contiguous(), params_c = params.contiguous();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(params.device().index()).stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params.scalar_type(),
-                                  "logistic_mixture_nll", [&] {
-    dispatch_images(images_c, [&]<typename index_t>() {
-      using A = acc_type<scalar_t>;
-      GENFAST_LAUNCH(grid, kThreads, 0, stream, mixture_kernel<false, scalar_t, index_t>)(
-          static_cast<scalar_t*>(nullptr), static_cast<const A*>(nullptr),
-          partial.mutable_data_ptr<double>(), images_c.const_data_ptr<index_t>(),
-          params_c.const_data_ptr<scalar_t>(), p.pixels, p.planes, shape_of(p));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  });
-  return partial.sum(1).neg_().to(acc);
-}
-
-Tensor logistic_mixture_nll_backward_cuda(const Tensor& grad_nll, const Tensor& images,
-                                          const Tensor& params, int64_t levels) {
-  const Problem p = check_backward_args(grad_nll, images, params, levels, cuda::kDeviceType);
-  TORCH_CHECK_VALUE(p.batch <= 65535, "genfast: the CUDA kernels take at most 65535 images");
-  const c10::cuda::CUDAGuard guard(params.device());
-  Tensor grad = at::empty(params.sizes(), params.options());
-  if (grad.numel() == 0) return grad;
-  const Tensor images_c = images.contiguous(), params_c = params.contiguous();
-  const Tensor grad_c = grad_nll.to(compute_dtype(params.scalar_type())).contiguous();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(params.device().index()).stream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params.scalar_type(),
-                                  "logistic_mixture_nll_backward", [&] {
+                                  "logistic_mixture", [&] {
     using A = acc_type<scalar_t>;
     dispatch_images(images_c, [&]<typename index_t>() {
-      GENFAST_LAUNCH(grid_of(p), kThreads, 0, stream, mixture_kernel<true, scalar_t, index_t>)(
-          grad.mutable_data_ptr<scalar_t>(), grad_c.const_data_ptr<A>(), nullptr,
+      GENFAST_LAUNCH(grid_of(p), kThreads, 0, stream, mixture_kernel<kGradient, scalar_t, index_t>)(
+          grad ? grad->mutable_data_ptr<scalar_t>() : nullptr,
+          grad_nll ? grad_nll->const_data_ptr<A>() : nullptr,
+          partial ? partial->mutable_data_ptr<double>() : nullptr,
           images_c.const_data_ptr<index_t>(), params_c.const_data_ptr<scalar_t>(), p.pixels,
           p.planes, shape_of(p));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
+}
+
+Tensor partial_sums(const Tensor& params, const Problem& p) {
+  return at::empty({p.batch, static_cast<int64_t>(grid_of(p).x)},
+                   params.options().dtype(at::kDouble));
+}
+
+// Each image's NLL from its blocks' log-likelihood sums (at::sum: a fixed order).
+Tensor nll_of(const Tensor& partial, const Tensor& params) {
+  return partial.sum(1).neg_().to(compute_dtype(params.scalar_type()));
+}
+
+void check_batch(const Problem& p) {
+  TORCH_CHECK_VALUE(p.batch <= 65535, "genfast: the CUDA kernels take at most 65535 images");
+}
+
+Tensor logistic_mixture_nll_cuda(const Tensor& images, const Tensor& params, int64_t levels) {
+  const Problem p = check_nll_args(images, params, levels, cuda::kDeviceType);
+  check_batch(p);
+  const c10::cuda::CUDAGuard guard(params.device());
+  const auto acc = compute_dtype(params.scalar_type());
+  if (p.batch == 0 || p.pixels == 0) return at::zeros({p.batch}, params.options().dtype(acc));
+  Tensor partial = partial_sums(params, p);
+  launch_mixture<false>(images, params, p, nullptr, nullptr, &partial);
+  return nll_of(partial, params);
+}
+
+Tensor logistic_mixture_nll_backward_cuda(const Tensor& grad_nll, const Tensor& images,
+                                          const Tensor& params, int64_t levels) {
+  const Problem p = check_backward_args(grad_nll, images, params, levels, cuda::kDeviceType);
+  check_batch(p);
+  const c10::cuda::CUDAGuard guard(params.device());
+  Tensor grad = at::empty(params.sizes(), params.options());
+  if (grad.numel() == 0) return grad;
+  const Tensor grad_c = grad_nll.to(compute_dtype(params.scalar_type())).contiguous();
+  launch_mixture<true>(images, params, p, &grad, &grad_c, nullptr);
   return grad;
 }
 
@@ -289,29 +300,15 @@ std::tuple<Tensor, Tensor> logistic_mixture_nll_with_grad_cuda(const Tensor& ima
                                                               const Tensor& params,
                                                               int64_t levels) {
   const Problem p = check_nll_args(images, params, levels, cuda::kDeviceType);
-  TORCH_CHECK_VALUE(p.batch <= 65535, "genfast: the CUDA kernels take at most 65535 images");
+  check_batch(p);
   const c10::cuda::CUDAGuard guard(params.device());
   const auto acc = compute_dtype(params.scalar_type());
   Tensor grad = at::empty(params.sizes(), params.options());
   if (p.batch == 0 || p.pixels == 0)
     return {at::zeros({p.batch}, params.options().dtype(acc)), grad};
-  const dim3 grid = grid_of(p);
-  Tensor partial = at::empty({p.batch, static_cast<int64_t>(grid.x)},
-                             params.options().dtype(at::kDouble));
-  const Tensor images_c = images.contiguous(), params_c = params.contiguous();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(params.device().index()).stream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params.scalar_type(),
-                                  "logistic_mixture_nll_with_grad", [&] {
-    using A = acc_type<scalar_t>;
-    dispatch_images(images_c, [&]<typename index_t>() {
-      GENFAST_LAUNCH(grid, kThreads, 0, stream, mixture_kernel<true, scalar_t, index_t>)(
-          grad.mutable_data_ptr<scalar_t>(), static_cast<const A*>(nullptr),
-          partial.mutable_data_ptr<double>(), images_c.const_data_ptr<index_t>(),
-          params_c.const_data_ptr<scalar_t>(), p.pixels, p.planes, shape_of(p));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  });
-  return {partial.sum(1).neg_().to(acc), grad};
+  Tensor partial = partial_sums(params, p);
+  launch_mixture<true>(images, params, p, &grad, nullptr, &partial);
+  return {nll_of(partial, params), grad};
 }
 
 }  // namespace
