@@ -38,6 +38,17 @@ def _dot(a, b, acc, PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr):
 
 
 @triton.jit
+def _row_tile(hidden, length, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """This program's image b, its hidden channels and positions, and their bounds. Offsets
+    inside one image are int32 (the launchers check 4*D*R*L < 2^31); b, the image base, is
+    int64."""
+    b = tl.program_id(0).to(tl.int64)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_l = tl.program_id(2) * BLOCK_L + tl.arange(0, BLOCK_L)
+    return b, offs_d, offs_l, offs_d < hidden, offs_l < length
+
+
+@triton.jit
 def _pre_activation(acc, bias_ptr, x_ptr, offs, offs_d, d_ok, mask, acc_ty: tl.constexpr):
     """One gate's pre-activations: the recurrent GEMM's tile + bias + gates_in."""
     return acc + tl.load(bias_ptr + offs_d, mask=d_ok, other=0.0)[:, None] \
@@ -71,14 +82,9 @@ def _forward_row_kernel(
     """Row r: pre = gates_in_r + bias + W @ gather(h_{r-1}); the cell update is the epilogue."""
     acc_ty = c_ptr.dtype.element_ty
     F64: tl.constexpr = acc_ty == tl.float64
-    # Offsets inside one batch element are int32 (the launcher checks 4*D*R*L < 2^31); the
-    # batch base is int64. In [B, C, R, L], channels are R*L apart for any C.
-    b = tl.program_id(0).to(tl.int64)
-    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_l = tl.program_id(2) * BLOCK_L + tl.arange(0, BLOCK_L)
+    # In [B, C, R, L], channels are R*L apart for any C.
+    b, offs_d, offs_l, d_ok, l_ok = _row_tile(hidden, length, BLOCK_D, BLOCK_L)
     offs_k0 = tl.arange(0, BLOCK_K)
-    d_ok = offs_d < hidden
-    l_ok = offs_l < length
     plane = rows * length
     red = hidden * ksize
     gate_step = hidden * plane  # from one gate's channels to the next gate's
@@ -177,12 +183,8 @@ def _backward_row_kernel(
     dL/dc_{r-1} = dL/dc_r * f_r for row r-1's launch."""
     acc_ty = dpre_ptr.dtype.element_ty
     F64: tl.constexpr = acc_ty == tl.float64
-    b = tl.program_id(0).to(tl.int64)
-    offs_e = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_m = tl.program_id(2) * BLOCK_L + tl.arange(0, BLOCK_L)
+    b, offs_e, offs_m, e_ok, m_ok = _row_tile(hidden, length, BLOCK_D, BLOCK_L)
     offs_k0 = tl.arange(0, BLOCK_K)
-    e_ok = offs_e < hidden
-    m_ok = offs_m < length
     mask = e_ok[:, None] & m_ok[None, :]
     plane = rows * length
     gate_step = hidden * plane
