@@ -15,7 +15,6 @@ pixel) and the cached one (pixelcnn_pp_sampler), which therefore draw the same i
 """
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 

@@ -216,7 +216,7 @@ def _triton_with_grad(images: torch.Tensor, params: torch.Tensor,
 
 
 @_triton_with_grad.register_fake
-def _fake_triton_with_grad(images, params, levels):
+def _fake_with_grad(images, params, levels):
     return _fake_nll(images, params, levels), _fake_backward(None, images, params, levels)
 
 
@@ -243,10 +243,7 @@ if _ext.has_op("logistic_mixture_nll"):
     if _ext.has_kernel("logistic_mixture_nll", "CUDA"):
         _FORWARD_OPS["cuda"], _CALLS["cuda"] = _FORWARD_OPS["cpu"], _CALLS["cpu"]
 if _ext.has_op("logistic_mixture_nll_with_grad"):
-    @torch.library.register_fake("genfast::logistic_mixture_nll_with_grad")
-    def _fake_with_grad(images, params, levels):
-        return _fake_nll(images, params, levels), _fake_backward(None, images, params, levels)
-
+    torch.library.register_fake("genfast::logistic_mixture_nll_with_grad", _fake_with_grad)
     # A training step's forward computes the gradient in the same pass (half the work of a
     # forward and a recomputing backward); the backward scales it.
     for _name, _key in (("cpu", "CPU"), ("cuda", "CUDA")):
